@@ -1,0 +1,332 @@
+//! Command-line parsing and dispatch. Nothing here decides or enforces anything: each subcommand's
+//! arguments are handed to the module that owns the work, and its [`Failure`] becomes a message and an
+//! exit status (see `exit.rs` and SPEC "Exit status").
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::exit::{CmdResult, Failure, REFUSED, USAGE};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "zt-aas",
+    version,
+    about = "Zero-trust sandbox for untrusted agents",
+    long_about = "Runs an untrusted agent in a sandbox it cannot leave (namespaces, Landlock, seccomp, no \
+                  capabilities) whose only channel to the world is a mediator that checks signed capability \
+                  tokens against a policy and records every decision in a signed, hash-chained audit log."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run CMD inside the sandbox, with the mediator on fd 3.
+    Run(RunArgs),
+    /// Inside the sandbox: send one request to the mediator and print its result.
+    Call(CallArgs),
+    /// Generate an ed25519 key pair: PREFIX.key (mode 0600) and PREFIX.pub.
+    Keygen(KeygenArgs),
+    /// Issue, inspect and revoke capability tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Check a policy, or explain the decision it makes for a hypothetical call.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Verify, show, replay and export audit logs.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// The five-minute walk-through: deny, policy, allow, audit. Self-contained, needs no network.
+    Demo(DemoArgs),
+    /// Report which sandbox layers this host can enforce.
+    Doctor(DoctorArgs),
+    /// Internal: the sandbox's pid 1 and agent launcher (not for direct use).
+    #[command(hide = true, name = "__init")]
+    Init,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    /// Policy file (TOML). Without it the built-in default policy applies.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Profile: a shipped profile's name (minimal, ci) or a path to a profile file.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub profile: Option<String>,
+    /// Capability token file backing the session (repeatable). Verified before the agent starts.
+    #[arg(long = "token", value_name = "FILE")]
+    pub tokens: Vec<PathBuf>,
+    /// Agent identity (default: the policy's `agent`, else "agent").
+    #[arg(long, value_name = "NAME")]
+    pub agent: Option<String>,
+    /// Audit log (default: the policy's [audit] log, else $XDG_STATE_HOME/zt-aas/audit.jsonl).
+    #[arg(long, value_name = "FILE")]
+    pub audit: Option<PathBuf>,
+    /// Workspace directory, writable inside at its own path (default: the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// Write the sealed head (hex hash of the session's last record) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub head_out: Option<PathBuf>,
+    /// Run with fewer layers when a required one is unavailable (recorded in the audit log).
+    #[arg(long)]
+    pub allow_degraded: bool,
+    /// No summary line on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// The agent's command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CallArgs {
+    /// The action's name, e.g. hello-world.say_hello.
+    pub action: String,
+    /// Arguments as KEY=VALUE.
+    #[arg(value_name = "KEY=VALUE")]
+    pub args: Vec<String>,
+    /// Arguments as a JSON object (merged with KEY=VALUE pairs; a key given twice is an error).
+    #[arg(long, value_name = "JSON")]
+    pub args_json: Option<String>,
+    /// Present this token with the request instead of the session's tokens.
+    #[arg(long, value_name = "FILE")]
+    pub token: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct KeygenArgs {
+    /// Writes PREFIX.key and PREFIX.pub.
+    #[arg(long, value_name = "PREFIX")]
+    pub out: PathBuf,
+    /// Overwrite existing key files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Issue a token; refused when the policy would not allow a capability or the TTL is too long.
+    Issue(TokenIssueArgs),
+    /// Show a token's payload, validity, and whether the policy still allows each capability.
+    Inspect(TokenInspectArgs),
+    /// Append a token's id to the policy's revocation list (atomic; the next use is denied).
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TokenIssueArgs {
+    #[arg(long, value_name = "FILE")]
+    pub policy: PathBuf,
+    /// The issuer's private key (from `zt-aas keygen`).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    #[arg(long, value_name = "NAME")]
+    pub agent: String,
+    /// Action granted (repeatable).
+    #[arg(long = "action", value_name = "NAME", required = true)]
+    pub actions: Vec<String>,
+    /// Constrain a parameter: PARAM=REGEX, applied to every granted action that has PARAM (repeatable).
+    #[arg(long = "arg", value_name = "PARAM=REGEX")]
+    pub arg_constraints: Vec<String>,
+    /// Lifetime, e.g. 30s, 10m, 1h (default: the policy's max_ttl).
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
+    /// Maximum number of uses of each capability.
+    #[arg(long, value_name = "N")]
+    pub max_uses: Option<u64>,
+    /// Write the token here (mode 0600) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TokenInspectArgs {
+    /// The token file.
+    pub file: PathBuf,
+    /// Check the capabilities against this policy (and its trusted issuers).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TokenRevokeArgs {
+    #[arg(long, value_name = "FILE")]
+    pub policy: PathBuf,
+    /// A token file or a token id (32 hex digits).
+    #[arg(value_name = "TOKEN_FILE|TOKEN_ID")]
+    pub token: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Parse and check a policy; errors name the file, line and key.
+    Check(PolicyCheckArgs),
+    /// The decision and the determining rule for a hypothetical call.
+    Explain(PolicyExplainArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PolicyCheckArgs {
+    pub file: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PolicyExplainArgs {
+    #[arg(long, value_name = "FILE")]
+    pub policy: PathBuf,
+    #[arg(long, value_name = "NAME")]
+    pub agent: String,
+    #[arg(long, value_name = "NAME")]
+    pub action: String,
+    #[arg(value_name = "KEY=VALUE")]
+    pub args: Vec<String>,
+    #[arg(long, value_name = "FILE")]
+    pub token: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Check every record's hash, chain link and signature, and that every session is sealed.
+    Verify(AuditVerifyArgs),
+    /// A readable timeline: who, what, decision, why.
+    Show(AuditShowArgs),
+    /// Re-decide every recorded request against POLICY and print what would change.
+    Replay(AuditReplayArgs),
+    /// Export records in another format.
+    Export(AuditExportArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AuditVerifyArgs {
+    pub log: PathBuf,
+    /// Pin the signer: every record must be signed by this public key.
+    #[arg(long, value_name = "PUBFILE")]
+    pub key: Option<PathBuf>,
+    /// Fail unless the log ends in this head (catches truncation of whole sessions).
+    #[arg(long, value_name = "HEX")]
+    pub expect_head: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AuditShowArgs {
+    pub log: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+    /// Only this session.
+    #[arg(long, value_name = "ID")]
+    pub session: Option<String>,
+    /// Only decisions with this outcome (allow, deny, error).
+    #[arg(long, value_name = "DECISION")]
+    pub decision: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AuditReplayArgs {
+    pub log: PathBuf,
+    #[arg(long, value_name = "FILE")]
+    pub policy: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AuditExportArgs {
+    pub log: PathBuf,
+    /// Output format: ocsf (OCSF API Activity events, JSON Lines).
+    #[arg(long, value_name = "FORMAT")]
+    pub format: String,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct DemoArgs {
+    /// Keep the demo's directory (policy, keys, tokens, audit log) instead of removing it.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct DoctorArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Entry point of the `zt-aas` binary.
+pub fn main() -> ExitCode {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let is_run = argv.get(1).is_some_and(|a| a == "run");
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            let code = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                // SPEC: `run` exits 125 when zt-aas itself refuses, a bad command line included.
+                _ if is_run => REFUSED,
+                _ => USAGE,
+            };
+            return ExitCode::from(code);
+        }
+    };
+    match dispatch(cli.command) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            let _ = std::io::stdout().flush();
+            eprintln!("zt-aas: {failure}");
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn dispatch(command: Command) -> CmdResult {
+    match command {
+        Command::Run(args) => crate::sandbox::run::run(&args),
+        Command::Init => crate::sandbox::init::main(),
+        Command::Doctor(args) => crate::sandbox::doctor::main(&args),
+        Command::Call(args) => crate::mediator::client::main(&args),
+        Command::Keygen(args) => crate::capability::commands::keygen(&args),
+        Command::Token(TokenCommand::Issue(args)) => crate::capability::commands::issue(&args),
+        Command::Token(TokenCommand::Inspect(args)) => crate::capability::commands::inspect(&args),
+        Command::Token(TokenCommand::Revoke(args)) => crate::capability::commands::revoke(&args),
+        Command::Policy(PolicyCommand::Check(args)) => crate::policy::commands::check(&args),
+        Command::Policy(PolicyCommand::Explain(args)) => crate::policy::commands::explain(&args),
+        Command::Audit(AuditCommand::Verify(args)) => crate::audit::commands::verify(&args),
+        Command::Audit(AuditCommand::Show(args)) => crate::audit::commands::show(&args),
+        Command::Audit(AuditCommand::Replay(args)) => crate::audit::commands::replay(&args),
+        Command::Audit(AuditCommand::Export(args)) => crate::audit::commands::export(&args),
+        Command::Demo(args) => crate::demo::main(&args),
+    }
+}
+
+/// Parses `KEY=VALUE` words into a map; a key given twice is a usage error.
+pub fn parse_key_values(
+    words: &[String],
+) -> Result<std::collections::BTreeMap<String, String>, Failure> {
+    let mut map = std::collections::BTreeMap::new();
+    for word in words {
+        let (key, value) = word
+            .split_once('=')
+            .ok_or_else(|| Failure::usage(format!("argument `{word}` is not KEY=VALUE")))?;
+        if key.is_empty() {
+            return Err(Failure::usage(format!(
+                "argument `{word}` has an empty key"
+            )));
+        }
+        if map.insert(key.to_string(), value.to_string()).is_some() {
+            return Err(Failure::usage(format!("argument `{key}` is given twice")));
+        }
+    }
+    Ok(map)
+}

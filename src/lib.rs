@@ -1,0 +1,19 @@
+//! zt-aas: a zero-trust sandbox for untrusted agents.
+//!
+//! The tree shows the architecture:
+//! - [`sandbox`]: the launcher — namespaces, minimal root, Landlock, seccomp, capabilities, limits, the
+//!   sandbox's pid 1, and `doctor`.
+//! - [`policy`]: the policy schema, the decision engine (`decide`, `explain`) — pure logic.
+//! - [`capability`]: capability tokens, keys and the revocation list.
+//! - [`audit`]: the signed, hash-chained audit log: records, append, verify, show, replay.
+//! - [`mediator`]: the agent's only channel — protocol, event loop, actions, and the `call` client.
+//! - [`cli`] parses the command line and dispatches; [`exit`] holds the exit statuses of the contract.
+
+pub mod audit;
+pub mod capability;
+pub mod cli;
+pub mod demo;
+pub mod exit;
+pub mod mediator;
+pub mod policy;
+pub mod sandbox;

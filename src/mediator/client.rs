@@ -1,0 +1,5 @@
+//! (being written)
+use crate::exit::{CmdResult, Failure};
+pub fn main(_args: &crate::cli::CallArgs) -> CmdResult {
+    Err(Failure::refused("not implemented yet"))
+}

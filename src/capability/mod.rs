@@ -1,1 +1,36 @@
+//! Capability tokens, the keys that sign them, and the revocation list.
+//!
+//! A token ([`Token`]) grants one agent, under one policy, for a bounded time, a list of exact actions
+//! (optionally with argument constraints and use limits). It is verified before anything in it is
+//! believed, and re-checked against the policy at every use (see [`crate::policy::decide`]).
+
 pub mod commands;
+pub mod keys;
+pub mod revocation;
+pub mod token;
+
+use std::path::Path;
+
+pub use keys::{key_id, Issuer};
+pub use token::{issue, Capability, Token, TokenError, LEEWAY_SECS, MAX_TOKEN_BYTES};
+
+/// Reads a token file: its text without surrounding whitespace (a trailing newline is usual). Refuses
+/// files larger than a token can be.
+pub fn read_token_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_TOKEN_BYTES as u64 + 64)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| format!("{}: not a token (not UTF-8 text)", path.display()))?;
+    let token = text.trim();
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(format!(
+            "{}: not a token (longer than {MAX_TOKEN_BYTES} bytes)",
+            path.display()
+        ));
+    }
+    Ok(token.to_string())
+}

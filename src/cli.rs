@@ -46,9 +46,6 @@ pub enum Command {
     Demo(DemoArgs),
     /// Report which sandbox layers this host can enforce.
     Doctor(DoctorArgs),
-    /// Internal: the sandbox's pid 1 and agent launcher (not for direct use).
-    #[command(hide = true, name = "__init")]
-    Init,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -293,7 +290,6 @@ pub fn main() -> ExitCode {
 fn dispatch(command: Command) -> CmdResult {
     match command {
         Command::Run(args) => crate::sandbox::run::run(&args),
-        Command::Init => crate::sandbox::init::main(),
         Command::Doctor(args) => crate::sandbox::doctor::main(&args),
         Command::Call(args) => crate::mediator::client::main(&args),
         Command::Keygen(args) => crate::capability::commands::keygen(&args),

@@ -1,5 +1,83 @@
-//! (being written)
-use crate::exit::{CmdResult, Failure};
-pub fn main(_args: &crate::cli::DoctorArgs) -> CmdResult {
-    Err(Failure::refused("not implemented yet"))
+//! `zt-aas doctor`: which layers this host can enforce, and what `run` would do about the others.
+
+use crate::cli::DoctorArgs;
+use crate::exit::CmdResult;
+
+use super::{host_supports, landlock, limits, Layer};
+
+/// Whether we can create the namespaces `run` uses: tried for real, in a child that exits at once.
+pub fn userns_works() -> bool {
+    let flags = (libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS) as libc::c_ulong
+        | libc::SIGCHLD as libc::c_ulong;
+    // SAFETY: fork-like clone; the child only calls _exit.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    if pid == 0 {
+        // SAFETY: _exit in the child.
+        unsafe { libc::_exit(0) };
+    }
+    if pid < 0 {
+        return false;
+    }
+    let mut status = 0;
+    // SAFETY: waiting for the child we just created.
+    unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+}
+
+#[derive(serde::Serialize)]
+struct Report {
+    userns: bool,
+    landlock_abi: i32,
+    landlock: bool,
+    seccomp: bool,
+    cgroup: String,
+    full_sandbox: bool,
+    degraded_possible: bool,
+}
+
+pub fn main(args: &DoctorArgs) -> CmdResult {
+    let userns = host_supports(Layer::Userns);
+    let landlock_ok = host_supports(Layer::Landlock);
+    let seccomp = host_supports(Layer::Seccomp);
+    let report = Report {
+        userns,
+        landlock_abi: if landlock_ok { landlock::kernel_abi() } else { 0 },
+        landlock: landlock_ok,
+        seccomp,
+        cgroup: limits::cgroup_support(),
+        full_sandbox: userns && landlock_ok && seccomp,
+        degraded_possible: landlock_ok && seccomp,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        return Ok(0);
+    }
+    let mark = |b: bool| if b { "yes" } else { "NO " };
+    println!("{}  user namespaces (user, pid, mount, net, ipc, uts)", mark(report.userns));
+    println!(
+        "{}  Landlock{}",
+        mark(report.landlock),
+        if report.landlock { format!(" (ABI {})", report.landlock_abi) } else { String::new() }
+    );
+    println!("{}  seccomp filters", mark(report.seccomp));
+    println!("     cgroup limits: {}", report.cgroup);
+    if report.cgroup == "none" {
+        println!("     (memory/pids limits fall back to rlimits; a fork bomb started as root is not bounded)");
+    }
+    if report.full_sandbox {
+        println!("=> every layer is available: `zt-aas run` gives the full sandbox.");
+    } else if report.degraded_possible {
+        println!(
+            "=> `zt-aas run` refuses by default; with --allow-degraded it runs with Landlock + seccomp + \
+             no capabilities + no_new_privs, without namespaces (recorded in the audit log)."
+        );
+    } else {
+        println!("=> this host cannot sandbox an agent: `zt-aas run` will refuse.");
+    }
+    Ok(0)
 }

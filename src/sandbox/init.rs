@@ -1,5 +1,130 @@
-//! (being written)
-use crate::exit::{CmdResult, Failure};
-pub fn main() -> CmdResult {
-    Err(Failure::refused("not implemented yet"))
+//! The sandbox's init: pid 1 of the agent's pid namespace, under the same restrictions as the agent.
+//!
+//! Why it exists: pid 1 ignores every signal it has no handler for, so an agent running as pid 1 would
+//! ignore a forwarded SIGTERM, and nobody would reap its orphans. This init forks the agent, forwards
+//! SIGINT/TERM/HUP/QUIT/USR1/USR2/WINCH to it, reaps every orphan, and reports the agent's wait status to
+//! the supervisor. When it exits the kernel kills whatever is left in the namespace (daemons included).
+//! In degraded mode (no pid namespace) it is a child subreaper instead and kills every descendant itself.
+//!
+//! It is not dumpable: the agent (same uid) cannot read its memory through /proc.
+
+use std::os::fd::RawFd;
+
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+
+use super::child::{self, ChildPlan, MSG_STATUS};
+
+/// Signals forwarded to the agent.
+pub const FORWARDED: &[Signal] = &[
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
+
+fn signal_set() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(*s);
+    }
+    set.add(Signal::SIGCHLD);
+    set
+}
+
+/// Forks the agent and supervises it; never returns.
+pub fn run(plan: &ChildPlan, report_fd: RawFd) -> ! {
+    let set = signal_set();
+    let _ = set.thread_block();
+    // SAFETY: PR_SET_DUMPABLE / PR_SET_CHILD_SUBREAPER take integer arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        if !plan.namespaces {
+            libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        }
+    }
+    // SAFETY: the process is single-threaded (a fresh clone of the single-threaded supervisor).
+    let agent = match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            let _ = SigSet::all().thread_unblock();
+            child::exec_agent(plan, report_fd)
+        }
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => {
+            child::report(report_fd, &format!("{} cannot fork the agent: {e}", child::MSG_ERROR));
+            exit(125)
+        }
+    };
+    // The agent holds the mediator socket; init does not need it.
+    // SAFETY: closing our own descriptor.
+    unsafe { libc::close(3) };
+
+    let status = loop {
+        let Ok(sig) = set.wait() else { continue };
+        if sig != Signal::SIGCHLD {
+            let _ = kill(agent, sig);
+            continue;
+        }
+        if let Some(status) = reap(agent) {
+            break status;
+        }
+    };
+    if !plan.namespaces {
+        kill_descendants();
+    }
+    child::report(report_fd, &format!("{MSG_STATUS} {status}"));
+    exit(0)
+}
+
+/// Reaps every exited child; returns the agent's raw wait status once it has exited.
+fn reap(agent: Pid) -> Option<i32> {
+    let mut agent_status = None;
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == agent => agent_status = Some((code & 0xff) << 8),
+            Ok(WaitStatus::Signaled(pid, sig, core)) if pid == agent => {
+                agent_status = Some(sig as i32 | if core { 0x80 } else { 0 })
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => return agent_status,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Degraded mode: SIGKILL every descendant (they were reparented to us as the subreaper), until none.
+fn kill_descendants() {
+    for _ in 0..1000 {
+        let children = children_of(std::process::id());
+        if children.is_empty() {
+            return;
+        }
+        for pid in children {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        while let Ok(status) = waitpid(None, None) {
+            if matches!(status, WaitStatus::StillAlive) {
+                break;
+            }
+        }
+    }
+}
+
+fn children_of(pid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for task in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            out.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+        }
+    }
+    out
+}
+
+fn exit(code: i32) -> ! {
+    // SAFETY: _exit skips the supervisor's atexit handlers, which are not ours to run.
+    unsafe { libc::_exit(code) }
 }

@@ -1,0 +1,218 @@
+//! What the sandbox's first process does before the agent runs, in order (DESIGN "Launch sequence").
+//!
+//! This runs in the child of `clone()`: pid 1 of the new pid namespace (or, in degraded mode, a plain
+//! child). It ends by becoming the sandbox's init (see `init.rs`), under the same restrictions as the agent,
+//! and never returns.
+//!
+//! 1. PR_SET_PDEATHSIG(SIGKILL), then wait for the supervisor's go (EOF = the supervisor died: exit).
+//! 2. uid/gid maps (setgroups denied first; the caller's ids map to themselves, never to 0 when not 0).
+//! 3. setsid (no controlling terminal), hostname.
+//! 4. The root file system (`mounts.rs`), then the working directory.
+//! 5. rlimits (the cgroup was joined by the supervisor before the go).
+//! 6. File descriptors: the mediator socket becomes fd 3; everything else but 0-2 and the report pipe
+//!    (close-on-exec) is closed.
+//! 7. Capabilities: all five sets cleared, securebits locked, no_new_privs.
+//! 8. Landlock.
+//! 9. seccomp, last: it refuses what the steps above need.
+//! 10. Fork the agent, which execs (an exec failure is reported to the supervisor, exit 126/127).
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
+use super::init;
+use super::landlock::{self, Grant};
+use super::limits;
+use super::mounts::{self, MountOp};
+use super::privileges;
+use super::profile::Limits;
+use super::seccomp::{self, Filters};
+
+/// Everything the child needs, prepared by the supervisor before `clone()` (the child allocates little).
+pub struct ChildPlan {
+    pub namespaces: bool,
+    pub uid: u32,
+    pub gid: u32,
+    pub mounts: Vec<MountOp>,
+    pub cwd: PathBuf,
+    pub limits: Limits,
+    pub landlock: Option<Vec<(PathBuf, Grant)>>,
+    pub seccomp: Option<Filters>,
+    pub argv: Vec<CString>,
+    pub envp: Vec<CString>,
+    /// `PATH` inside, for the command lookup.
+    pub path: Vec<PathBuf>,
+}
+
+/// Descriptors the child inherits from the supervisor.
+pub struct ChildFds {
+    pub go: RawFd,
+    pub report: RawFd,
+    pub mediator: RawFd,
+}
+
+/// Report pipe messages (one line each, atomic: shorter than PIPE_BUF).
+pub const MSG_ERROR: &str = "error";
+pub const MSG_EXEC: &str = "exec";
+pub const MSG_STATUS: &str = "status";
+pub const MSG_READY: &str = "ready";
+
+pub(crate) fn report(fd: RawFd, line: &str) {
+    let mut msg = line.replace('\n', " ");
+    msg.truncate(3000);
+    msg.push('\n');
+    // SAFETY: `fd` is the report pipe, open for the child's whole life; a short or failed write only loses
+    // the message (the supervisor then reports a generic failure).
+    unsafe {
+        libc::write(fd, msg.as_ptr().cast(), msg.len());
+    }
+}
+
+/// Runs the launch sequence; never returns.
+pub fn main(plan: ChildPlan, mut fds: ChildFds) -> ! {
+    match setup(&plan, &mut fds) {
+        Ok(enforced) => {
+            report(fds.report, &format!("{MSG_READY} {enforced}"));
+            init::run(&plan, fds.report)
+        }
+        Err(message) => {
+            report(fds.report, &format!("{MSG_ERROR} {message}"));
+            // SAFETY: _exit ends the process without running the parent's atexit handlers.
+            unsafe { libc::_exit(125) }
+        }
+    }
+}
+
+fn setup(plan: &ChildPlan, fds: &mut ChildFds) -> Result<String, String> {
+    // 1. Die with the supervisor; then wait for its go (it has joined us to the cgroup by then).
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+    let mut byte = [0u8; 1];
+    // SAFETY: reading one byte into a stack buffer.
+    let n = unsafe { libc::read(fds.go, byte.as_mut_ptr().cast(), 1) };
+    if n != 1 {
+        return Err("the supervisor went away before the launch".into());
+    }
+    // SAFETY: closing our copy of the go pipe's read end.
+    unsafe { libc::close(fds.go) };
+
+    // 2. Identity inside the user namespace: ourselves.
+    if plan.namespaces {
+        std::fs::write("/proc/self/setgroups", "deny").map_err(|e| format!("setgroups: {e}"))?;
+        std::fs::write("/proc/self/uid_map", format!("{0} {0} 1\n", plan.uid))
+            .map_err(|e| format!("uid_map: {e}"))?;
+        std::fs::write("/proc/self/gid_map", format!("{0} {0} 1\n", plan.gid))
+            .map_err(|e| format!("gid_map: {e}"))?;
+    }
+
+    // 3. A new session: no controlling terminal to inject keystrokes into.
+    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    if plan.namespaces {
+        nix::unistd::sethostname("zt-aas").map_err(|e| format!("sethostname: {e}"))?;
+    }
+
+    // 4. The root.
+    if plan.namespaces {
+        mounts::build_root(plan.mounts.clone()).map_err(|e| e.to_string())?;
+    }
+    std::env::set_current_dir(&plan.cwd)
+        .map_err(|e| format!("cannot enter {} inside the sandbox: {e}", plan.cwd.display()))?;
+
+    // 5. Limits.
+    limits::apply_rlimits(&plan.limits).map_err(|e| format!("rlimits: {e}"))?;
+
+    // 6. Descriptors.
+    fds.report = arrange_fds(fds)?;
+
+    // 7. Privileges.
+    let dropped = privileges::drop_all().map_err(|e| e.to_string())?;
+
+    // 8. Landlock.
+    let abi = match &plan.landlock {
+        Some(rules) => landlock::restrict(rules).map_err(|e| e.to_string())?,
+        None => 0,
+    };
+
+    // 9. seccomp.
+    if let Some(filters) = &plan.seccomp {
+        seccomp::install(filters).map_err(|e| e.to_string())?;
+    }
+    Ok(format!(
+        "landlock_abi={abi} caps_bounding_cleared={} securebits_locked={}",
+        dropped.bounding, dropped.securebits
+    ))
+}
+
+/// The mediator socket at fd 3 (inheritable), the report pipe at fd 4 (close-on-exec), nothing else.
+/// Returns the report pipe's new number.
+fn arrange_fds(fds: &ChildFds) -> Result<RawFd, String> {
+    const MEDIATOR: RawFd = 3;
+    const REPORT: RawFd = 4;
+    // Move both out of the way first so dup2 never clobbers one with the other.
+    let high_m = dup_above(fds.mediator, 100)?;
+    let high_r = dup_above(fds.report, 100)?;
+    dup2(high_m, MEDIATOR)?;
+    dup2(high_r, REPORT)?;
+    // SAFETY: fcntl on our own descriptors.
+    unsafe {
+        libc::fcntl(REPORT, libc::F_SETFD, libc::FD_CLOEXEC);
+        libc::fcntl(MEDIATOR, libc::F_SETFD, 0);
+    }
+    // SAFETY: close_range over descriptors we own; nothing above 4 is needed any more.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) };
+    if rc != 0 {
+        return Err(format!("close_range: {}", std::io::Error::last_os_error()));
+    }
+    Ok(REPORT)
+}
+
+fn dup_above(fd: RawFd, min: RawFd) -> Result<RawFd, String> {
+    // SAFETY: F_DUPFD_CLOEXEC duplicates a descriptor we own.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+    if new < 0 {
+        return Err(format!("dup: {}", std::io::Error::last_os_error()));
+    }
+    Ok(new)
+}
+
+fn dup2(from: RawFd, to: RawFd) -> Result<(), String> {
+    // SAFETY: dup2 between descriptors we own.
+    if unsafe { libc::dup2(from, to) } < 0 {
+        return Err(format!("dup2: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// In the agent (after fork from init): exec the command, or report why not and exit 126/127.
+pub fn exec_agent(plan: &ChildPlan, report_fd: RawFd) -> ! {
+    let program = &plan.argv[0];
+    let name = program.to_string_lossy().into_owned();
+    let mut last = libc::ENOENT;
+    let candidates: Vec<CString> = if name.contains('/') {
+        vec![program.clone()]
+    } else {
+        plan.path
+            .iter()
+            .filter_map(|dir| CString::new(format!("{}/{}", dir.display(), name)).ok())
+            .collect()
+    };
+    let argv: Vec<*const libc::c_char> =
+        plan.argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let envp: Vec<*const libc::c_char> =
+        plan.envp.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    for candidate in &candidates {
+        // SAFETY: argv and envp are NULL-terminated arrays of pointers into CStrings that outlive the call.
+        unsafe { libc::execve(candidate.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOENT);
+        // Like execvp: a permission problem is remembered over a later "not found".
+        if errno != libc::ENOENT && errno != libc::ENOTDIR || last == libc::ENOENT {
+            last = errno;
+        }
+    }
+    report(report_fd, &format!("{MSG_EXEC} {last} {name}"));
+    let code = if last == libc::ENOENT || last == libc::ENOTDIR { 127 } else { 126 };
+    let _ = std::io::stderr().flush();
+    // SAFETY: _exit in a forked child.
+    unsafe { libc::_exit(code) }
+}

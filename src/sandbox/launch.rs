@@ -1,0 +1,311 @@
+//! The supervisor's side of the launch: clone the sandbox's first process into new namespaces, join it to
+//! the session's cgroup, let it go, then supervise: forward signals, serve the mediator, enforce the wall
+//! clock limit, and collect the agent's status. When [`supervise`] returns, no process of the agent is left
+//! (pid namespace: the kernel kills the rest when the sandbox's init exits; degraded: init kills every
+//! descendant as their subreaper; and the supervisor itself kills init if it must stop early).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+
+use super::child::{self, ChildFds, ChildPlan, MSG_ERROR, MSG_EXEC, MSG_READY, MSG_STATUS};
+use super::init::FORWARDED;
+use super::limits::Cgroup;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("cannot create the sandbox's namespaces: {0}")]
+    Clone(std::io::Error),
+    #[error("{0}")]
+    Setup(String),
+    #[error("{what}: {source}")]
+    Io { what: &'static str, source: std::io::Error },
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> LaunchError {
+    move |source| LaunchError::Io { what, source }
+}
+
+/// A running sandbox.
+pub struct Sandbox {
+    pub pid: Pid,
+    report: BufReader<File>,
+    signals: SignalFd,
+    /// What the child reported it enforced (Landlock ABI, capability details).
+    pub enforced: String,
+}
+
+/// How the agent ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentExit {
+    Exited(u8),
+    Signaled(i32),
+    /// The command could not be executed (errno, program).
+    ExecFailed(i32, String),
+    /// The wall clock limit was reached; everything was killed.
+    WallLimit(Duration),
+    /// The session was ended by the supervisor (e.g. on revocation), everything killed.
+    Ended(String),
+    /// The sandbox's init died without reporting (killed from outside, OOM...).
+    Lost(String),
+}
+
+impl AgentExit {
+    /// The exit status of `zt-aas run` (SPEC "Exit status").
+    pub fn code(&self) -> u8 {
+        match self {
+            AgentExit::Exited(c) => *c,
+            AgentExit::Signaled(s) => 128u8.saturating_add(*s as u8),
+            AgentExit::ExecFailed(errno, _) => {
+                if *errno == libc::ENOENT || *errno == libc::ENOTDIR {
+                    crate::exit::NOT_FOUND
+                } else {
+                    crate::exit::CANNOT_EXECUTE
+                }
+            }
+            AgentExit::WallLimit(_) | AgentExit::Ended(_) => 128 + libc::SIGKILL as u8,
+            AgentExit::Lost(_) => crate::exit::REFUSED,
+        }
+    }
+
+    /// A message for the user when the agent did not simply exit.
+    pub fn message(&self) -> Option<String> {
+        match self {
+            AgentExit::ExecFailed(errno, program) => Some(format!(
+                "{program}: {}",
+                if *errno == libc::ENOENT {
+                    "command not found inside the sandbox".to_string()
+                } else {
+                    std::io::Error::from_raw_os_error(*errno).to_string()
+                }
+            )),
+            AgentExit::WallLimit(d) => {
+                Some(format!("wall-clock limit of {}s reached: the agent was killed", d.as_secs()))
+            }
+            AgentExit::Ended(why) => Some(format!("session ended: {why}")),
+            AgentExit::Lost(why) => Some(format!("the sandbox failed: {why}")),
+            _ => None,
+        }
+    }
+}
+
+/// What the supervisor serves besides the agent's lifecycle (the mediator).
+pub trait Events {
+    /// A descriptor to poll for input.
+    fn fd(&self) -> Option<BorrowedFd<'_>>;
+    /// Called when `fd` is readable (or hung up). `Some(reason)` ends the session now.
+    fn on_readable(&mut self) -> Option<String>;
+}
+
+/// Signals the supervisor handles itself; blocked before the clone (the sandbox's init unblocks its own).
+fn supervisor_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(*s);
+    }
+    set.add(Signal::SIGCHLD);
+    set
+}
+
+/// Clones the sandbox's first process (in new namespaces when `plan.namespaces`), joins it to `cgroup`,
+/// and waits until it is ready to exec the agent (or reports why it could not).
+pub fn spawn(plan: &ChildPlan, mediator: &OwnedFd, cgroup: &Cgroup) -> Result<Sandbox, LaunchError> {
+    let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| LaunchError::Io { what: "pipe", source: e.into() })?;
+    let (rep_r, rep_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| LaunchError::Io { what: "pipe", source: e.into() })?;
+    let set = supervisor_signals();
+    set.thread_block().map_err(|e| LaunchError::Io { what: "sigprocmask", source: e.into() })?;
+    let signals = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(|e| LaunchError::Io { what: "signalfd", source: e.into() })?;
+
+    let mut flags = libc::SIGCHLD as libc::c_ulong;
+    if plan.namespaces {
+        flags |= (libc::CLONE_NEWUSER
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNET
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWCGROUP) as libc::c_ulong;
+    }
+    let fds = ChildFds {
+        go: go_r.as_raw_fd(),
+        report: rep_w.as_raw_fd(),
+        mediator: mediator.as_raw_fd(),
+    };
+    // SAFETY: a fork-like clone (no CLONE_VM, no new stack): the child continues on a copy of our stack.
+    // The supervisor is single-threaded here, so the copy holds no lock owned by another thread.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    if pid < 0 {
+        let _ = set.thread_unblock();
+        return Err(LaunchError::Clone(std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        child::main(clone_plan(plan), fds);
+    }
+    let pid = Pid::from_raw(pid as i32);
+    drop(go_r);
+    drop(rep_w);
+    let mut report = BufReader::new(File::from(rep_r));
+    if let Err(e) = cgroup.add(pid.as_raw()) {
+        let _ = kill(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+        return Err(LaunchError::Setup(format!("cannot join the session's cgroup: {e}")));
+    }
+    nix::unistd::write(&go_w, b"g").map_err(|e| LaunchError::Io { what: "go", source: e.into() })?;
+    drop(go_w);
+
+    let mut line = String::new();
+    report.read_line(&mut line).map_err(io_err("reading the sandbox's report"))?;
+    let line = line.trim_end();
+    if let Some(enforced) = line.strip_prefix(MSG_READY) {
+        return Ok(Sandbox { pid, report, signals, enforced: enforced.trim().to_string() });
+    }
+    let _ = waitpid(pid, None);
+    let message = line.strip_prefix(MSG_ERROR).map(str::trim).unwrap_or("the sandbox died while starting");
+    Err(LaunchError::Setup(message.to_string()))
+}
+
+/// The plan is moved into the child by value (its copy of our memory); this just clones the parts.
+fn clone_plan(plan: &ChildPlan) -> ChildPlan {
+    ChildPlan {
+        namespaces: plan.namespaces,
+        uid: plan.uid,
+        gid: plan.gid,
+        mounts: plan.mounts.clone(),
+        cwd: plan.cwd.clone(),
+        limits: plan.limits.clone(),
+        landlock: plan.landlock.clone(),
+        seccomp: plan.seccomp.as_ref().map(|f| super::seccomp::Filters { programs: f.programs.clone() }),
+        argv: plan.argv.clone(),
+        envp: plan.envp.clone(),
+        path: plan.path.clone(),
+    }
+}
+
+/// Serves `events` and forwards signals until the agent is gone; returns how it ended.
+pub fn supervise(mut sandbox: Sandbox, events: &mut dyn Events, wall: Option<Duration>) -> AgentExit {
+    let deadline = wall.map(|w| Instant::now() + w);
+    let mut exec_failure: Option<(i32, String)> = None;
+    let mut status: Option<i32> = None;
+    let mut ended: Option<AgentExit> = None;
+    let report_fd = sandbox.report.get_ref().as_raw_fd();
+    let mut events_open = true;
+    loop {
+        let timeout = match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    ended = Some(AgentExit::WallLimit(wall.unwrap_or_default()));
+                    break;
+                }
+                PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1).unwrap_or(PollTimeout::MAX)
+            }
+            None => PollTimeout::NONE,
+        };
+        // SAFETY: report_fd stays open as long as `sandbox` lives, which outlives this borrow.
+        let report_bfd = unsafe { BorrowedFd::borrow_raw(report_fd) };
+        let mut fds = vec![
+            PollFd::new(report_bfd, PollFlags::POLLIN),
+            PollFd::new(sandbox.signals.as_fd(), PollFlags::POLLIN),
+        ];
+        let event_fd = if events_open { events.fd() } else { None };
+        if let Some(fd) = event_fd {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
+        match poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                ended = Some(AgentExit::Lost(format!("poll: {e}")));
+                break;
+            }
+        }
+        let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+        let report_ready = ready(&fds[0]);
+        let signal_ready = ready(&fds[1]);
+        let event_ready = fds.get(2).is_some_and(ready);
+        let event_hup = fds
+            .get(2)
+            .and_then(|f| f.revents())
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL));
+        drop(fds);
+        if signal_ready {
+            while let Ok(Some(info)) = sandbox.signals.read_signal() {
+                let sig = info.ssi_signo as i32;
+                if sig != libc::SIGCHLD {
+                    // SAFETY: kill with a valid pid and signal number.
+                    unsafe { libc::kill(sandbox.pid.as_raw(), sig) };
+                }
+            }
+        }
+        if event_ready {
+            if let Some(why) = events.on_readable() {
+                ended = Some(AgentExit::Ended(why));
+                break;
+            }
+            if event_hup {
+                events_open = false;
+            }
+        }
+        if report_ready {
+            let mut line = String::new();
+            match sandbox.report.read_line(&mut line) {
+                Ok(0) | Err(_) => break, // init exited
+                Ok(_) => parse_report(line.trim_end(), &mut exec_failure, &mut status),
+            }
+        }
+    }
+    if ended.is_some() {
+        let _ = kill(sandbox.pid, Signal::SIGKILL);
+    }
+    let init_status = waitpid(sandbox.pid, None);
+    restore_signals(&mut sandbox);
+    if let Some(e) = ended {
+        return e;
+    }
+    if let Some((errno, program)) = exec_failure {
+        return AgentExit::ExecFailed(errno, program);
+    }
+    match status {
+        Some(raw) if libc::WIFEXITED(raw) => AgentExit::Exited(libc::WEXITSTATUS(raw) as u8),
+        Some(raw) if libc::WIFSIGNALED(raw) => AgentExit::Signaled(libc::WTERMSIG(raw)),
+        _ => AgentExit::Lost(format!("the sandbox's init ended without a report ({init_status:?})")),
+    }
+}
+
+fn parse_report(line: &str, exec_failure: &mut Option<(i32, String)>, status: &mut Option<i32>) {
+    if let Some(rest) = line.strip_prefix(MSG_EXEC) {
+        let mut parts = rest.trim().splitn(2, ' ');
+        let errno = parts.next().and_then(|e| e.parse().ok()).unwrap_or(libc::ENOENT);
+        *exec_failure = Some((errno, parts.next().unwrap_or("").to_string()));
+    } else if let Some(rest) = line.strip_prefix(MSG_STATUS) {
+        *status = rest.trim().parse().ok();
+    }
+}
+
+/// Drains pending signals and unblocks them, so the supervisor behaves normally afterwards.
+fn restore_signals(sandbox: &mut Sandbox) {
+    while let Ok(Some(_)) = sandbox.signals.read_signal() {}
+    let _ = supervisor_signals().thread_unblock();
+}
+
+/// Kills the sandbox (used when the supervisor must give up early).
+pub fn kill_sandbox(pid: Pid) {
+    let _ = kill(pid, Signal::SIGKILL);
+    let _ = waitpid(pid, None);
+}
+
+/// Used by tests and `run` to hand a raw fd to the child.
+pub fn owned(fd: RawFd) -> OwnedFd {
+    // SAFETY: the caller transfers ownership of a descriptor it opened.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}

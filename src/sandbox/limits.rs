@@ -1,0 +1,179 @@
+//! Resource limits: rlimits for the agent, and a cgroup (memory, pids) where the host lets us create one.
+//!
+//! The kernel never applies RLIMIT_NPROC to real uid 0, so a run started by root relies on the cgroup's
+//! pids.max to stop a fork bomb. RLIMIT_AS is deliberately not used: it breaks runtimes that reserve
+//! address space (JVM, Go, node); the cgroup memory limit is the memory bound. What really applied is
+//! reported (and recorded in `session.start`).
+//!
+//! Cgroups: v2 when our own cgroup is delegated to us (we can create a child with the controllers), else
+//! the v1 `pids` and `memory` hierarchies when writable (root on hosts that mount them, as here).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use nix::sys::resource::{setrlimit, Resource};
+
+use super::profile::Limits;
+
+/// A cgroup made for one session; removed (after its processes are gone) by [`Cgroup::remove`].
+#[derive(Debug, Default)]
+pub struct Cgroup {
+    dirs: Vec<PathBuf>,
+    /// Human-readable list of what applied, e.g. `pids.max=512 (cgroup v1)`.
+    pub applied: Vec<String>,
+}
+
+impl Cgroup {
+    /// Creates the session's cgroup(s) and sets the limits; applies what it can, says what it could not.
+    pub fn create(session: &str, limits: &Limits) -> Cgroup {
+        let mut cg = Cgroup::default();
+        if limits.pids.is_none() && limits.memory.is_none() {
+            return cg;
+        }
+        let name = format!("zt-aas-{session}");
+        if let Some(dir) = v2_delegated_dir() {
+            let dir = dir.join(&name);
+            if fs::create_dir(&dir).is_ok() {
+                let mut ok = false;
+                if let Some(p) = limits.pids {
+                    ok |= write(&dir.join("pids.max"), p, "pids.max", "v2", &mut cg.applied);
+                }
+                if let Some(m) = limits.memory {
+                    ok |= write(&dir.join("memory.max"), m, "memory.max", "v2", &mut cg.applied);
+                    let _ = fs::write(dir.join("memory.swap.max"), "0");
+                }
+                cg.dirs.push(dir);
+                if ok {
+                    return cg;
+                }
+            }
+        }
+        for (controller, file, value) in [
+            ("pids", "pids.max", limits.pids),
+            ("memory", "memory.limit_in_bytes", limits.memory),
+        ] {
+            let Some(value) = value else { continue };
+            let Some(base) = v1_dir(controller) else { continue };
+            let dir = base.join(&name);
+            if fs::create_dir(&dir).is_err() {
+                continue;
+            }
+            if write(&dir.join(file), value, file, "v1", &mut cg.applied) {
+                cg.dirs.push(dir);
+            } else {
+                let _ = fs::remove_dir(&dir);
+            }
+        }
+        cg
+    }
+
+    /// Moves `pid` into every cgroup of the session.
+    pub fn add(&self, pid: i32) -> std::io::Result<()> {
+        for dir in &self.dirs {
+            fs::write(dir.join("cgroup.procs"), pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    pub fn limits_pids(&self) -> bool {
+        self.applied.iter().any(|a| a.starts_with("pids.max"))
+    }
+
+    /// Removes the cgroup directories (call once no process is left in them).
+    pub fn remove(&mut self) {
+        for dir in self.dirs.drain(..) {
+            // The kernel may take a moment to release a just-reaped process's cgroup membership.
+            for _ in 0..50 {
+                if fs::remove_dir(&dir).is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+fn write(path: &Path, value: u64, key: &str, version: &str, applied: &mut Vec<String>) -> bool {
+    let ok = fs::write(path, value.to_string()).is_ok();
+    if ok {
+        applied.push(format!("{key}={value} (cgroup {version})"));
+    }
+    ok
+}
+
+/// Our own cgroup v2 directory, when it is delegated to us with the pids or memory controller.
+fn v2_delegated_dir() -> Option<PathBuf> {
+    let own = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+    for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        let controllers = fs::read_to_string(Path::new(root).join("cgroup.controllers")).ok()?;
+        if !controllers.split_whitespace().any(|c| c == "pids" || c == "memory") {
+            continue;
+        }
+        let dir = Path::new(root).join(rel.trim_start_matches('/'));
+        let subtree = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+        if subtree.split_whitespace().any(|c| c == "pids" || c == "memory") {
+            return Some(dir);
+        }
+    }
+    None
+}
+
+/// Our own cgroup directory in the v1 hierarchy of `controller`, when mounted.
+fn v1_dir(controller: &str) -> Option<PathBuf> {
+    let own = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = own.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        ctrls.split(',').any(|c| c == controller).then_some(path)
+    })?;
+    let base = Path::new("/sys/fs/cgroup").join(controller);
+    base.join("cgroup.procs").exists().then(|| base.join(rel.trim_start_matches('/')))
+}
+
+/// What the host offers (for `doctor`): "v2 (delegated)", "v1 (pids, memory)" or "none".
+pub fn cgroup_support() -> String {
+    if v2_delegated_dir().is_some() {
+        return "v2 (delegated)".into();
+    }
+    let v1: Vec<&str> = ["pids", "memory"]
+        .into_iter()
+        .filter(|c| v1_dir(c).is_some_and(|d| is_writable(&d)))
+        .collect();
+    if v1.is_empty() {
+        "none".into()
+    } else {
+        format!("v1 ({})", v1.join(", "))
+    }
+}
+
+fn is_writable(dir: &Path) -> bool {
+    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
+}
+
+/// Sets the profile's rlimits on the calling process (inherited by the agent).
+pub fn apply_rlimits(limits: &Limits) -> Result<Vec<String>, nix::Error> {
+    let mut applied = Vec::new();
+    let mut set = |res: Resource, value: Option<u64>, name: &str| -> Result<(), nix::Error> {
+        if let Some(v) = value {
+            // An unprivileged caller cannot raise a hard limit: never ask for more than is there.
+            let (_, hard) = nix::sys::resource::getrlimit(res)?;
+            let v = v.min(hard);
+            setrlimit(res, v, v)?;
+            applied.push(format!("{name}={v}"));
+        }
+        Ok(())
+    };
+    set(Resource::RLIMIT_NOFILE, limits.nofile, "RLIMIT_NOFILE")?;
+    set(Resource::RLIMIT_NPROC, limits.nproc, "RLIMIT_NPROC")?;
+    set(Resource::RLIMIT_CORE, Some(limits.core.unwrap_or(0)), "RLIMIT_CORE")?;
+    set(Resource::RLIMIT_FSIZE, limits.fsize, "RLIMIT_FSIZE")?;
+    set(Resource::RLIMIT_CPU, limits.cpu, "RLIMIT_CPU")?;
+    Ok(applied)
+}

@@ -1,0 +1,247 @@
+//! From a profile, a workspace and the files that guard the session to the exact list of mounts and
+//! Landlock rules of the sandbox (pure, apart from looking at the host's paths).
+//!
+//! Protected workspace files are resolved here, by the supervisor, before anything runs: symlinks are
+//! resolved to where they really point (a `.git` that links elsewhere in the workspace protects the real
+//! one), placeholders for `protect_always` entries are created (and remembered for removal), and a guarded
+//! file (policy, revocation list, audit log, private key) that lies inside a writable path is re-bound
+//! read-only or hidden.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::landlock::Grant;
+use super::mounts::{MountOp, INNER_BIN_DIR};
+use super::profile::{Profile, Protected};
+
+/// Paths whose integrity guards the session.
+#[derive(Debug, Default, Clone)]
+pub struct Guarded {
+    /// Must never be writable inside (policy, revocation list, audit log, use-count state).
+    pub read_only: Vec<PathBuf>,
+    /// Must never be readable inside (private keys).
+    pub hidden: Vec<PathBuf>,
+}
+
+/// Inputs of a plan.
+pub struct PlanInput<'a> {
+    pub profile: &'a Profile,
+    pub workspace: &'a Path,
+    pub extra_read_only: &'a [PathBuf],
+    pub extra_read_write: &'a [PathBuf],
+    pub guarded: &'a Guarded,
+    pub self_exe: &'a Path,
+}
+
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub mounts: Vec<MountOp>,
+    pub landlock: Vec<(PathBuf, Grant)>,
+    /// Profile paths missing on this host (skipped).
+    pub skipped: Vec<PathBuf>,
+    /// Placeholders created on the host for `protect_always` entries (removed after the run if unused).
+    pub placeholders: Vec<PathBuf>,
+    /// Paths that are read-only or hidden inside the writable area (for the session record).
+    pub protected: Vec<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PlanError + '_ {
+    move |source| PlanError::Io { path: path.to_path_buf(), source }
+}
+
+/// Builds the plan for a namespaced run.
+pub fn build(input: &PlanInput) -> Result<Plan, PlanError> {
+    let mut plan = Plan::default();
+    let mut writable: Vec<PathBuf> = vec![input.workspace.to_path_buf()];
+    for p in input.extra_read_write {
+        writable.push(canonical_existing(p)?);
+    }
+    for p in input.profile.read_only.iter().chain(input.extra_read_only) {
+        match fs::symlink_metadata(p) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = fs::read_link(p).map_err(io(p))?;
+                plan.mounts.push(MountOp::Symlink { path: p.clone(), target });
+                // The target must be visible too: it is when it lies under another read-only path.
+            }
+            Ok(_) => {
+                plan.mounts.push(MountOp::Bind { path: p.clone(), writable: false });
+                plan.landlock.push((p.clone(), Grant::ReadExec));
+            }
+            Err(_) => plan.skipped.push(p.clone()),
+        }
+    }
+    for p in &writable {
+        plan.mounts.push(MountOp::Bind { path: p.clone(), writable: true });
+        plan.landlock.push((p.clone(), Grant::ReadWrite));
+    }
+    for p in &input.profile.tmpfs {
+        plan.mounts.push(MountOp::Tmpfs { path: p.clone() });
+        plan.landlock.push((p.clone(), Grant::ReadWrite));
+    }
+    let devices: Vec<String> = input
+        .profile
+        .devices
+        .iter()
+        .filter(|d| Path::new("/dev").join(d).exists())
+        .cloned()
+        .collect();
+    for d in &devices {
+        plan.landlock.push((Path::new("/dev").join(d), Grant::Device));
+    }
+    plan.mounts.push(MountOp::Dev { devices });
+    plan.mounts.push(MountOp::Proc);
+    plan.landlock.push((PathBuf::from("/proc"), Grant::ReadExec));
+    plan.mounts.push(MountOp::SelfExe { host_path: input.self_exe.to_path_buf() });
+    plan.landlock.push((PathBuf::from(INNER_BIN_DIR), Grant::ReadExec));
+
+    // Workspace entries to create, then to protect.
+    for entry in &input.profile.create {
+        let path = input.workspace.join(&entry.rel);
+        if fs::symlink_metadata(&path).is_err() {
+            create_entry(input.workspace, &path, entry.dir)?;
+        }
+    }
+    let mut read_only: Vec<PathBuf> = Vec::new();
+    for entry in &input.profile.protect {
+        if let Some(p) = resolve_in(input.workspace, &entry.rel, &writable) {
+            read_only.push(p);
+        }
+    }
+    for entry in &input.profile.protect_always {
+        read_only.extend(protect_always(input.workspace, entry, &writable, &mut plan)?);
+    }
+    for p in &input.guarded.read_only {
+        if let Some(p) = resolve_guarded(p, &writable)? {
+            read_only.push(p);
+        }
+    }
+    let mut hidden = Vec::new();
+    for p in &input.guarded.hidden {
+        if let Some(p) = resolve_guarded(p, &writable)? {
+            hidden.push(p);
+        }
+    }
+    for p in read_only.iter().chain(&hidden) {
+        pin_ancestors(p, &writable, &mut plan.mounts);
+    }
+    for p in read_only {
+        plan.protected.push(p.clone());
+        plan.mounts.push(MountOp::ReadOnly { path: p });
+    }
+    for p in hidden {
+        plan.protected.push(p.clone());
+        plan.mounts.push(MountOp::Hide { path: p });
+    }
+    plan.mounts.dedup();
+    Ok(plan)
+}
+
+fn canonical_existing(p: &Path) -> Result<PathBuf, PlanError> {
+    fs::canonicalize(p).map_err(io(p))
+}
+
+fn under_any<'a>(p: &Path, roots: &'a [PathBuf]) -> Option<&'a PathBuf> {
+    roots.iter().find(|r| p.starts_with(r))
+}
+
+/// The real path of `ws/rel` if it exists and lies in a writable area (else nothing to protect).
+fn resolve_in(ws: &Path, rel: &Path, writable: &[PathBuf]) -> Option<PathBuf> {
+    let real = fs::canonicalize(ws.join(rel)).ok()?;
+    under_any(&real, writable).map(|_| real)
+}
+
+fn resolve_guarded(p: &Path, writable: &[PathBuf]) -> Result<Option<PathBuf>, PlanError> {
+    match fs::canonicalize(p) {
+        Ok(real) => Ok(under_any(&real, writable).map(|_| real)),
+        // A guarded file that does not exist cannot be read; one created later by the supervisor is
+        // created before the launch (audit log, revocation list), so this is a file nobody uses.
+        Err(_) => Ok(None),
+    }
+}
+
+/// Protects `entry` even when it does not exist yet, creating an empty placeholder if needed.
+fn protect_always(
+    ws: &Path,
+    entry: &Protected,
+    writable: &[PathBuf],
+    plan: &mut Plan,
+) -> Result<Option<PathBuf>, PlanError> {
+    let path = ws.join(&entry.rel);
+    if fs::symlink_metadata(&path).is_ok() {
+        return Ok(resolve_in(ws, &entry.rel, writable));
+    }
+    // Do not create through a symlinked ancestor that leaves the workspace.
+    let mut created = create_entry(ws, &path, entry.dir)?;
+    plan.placeholders.append(&mut created);
+    Ok(resolve_in(ws, &entry.rel, writable))
+}
+
+/// Creates `path` (and missing ancestors) inside `ws`, refusing to go through a symlink; returns what it
+/// created, deepest last.
+fn create_entry(ws: &Path, path: &Path, dir: bool) -> Result<Vec<PathBuf>, PlanError> {
+    let rel = path.strip_prefix(ws).map_err(|_| PlanError::Invalid(format!("{} is outside the workspace", path.display())))?;
+    let mut created = Vec::new();
+    let mut cur = ws.to_path_buf();
+    let parts: Vec<_> = rel.components().collect();
+    for (i, part) in parts.iter().enumerate() {
+        cur.push(part);
+        let last = i + 1 == parts.len();
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(PlanError::Invalid(format!(
+                    "{} is a symlink: refusing to create a protected placeholder through it",
+                    cur.display()
+                )))
+            }
+            Ok(_) => {}
+            Err(_) if last && !dir => {
+                fs::OpenOptions::new().write(true).create_new(true).open(&cur).map_err(io(&cur))?;
+                created.push(cur.clone());
+            }
+            Err(_) => {
+                fs::create_dir(&cur).map_err(io(&cur))?;
+                created.push(cur.clone());
+            }
+        }
+    }
+    Ok(created)
+}
+
+/// Pins every directory between the writable root and `p` (exclusive), so none can be renamed away.
+fn pin_ancestors(p: &Path, writable: &[PathBuf], mounts: &mut Vec<MountOp>) {
+    let Some(root) = under_any(p, writable) else { return };
+    let mut cur = p.parent();
+    while let Some(dir) = cur {
+        if dir == root.as_path() || !dir.starts_with(root) {
+            break;
+        }
+        let op = MountOp::Pin { path: dir.to_path_buf() };
+        if !mounts.contains(&op) {
+            mounts.push(op);
+        }
+        cur = dir.parent();
+    }
+}
+
+/// Removes the placeholders that are still empty placeholders (deepest first); leaves anything used.
+pub fn remove_placeholders(placeholders: &[PathBuf]) {
+    for p in placeholders.iter().rev() {
+        match fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => {
+                let _ = fs::remove_dir(p); // fails, harmlessly, when not empty
+            }
+            Ok(m) if m.is_file() && m.len() == 0 => {
+                let _ = fs::remove_file(p);
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! Profiles: what the agent's program needs to run at all (SPEC "Profile").
+//!
+//! A profile lists host paths visible read-only, devices, tmpfs mounts, the environment allowlist, the
+//! workspace files re-bound read-only, and default limits. The shipped profiles (`profiles/*.toml`) are
+//! built into the binary; `--profile FILE` or the policy's `sandbox.profile` may name a file instead.
+//! A profile may `extends` another: lists are concatenated, maps merged, limits overridden.
+//!
+//! What a profile does NOT do: grant writes outside the workspace (the policy's `read_write` does), or
+//! weaken a layer (seccomp additions can only refuse more).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The profiles shipped with zt-aas, by name.
+const SHIPPED: &[(&str, &str)] = &[
+    ("minimal", include_str!("../../profiles/minimal.toml")),
+    ("ci", include_str!("../../profiles/ci.toml")),
+];
+
+/// Devices a profile may ask for (bound from the host's /dev; nothing else is ever exposed).
+pub const ALLOWED_DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("unknown profile `{0}` (shipped: minimal, ci; or give a path to a profile file)")]
+    Unknown(String),
+    #[error("{path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{origin}:{line}: {message}")]
+    Parse { origin: String, line: usize, message: String },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    name: Option<String>,
+    extends: Option<String>,
+    #[serde(default)]
+    read_only: Vec<String>,
+    #[serde(default)]
+    devices: Vec<String>,
+    #[serde(default)]
+    tmpfs: Vec<String>,
+    #[serde(default)]
+    env: RawEnv,
+    #[serde(default)]
+    workspace: RawWorkspace,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    seccomp: RawSeccomp,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEnv {
+    #[serde(default)]
+    keep: Vec<String>,
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWorkspace {
+    #[serde(default)]
+    protect: Vec<String>,
+    #[serde(default)]
+    protect_always: Vec<String>,
+    #[serde(default)]
+    create: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    nofile: Option<u64>,
+    nproc: Option<u64>,
+    pids: Option<u64>,
+    core: Option<u64>,
+    fsize: Option<SizeValue>,
+    memory: Option<SizeValue>,
+    cpu: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSeccomp {
+    /// Extra syscalls refused with EPERM (names as in the kernel's x86_64 table).
+    #[serde(default)]
+    deny: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+/// A workspace entry to protect; `dir` when it was written with a trailing `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Protected {
+    pub rel: PathBuf,
+    pub dir: bool,
+}
+
+/// Limits of a profile (each may be overridden by the policy's `[sandbox.limits]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub nofile: Option<u64>,
+    pub nproc: Option<u64>,
+    pub pids: Option<u64>,
+    pub core: Option<u64>,
+    pub fsize: Option<u64>,
+    pub memory: Option<u64>,
+    pub cpu: Option<u64>,
+}
+
+/// A resolved profile (after `extends`).
+#[derive(Debug, Clone, Default)]
+pub struct Profile {
+    pub name: String,
+    /// Where it came from: `builtin:minimal` or a file path.
+    pub origin: String,
+    pub read_only: Vec<PathBuf>,
+    pub devices: Vec<String>,
+    pub tmpfs: Vec<PathBuf>,
+    pub env_keep: Vec<String>,
+    pub env_set: BTreeMap<String, String>,
+    pub protect: Vec<Protected>,
+    pub protect_always: Vec<Protected>,
+    pub create: Vec<Protected>,
+    pub limits: Limits,
+    pub seccomp_deny: Vec<String>,
+}
+
+impl Profile {
+    /// Loads a shipped profile by name, or a profile file by path (anything containing `/` or ending
+    /// in `.toml` is a path).
+    pub fn load(name_or_path: &str) -> Result<Profile, ProfileError> {
+        Self::load_depth(name_or_path, 0)
+    }
+
+    fn load_depth(name_or_path: &str, depth: usize) -> Result<Profile, ProfileError> {
+        if depth > 4 {
+            return Err(ProfileError::Invalid {
+                origin: name_or_path.to_string(),
+                message: "`extends` chain is too long (a cycle?)".into(),
+            });
+        }
+        let (origin, text) = if name_or_path.contains('/') || name_or_path.ends_with(".toml") {
+            let text =
+                std::fs::read_to_string(name_or_path).map_err(|source| ProfileError::Read {
+                    path: name_or_path.to_string(),
+                    source,
+                })?;
+            (name_or_path.to_string(), text)
+        } else {
+            let text = SHIPPED
+                .iter()
+                .find(|(n, _)| *n == name_or_path)
+                .map(|(_, t)| t.to_string())
+                .ok_or_else(|| ProfileError::Unknown(name_or_path.to_string()))?;
+            (format!("builtin:{name_or_path}"), text)
+        };
+        let raw: RawProfile = toml::from_str(&text).map_err(|e| ProfileError::Parse {
+            origin: origin.clone(),
+            line: e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+                .unwrap_or(0),
+            message: e.message().to_string(),
+        })?;
+        let mut profile = match &raw.extends {
+            Some(parent) => Self::load_depth(parent, depth + 1)?,
+            None => Profile::default(),
+        };
+        profile.merge(raw, &origin)?;
+        profile.origin = origin;
+        Ok(profile)
+    }
+
+    fn merge(&mut self, raw: RawProfile, origin: &str) -> Result<(), ProfileError> {
+        let invalid = |message: String| ProfileError::Invalid { origin: origin.to_string(), message };
+        self.name = raw.name.unwrap_or_else(|| origin.to_string());
+        for p in raw.read_only {
+            self.read_only.push(absolute(&p).map_err(invalid)?);
+        }
+        for d in raw.devices {
+            if !ALLOWED_DEVICES.contains(&d.as_str()) {
+                return Err(invalid(format!(
+                    "device `{d}` is not allowed (allowed: {})",
+                    ALLOWED_DEVICES.join(", ")
+                )));
+            }
+            if !self.devices.contains(&d) {
+                self.devices.push(d);
+            }
+        }
+        for p in raw.tmpfs {
+            self.tmpfs.push(absolute(&p).map_err(invalid)?);
+        }
+        self.env_keep.extend(raw.env.keep);
+        self.env_set.extend(raw.env.set);
+        for (list, target) in [
+            (raw.workspace.protect, &mut self.protect),
+            (raw.workspace.protect_always, &mut self.protect_always),
+            (raw.workspace.create, &mut self.create),
+        ] {
+            for entry in list {
+                target.push(workspace_entry(&entry).map_err(invalid)?);
+            }
+        }
+        let l = raw.limits;
+        let size = |v: Option<SizeValue>, key: &str| -> Result<Option<u64>, ProfileError> {
+            match v {
+                None => Ok(None),
+                Some(SizeValue::Bytes(b)) => Ok(Some(b)),
+                Some(SizeValue::Text(t)) => parse_size(&t)
+                    .map(Some)
+                    .ok_or_else(|| invalid(format!("limits.{key}: `{t}` is not a size like 512MiB"))),
+            }
+        };
+        let limits = Limits {
+            nofile: l.nofile.or(self.limits.nofile),
+            nproc: l.nproc.or(self.limits.nproc),
+            pids: l.pids.or(self.limits.pids),
+            core: l.core.or(self.limits.core),
+            fsize: size(l.fsize, "fsize")?.or(self.limits.fsize),
+            memory: size(l.memory, "memory")?.or(self.limits.memory),
+            cpu: l.cpu.or(self.limits.cpu),
+        };
+        self.limits = limits;
+        self.seccomp_deny.extend(raw.seccomp.deny);
+        Ok(())
+    }
+}
+
+fn absolute(p: &str) -> Result<PathBuf, String> {
+    let path = Path::new(p);
+    if !path.is_absolute() || p.split('/').any(|c| c == "..") {
+        return Err(format!("path `{p}` must be absolute, without `..`"));
+    }
+    Ok(path.to_path_buf())
+}
+
+fn workspace_entry(entry: &str) -> Result<Protected, String> {
+    let dir = entry.ends_with('/');
+    let rel = entry.trim_end_matches('/');
+    let path = Path::new(rel);
+    let ok = !rel.is_empty()
+        && path.is_relative()
+        && path.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !ok {
+        return Err(format!("workspace entry `{entry}` must be a relative path without `..`"));
+    }
+    Ok(Protected { rel: path.to_path_buf(), dir })
+}
+
+/// Parses `512MiB`, `2GiB`, `64KiB`, `10MB`-style sizes (binary and decimal units) or plain bytes.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "TiB" | "T" => 1 << 40,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_profiles_load() {
+        let minimal = Profile::load("minimal").unwrap();
+        assert!(minimal.read_only.contains(&PathBuf::from("/usr")));
+        assert!(minimal.protect_always.iter().any(|p| p.rel == Path::new(".git/hooks") && p.dir));
+        let ci = Profile::load("ci").unwrap();
+        assert!(ci.read_only.contains(&PathBuf::from("/usr")), "ci extends minimal");
+        assert_eq!(ci.limits.nproc, Some(4096));
+        assert_eq!(ci.limits.core, Some(0), "inherited from minimal");
+    }
+
+    #[test]
+    fn bad_profiles_are_refused_with_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.toml");
+        std::fs::write(&p, "name = \"x\"\nbogus = 1\n").unwrap();
+        let e = Profile::load(p.to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.contains(":2:") && e.contains("bogus"), "{e}");
+        std::fs::write(&p, "devices = [\"sda\"]\n").unwrap();
+        assert!(Profile::load(p.to_str().unwrap()).unwrap_err().to_string().contains("sda"));
+        std::fs::write(&p, "[workspace]\nprotect = [\"../x\"]\n").unwrap();
+        assert!(Profile::load(p.to_str().unwrap()).is_err());
+        assert!(matches!(Profile::load("nope"), Err(ProfileError::Unknown(_))));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("2GiB"), Some(2 << 30));
+        assert_eq!(parse_size("12"), Some(12));
+        assert_eq!(parse_size("1PiB"), None);
+        assert_eq!(parse_size("99999999999999999999GiB"), None);
+    }
+}

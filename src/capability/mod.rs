@@ -34,3 +34,6 @@ pub fn read_token_file(path: &Path) -> Result<String, String> {
     }
     Ok(token.to_string())
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,14 +1,167 @@
-//! (being written)
+//! The `audit` subcommands: read the file, call the pure functions, print, and map the outcome to the
+//! exit statuses of the contract (0 ok, 1 the log failed a check or replay changed something, 2 usage —
+//! including a log or key file that cannot be read: that is no evidence about the log either way).
+
+use super::{keys, record, show, verify_log, VerifyReport};
+use crate::cli::{AuditExportArgs, AuditReplayArgs, AuditShowArgs, AuditVerifyArgs};
 use crate::exit::{CmdResult, Failure};
-pub fn verify(_args: &crate::cli::AuditVerifyArgs) -> CmdResult {
-    Err(Failure::refused("not implemented yet"))
+use std::io::Write as _;
+use std::path::Path;
+
+/// Reads a whole log; a missing or unreadable file is a usage error.
+pub(crate) fn read_log(path: &Path) -> Result<Vec<u8>, Failure> {
+    std::fs::read(path).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::NotFound {
+            " (no such file; the default log is $XDG_STATE_HOME/zt-aas/audit.jsonl)"
+        } else {
+            ""
+        };
+        Failure::usage(format!(
+            "cannot read audit log {}: {e}{hint}",
+            path.display()
+        ))
+    })
 }
-pub fn show(_args: &crate::cli::AuditShowArgs) -> CmdResult {
-    Err(Failure::refused("not implemented yet"))
+
+fn print(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        // A closed pipe (`| head`) is the reader's choice, not a failure.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failure::refused(format!("cannot write to stdout: {e}"))),
+    }
 }
-pub fn replay(_args: &crate::cli::AuditReplayArgs) -> CmdResult {
-    Err(Failure::refused("not implemented yet"))
+
+/// `zt-aas audit verify LOG [--key PUBFILE] [--expect-head HEX] [--json]`.
+pub fn verify(args: &AuditVerifyArgs) -> CmdResult {
+    let pinned = match &args.key {
+        Some(path) => Some(keys::load_public_key(path).map_err(|e| Failure::usage(e.to_string()))?),
+        None => None,
+    };
+    let expect_head = match &args.expect_head {
+        Some(h) => {
+            let h = h.trim().to_ascii_lowercase();
+            if record::parse_hash(&h).is_none() {
+                return Err(Failure::usage(format!(
+                    "--expect-head `{h}` is not a 64-digit hex SHA-256"
+                )));
+            }
+            Some(h)
+        }
+        None => None,
+    };
+    let bytes = read_log(&args.log)?;
+    let report = verify_log(&bytes, pinned.as_ref(), expect_head.as_deref());
+    if args.json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| Failure::refused(format!("cannot encode the report: {e}")))?;
+        print(&format!("{text}\n"))?;
+        return Ok(if report.ok { 0 } else { crate::exit::FAILED });
+    }
+    let summary = summary(&report, &args.log);
+    if report.ok {
+        print(&summary)?;
+        Ok(0)
+    } else {
+        Err(Failure::failed(summary.trim_end().to_string()))
+    }
 }
-pub fn export(_args: &crate::cli::AuditExportArgs) -> CmdResult {
-    Err(Failure::refused("not implemented yet"))
+
+fn summary(r: &VerifyReport, log: &Path) -> String {
+    let signer = match &r.pinned {
+        Some(id) => format!("signed by the pinned key {id}"),
+        None => format!(
+            "signer NOT pinned: key ids in the log: {} (pass --key PUBFILE to check who signed)",
+            if r.key_ids.is_empty() {
+                "none".to_string()
+            } else {
+                r.key_ids.join(", ")
+            }
+        ),
+    };
+    match &r.error {
+        None => {
+            let mut s = format!(
+                "{}: ok: {} records, {} sessions, all sealed; head {}\n{signer}\n",
+                log.display(),
+                r.records,
+                r.sessions,
+                r.head.as_deref().unwrap_or("-")
+            );
+            if !r.recovered_lines.is_empty() {
+                s.push_str(&format!(
+                    "torn lines closed by recovery records: {}\n",
+                    r.recovered_lines
+                        .iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            s
+        }
+        Some(e) => {
+            let seq = e.seq.map(|s| format!(" (seq {s})")).unwrap_or_default();
+            let problem = serde_json::to_value(e.problem)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            format!(
+                "{}: FAILED at line {}{seq}: {problem}: {}\n{} records verified before it; {signer}\n",
+                log.display(),
+                e.line,
+                e.what,
+                r.records
+            )
+        }
+    }
+}
+
+/// `zt-aas audit show LOG [--json] [--session ID] [--decision D]`.
+pub fn show(args: &AuditShowArgs) -> CmdResult {
+    if let Some(d) = &args.decision {
+        if !matches!(d.as_str(), "allow" | "deny" | "error") {
+            return Err(Failure::usage(format!(
+                "--decision `{d}`: expected allow, deny or error"
+            )));
+        }
+    }
+    let bytes = read_log(&args.log)?;
+    let filter = show::Filter {
+        session: args.session.clone(),
+        decision: args.decision.clone(),
+    };
+    let (text, shown) = show::render(&bytes, &filter, args.json);
+    print(&text)?;
+    if !args.json {
+        eprintln!(
+            "{shown} records shown (not verified: run `zt-aas audit verify {}`)",
+            args.log.display()
+        );
+    }
+    Ok(0)
+}
+
+/// `zt-aas audit export LOG --format ocsf`.
+pub fn export(args: &AuditExportArgs) -> CmdResult {
+    if args.format != "ocsf" {
+        return Err(Failure::usage(format!(
+            "--format `{}`: the only format is ocsf",
+            args.format
+        )));
+    }
+    let bytes = read_log(&args.log)?;
+    let name = args.log.display().to_string();
+    let (text, skipped) = super::export::to_ocsf(&bytes, &name);
+    print(&text)?;
+    if skipped > 0 {
+        eprintln!("zt-aas: {skipped} lines of {name} are not records and were skipped");
+    }
+    Ok(0)
+}
+
+/// `zt-aas audit replay LOG --policy FILE [--json]`.
+pub fn replay(args: &AuditReplayArgs) -> CmdResult {
+    super::replay::main(args)
 }

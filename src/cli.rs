@@ -68,6 +68,9 @@ pub struct RunArgs {
     /// Workspace directory, writable inside at its own path (default: the current directory).
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
+    /// The audit log's signing key (default: the policy's [audit] key, else audit.key beside the log).
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub audit_key: Option<PathBuf>,
     /// Write the sealed head (hex hash of the session's last record) to FILE.
     #[arg(long, value_name = "FILE")]
     pub head_out: Option<PathBuf>,
@@ -289,7 +292,7 @@ pub fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> CmdResult {
     match command {
-        Command::Run(args) => crate::sandbox::run::run(&args),
+        Command::Run(args) => crate::session::run(&args),
         Command::Doctor(args) => crate::sandbox::doctor::main(&args),
         Command::Call(args) => crate::mediator::client::main(&args),
         Command::Keygen(args) => crate::capability::commands::keygen(&args),

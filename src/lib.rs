@@ -17,3 +17,4 @@ pub mod exit;
 pub mod mediator;
 pub mod policy;
 pub mod sandbox;
+pub mod session;

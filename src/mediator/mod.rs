@@ -1,1 +1,423 @@
+//! The mediator: the agent's only channel to the world.
+//!
+//! Every request on fd 3 goes through the same steps, in this order:
+//! 1. parse (bounded, strict; a bad frame gets an `error` response and the session goes on);
+//! 2. limits (calls per second / per session) — over a limit is an explicit denial;
+//! 3. tokens: the request's own (verified now) or the session's, and the revocation list re-read now;
+//! 4. decide (pure engine: policy rules + capability + arguments), then, for an allowed file action,
+//!    resolve and open its path beneath the root (a refusal there is a denial too);
+//! 5. write the decision record durably — if that fails the call is denied and the agent told why:
+//!    no record, no action;
+//! 6. only if allowed: count the use, execute, write the result record, answer.
+//!
+//! The actor is always the session's agent; identity fields in a request are recorded, never used.
+
+pub mod actions;
 pub mod client;
+pub mod protocol;
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessageOwned, MsgFlags};
+use serde_json::{json, Map, Value};
+
+use crate::audit::{Kind, RecordBody, SessionWriter};
+use crate::capability::{revocation, Token};
+use crate::policy::{decide, Check, Decision, Policy, Request, UseState};
+use crate::sandbox::Events;
+
+/// Counts for the summary line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub allowed: u64,
+    pub denied: u64,
+    pub errors: u64,
+}
+
+/// The supervisor's side of fd 3.
+pub struct Mediator {
+    socket: OwnedFd,
+    policy: Policy,
+    agent: String,
+    session_tokens: Vec<Token>,
+    revoked: HashSet<String>,
+    uses: HashMap<(String, usize), u64>,
+    pub audit: SessionWriter,
+    audit_paths: Option<(PathBuf, PathBuf)>,
+    started: Instant,
+    window: (u64, u32),
+    pub stats: Stats,
+    /// Set when the audit log failed: every further call is denied with this reason.
+    audit_broken: Option<String>,
+    now: fn() -> u64,
+}
+
+/// Unix time in seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Mediator {
+    pub fn new(
+        socket: OwnedFd,
+        policy: Policy,
+        agent: String,
+        session_tokens: Vec<Token>,
+        audit: SessionWriter,
+        audit_paths: Option<(PathBuf, PathBuf)>,
+    ) -> Mediator {
+        Mediator {
+            socket,
+            policy,
+            agent,
+            session_tokens,
+            revoked: HashSet::new(),
+            uses: HashMap::new(),
+            audit,
+            audit_paths,
+            started: Instant::now(),
+            window: (0, 0),
+            stats: Stats::default(),
+            audit_broken: None,
+            now: unix_now,
+        }
+    }
+
+    /// Handles one frame; returns the response bytes and whether the session must end (and why).
+    fn handle(&mut self, frame: &[u8], truncated: bool) -> (Vec<u8>, Option<String>) {
+        let req = if truncated {
+            Err(protocol::ProtocolError {
+                id: Value::Null,
+                reason: format!("request larger than {} bytes", protocol::MAX_REQUEST),
+            })
+        } else {
+            protocol::parse_request(frame)
+        };
+        let req = match req {
+            Ok(r) => r,
+            Err(e) => {
+                self.stats.errors += 1;
+                let mut body = RecordBody::new("", Kind::Decision, self.agent.clone());
+                body.decision = Some("error".into());
+                body.reason = Some(e.reason.clone());
+                body.extra.insert("check".into(), json!("protocol_error"));
+                let _ = self.record(body);
+                return (
+                    protocol::response(&e.id, "error", &e.reason, Value::Null),
+                    None,
+                );
+            }
+        };
+        let now = (self.now)();
+        let mut end = None;
+        let mut extra = Map::new();
+        let decision = self.decide(&req, now, &mut extra, &mut end);
+        let prepared = match (&decision, self.policy.action(&req.action)) {
+            (d, Some(action)) if d.allowed => {
+                match actions::prepare(action, &req.args, self.policy.mediator.timeout) {
+                    Ok(p) => Ok(p),
+                    Err(r) => Err(r),
+                }
+            }
+            _ => Err(actions::Refusal {
+                check: "",
+                reason: String::new(),
+            }),
+        };
+        let (decision, prepared) = match prepared {
+            Ok(p) => (decision, Some(p)),
+            Err(r) if decision.allowed => {
+                extra.insert("check".into(), json!(r.check));
+                let mut d = Decision::deny(Check::Malformed, r.reason);
+                d.token = decision.token.clone();
+                (d, None)
+            }
+            Err(_) => (decision, None),
+        };
+        // The decision record, durably, before anything happens.
+        let mut body = RecordBody::new("", Kind::Decision, self.agent.clone());
+        body.action = Some(req.action.clone());
+        body.args = json!(req.args);
+        body.token = decision.token.clone();
+        body.decision = Some(decision.verdict().into());
+        body.reason = Some(decision.reason.clone());
+        extra
+            .entry("check")
+            .or_insert_with(|| json!(decision.check.code()));
+        if let Some(rule) = &decision.rule {
+            extra.insert("rule".into(), json!(rule));
+        }
+        if let Some(cap) = decision.capability {
+            extra.insert("capability".into(), json!(cap));
+        }
+        if let Some(t) = &req.token {
+            extra.insert("token_raw".into(), json!(t));
+        }
+        if !req.spoofed.is_empty() {
+            extra.insert(
+                "ignored_identity".into(),
+                Value::Object(req.spoofed.clone()),
+            );
+        }
+        body.extra = extra;
+        if let Err(e) = self.record(body) {
+            self.stats.denied += 1;
+            let reason =
+                format!("denied: the decision could not be recorded ({e}); no record, no action");
+            return (
+                protocol::response(&req.id, "deny", &reason, Value::Null),
+                end,
+            );
+        }
+        let Some(prepared) = prepared.filter(|_| decision.allowed) else {
+            self.stats.denied += 1;
+            return (
+                protocol::response(&req.id, "deny", &decision.reason, Value::Null),
+                end,
+            );
+        };
+        self.stats.allowed += 1;
+        if let (Some(t), Some(i)) = (&decision.token, decision.capability) {
+            *self.uses.entry((t.clone(), i)).or_insert(0) += 1;
+        }
+        let audit = self
+            .audit_paths
+            .as_ref()
+            .map(|(l, k)| (l.as_path(), k.as_path()));
+        let outcome = actions::execute(prepared, self.policy.mediator.output_bytes, audit);
+        let mut body = RecordBody::new("", Kind::Result, self.agent.clone());
+        body.action = Some(req.action.clone());
+        body.token = decision.token.clone();
+        body.decision = Some("allow".into());
+        body.reason = Some(if outcome.ok {
+            "succeeded".into()
+        } else {
+            "failed".into()
+        });
+        body.extra.insert("ok".into(), json!(outcome.ok));
+        for key in [
+            "exit",
+            "timed_out",
+            "stdout_truncated",
+            "stderr_truncated",
+            "bytes",
+            "duration_ms",
+        ] {
+            if let Some(v) = outcome
+                .result
+                .get(key)
+                .filter(|v| v.is_i64() || v.is_u64() || v.is_boolean())
+            {
+                body.extra.insert(key.into(), v.clone());
+            }
+        }
+        let _ = self.record(body);
+        let reason = if outcome.ok {
+            "allowed"
+        } else {
+            "allowed; the action failed"
+        };
+        (
+            protocol::response(&req.id, "allow", reason, outcome.result),
+            end,
+        )
+    }
+
+    /// Limits, tokens, revocations, then the engine.
+    fn decide(
+        &mut self,
+        req: &protocol::Request,
+        now: u64,
+        extra: &mut Map<String, Value>,
+        end: &mut Option<String>,
+    ) -> Decision {
+        if let Some(why) = &self.audit_broken {
+            return Decision::deny(
+                Check::Malformed,
+                format!("the audit log is unavailable ({why}); no record, no action"),
+            );
+        }
+        let total = self.stats.allowed + self.stats.denied + self.stats.errors;
+        if let Some(max) = self.policy.mediator.calls_per_session {
+            if total >= max {
+                extra.insert("check".into(), json!("rate_limited"));
+                return Decision::deny(
+                    Check::Malformed,
+                    format!("call limit reached: {max} calls per session"),
+                );
+            }
+        }
+        if let Some(per_sec) = self.policy.mediator.calls_per_second {
+            let second = self.started.elapsed().as_secs();
+            if self.window.0 != second {
+                self.window = (second, 0);
+            }
+            self.window.1 += 1;
+            if self.window.1 > per_sec {
+                extra.insert("check".into(), json!("rate_limited"));
+                return Decision::deny(
+                    Check::Malformed,
+                    format!("rate limit: at most {per_sec} calls per second"),
+                );
+            }
+        }
+        if let Err(reason) = self.refresh_revocations(end) {
+            extra.insert("check".into(), json!("revocation_list_unreadable"));
+            return Decision::deny(Check::Revoked, reason);
+        }
+        let presented;
+        let tokens: &[Token] = match &req.token {
+            Some(raw) => match Token::verify(raw, &self.policy.issuers) {
+                Ok(t) => {
+                    presented = [t];
+                    &presented
+                }
+                Err(e) => return e.to_decision(),
+            },
+            None => &self.session_tokens,
+        };
+        let state = UseState {
+            revoked: &self.revoked,
+            uses: &self.uses,
+        };
+        let request = Request {
+            agent: &self.agent,
+            action: &req.action,
+            args: &req.args,
+        };
+        decide(&self.policy, &request, tokens, &state, now)
+    }
+
+    /// Re-reads the revocation list (every call: revocation takes effect at the next use). A session
+    /// token newly seen revoked gets a `revocation` record, and ends the session if the policy says so.
+    fn refresh_revocations(&mut self, end: &mut Option<String>) -> Result<(), String> {
+        let Some(path) = self.policy.revocation.clone() else {
+            return Ok(());
+        };
+        let revoked = revocation::load(&path)
+            .map_err(|e| format!("the revocation list is unreadable, failing closed: {e}"))?;
+        let newly: Vec<String> = self
+            .session_tokens
+            .iter()
+            .filter(|t| revoked.contains(&t.id) && !self.revoked.contains(&t.id))
+            .map(|t| t.id.clone())
+            .collect();
+        self.revoked = revoked;
+        for id in newly {
+            let mut body = RecordBody::new("", Kind::Revocation, self.agent.clone());
+            body.token = Some(id.clone());
+            body.reason = Some("token found in the revocation list".into());
+            let _ = self.record(body);
+            if self.policy.mediator.end_on_revocation {
+                *end = Some(format!(
+                    "token {id} was revoked ([mediator] end_on_revocation)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, body: RecordBody) -> Result<(), String> {
+        match self.audit.record(body) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let why = e.to_string();
+                self.audit_broken = Some(why.clone());
+                Err(why)
+            }
+        }
+    }
+
+    /// Receives one frame (and an optional reply socket), answers it.
+    fn serve_one(&mut self) -> Option<String> {
+        let mut buf = vec![0u8; protocol::MAX_REQUEST + 1];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let (len, truncated, reply_fd) = {
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let msg = match recvmsg::<()>(
+                self.socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_TRUNC,
+            ) {
+                Ok(m) => m,
+                Err(_) => return None,
+            };
+            let mut reply = None;
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::ScmRights(fds) = c {
+                        for fd in fds {
+                            // SAFETY: the kernel just installed these descriptors for us.
+                            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                            if reply.is_none() {
+                                reply = Some(owned);
+                            }
+                        }
+                    }
+                }
+            }
+            (
+                msg.bytes,
+                msg.flags.contains(MsgFlags::MSG_TRUNC) || msg.bytes > protocol::MAX_REQUEST,
+                reply,
+            )
+        };
+        if len == 0 && reply_fd.is_none() {
+            return None; // EOF: the agent closed its end
+        }
+        let (response, end) = self.handle(&buf[..len.min(protocol::MAX_REQUEST)], truncated);
+        let target = reply_fd
+            .as_ref()
+            .filter(|fd| is_seqpacket(fd.as_fd()))
+            .map(|f| f.as_raw_fd());
+        let iov = [std::io::IoSlice::new(&response)];
+        let _ = sendmsg::<()>(
+            target.unwrap_or(self.socket.as_raw_fd()),
+            &iov,
+            &[],
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            None,
+        );
+        end
+    }
+}
+
+/// Whether `fd` is a SOCK_SEQPACKET socket (the only kind we answer on: never block on a pipe or file).
+fn is_seqpacket(fd: BorrowedFd<'_>) -> bool {
+    nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::SockType)
+        .is_ok_and(|t| t == nix::sys::socket::SockType::SeqPacket)
+}
+
+impl Events for Mediator {
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.socket.as_fd())
+    }
+
+    fn on_readable(&mut self) -> Option<String> {
+        // Serve what is queued, but come back to the loop regularly (signals, child exit).
+        for _ in 0..64 {
+            let mut probe = [0u8; 1];
+            let pending = nix::sys::socket::recv(
+                self.socket.as_raw_fd(),
+                &mut probe,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+            );
+            match pending {
+                Ok(_) => {
+                    if let Some(end) = self.serve_one() {
+                        return Some(end);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+}

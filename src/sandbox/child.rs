@@ -87,7 +87,15 @@ pub fn main(plan: ChildPlan, mut fds: ChildFds) -> ! {
 fn setup(plan: &ChildPlan, fds: &mut ChildFds) -> Result<String, String> {
     // 1. Die with the supervisor; then wait for its go (it has joined us to the cgroup by then).
     // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
     let mut byte = [0u8; 1];
     // SAFETY: reading one byte into a stack buffer.
     let n = unsafe { libc::read(fds.go, byte.as_mut_ptr().cast(), 1) };
@@ -116,8 +124,12 @@ fn setup(plan: &ChildPlan, fds: &mut ChildFds) -> Result<String, String> {
     if plan.namespaces {
         mounts::build_root(plan.mounts.clone()).map_err(|e| e.to_string())?;
     }
-    std::env::set_current_dir(&plan.cwd)
-        .map_err(|e| format!("cannot enter {} inside the sandbox: {e}", plan.cwd.display()))?;
+    std::env::set_current_dir(&plan.cwd).map_err(|e| {
+        format!(
+            "cannot enter {} inside the sandbox: {e}",
+            plan.cwd.display()
+        )
+    })?;
 
     // 5. Limits.
     limits::apply_rlimits(&plan.limits).map_err(|e| format!("rlimits: {e}"))?;
@@ -197,21 +209,35 @@ pub fn exec_agent(plan: &ChildPlan, report_fd: RawFd) -> ! {
             .filter_map(|dir| CString::new(format!("{}/{}", dir.display(), name)).ok())
             .collect()
     };
-    let argv: Vec<*const libc::c_char> =
-        plan.argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-    let envp: Vec<*const libc::c_char> =
-        plan.envp.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let argv: Vec<*const libc::c_char> = plan
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = plan
+        .envp
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
     for candidate in &candidates {
         // SAFETY: argv and envp are NULL-terminated arrays of pointers into CStrings that outlive the call.
         unsafe { libc::execve(candidate.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOENT);
+        let errno = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::ENOENT);
         // Like execvp: a permission problem is remembered over a later "not found".
         if errno != libc::ENOENT && errno != libc::ENOTDIR || last == libc::ENOENT {
             last = errno;
         }
     }
     report(report_fd, &format!("{MSG_EXEC} {last} {name}"));
-    let code = if last == libc::ENOENT || last == libc::ENOTDIR { 127 } else { 126 };
+    let code = if last == libc::ENOENT || last == libc::ENOTDIR {
+        127
+    } else {
+        126
+    };
     let _ = std::io::stderr().flush();
     // SAFETY: _exit in a forked child.
     unsafe { libc::_exit(code) }

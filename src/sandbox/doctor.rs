@@ -46,7 +46,11 @@ pub fn main(args: &DoctorArgs) -> CmdResult {
     let seccomp = host_supports(Layer::Seccomp);
     let report = Report {
         userns,
-        landlock_abi: if landlock_ok { landlock::kernel_abi() } else { 0 },
+        landlock_abi: if landlock_ok {
+            landlock::kernel_abi()
+        } else {
+            0
+        },
         landlock: landlock_ok,
         seccomp,
         cgroup: limits::cgroup_support(),
@@ -54,15 +58,25 @@ pub fn main(args: &DoctorArgs) -> CmdResult {
         degraded_possible: landlock_ok && seccomp,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
         return Ok(0);
     }
     let mark = |b: bool| if b { "yes" } else { "NO " };
-    println!("{}  user namespaces (user, pid, mount, net, ipc, uts)", mark(report.userns));
+    println!(
+        "{}  user namespaces (user, pid, mount, net, ipc, uts)",
+        mark(report.userns)
+    );
     println!(
         "{}  Landlock{}",
         mark(report.landlock),
-        if report.landlock { format!(" (ABI {})", report.landlock_abi) } else { String::new() }
+        if report.landlock {
+            format!(" (ABI {})", report.landlock_abi)
+        } else {
+            String::new()
+        }
     );
     println!("{}  seccomp filters", mark(report.seccomp));
     println!("     cgroup limits: {}", report.cgroup);

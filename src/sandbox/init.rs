@@ -55,7 +55,10 @@ pub fn run(plan: &ChildPlan, report_fd: RawFd) -> ! {
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => {
-            child::report(report_fd, &format!("{} cannot fork the agent: {e}", child::MSG_ERROR));
+            child::report(
+                report_fd,
+                &format!("{} cannot fork the agent: {e}", child::MSG_ERROR),
+            );
             exit(125)
         }
     };
@@ -85,7 +88,9 @@ fn reap(agent: Pid) -> Option<i32> {
     let mut agent_status = None;
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == agent => agent_status = Some((code & 0xff) << 8),
+            Ok(WaitStatus::Exited(pid, code)) if pid == agent => {
+                agent_status = Some((code & 0xff) << 8)
+            }
             Ok(WaitStatus::Signaled(pid, sig, core)) if pid == agent => {
                 agent_status = Some(sig as i32 | if core { 0x80 } else { 0 })
             }
@@ -115,10 +120,15 @@ fn kill_descendants() {
 
 fn children_of(pid: u32) -> Vec<i32> {
     let mut out = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
     for task in tasks.flatten() {
         if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-            out.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
         }
     }
     out

@@ -92,11 +92,18 @@ pub fn restrict(rules: &[(PathBuf, Grant)]) -> Result<i32, LandlockError> {
             Grant::Device => device,
             Grant::ListDir => AccessFs::ReadDir.into(),
         };
-        let fd = PathFd::new(path).map_err(|e| LandlockError::Ruleset(format!("{}: {e}", path.display())))?;
+        let fd = PathFd::new(path)
+            .map_err(|e| LandlockError::Ruleset(format!("{}: {e}", path.display())))?;
         // A file (not a directory) only takes file rights.
         let is_dir = std::fs::metadata(path).map(|m| m.is_dir()).unwrap_or(false);
-        let access = if is_dir { access } else { access & AccessFs::from_file(abi) };
-        created = created.add_rule(PathBeneath::new(fd, access)).map_err(err)?;
+        let access = if is_dir {
+            access
+        } else {
+            access & AccessFs::from_file(abi)
+        };
+        created = created
+            .add_rule(PathBeneath::new(fd, access))
+            .map_err(err)?;
     }
     let status = created.restrict_self().map_err(err)?;
     if status.ruleset != RulesetStatus::FullyEnforced {

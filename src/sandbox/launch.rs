@@ -26,7 +26,10 @@ pub enum LaunchError {
     #[error("{0}")]
     Setup(String),
     #[error("{what}: {source}")]
-    Io { what: &'static str, source: std::io::Error },
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> LaunchError {
@@ -86,9 +89,10 @@ impl AgentExit {
                     std::io::Error::from_raw_os_error(*errno).to_string()
                 }
             )),
-            AgentExit::WallLimit(d) => {
-                Some(format!("wall-clock limit of {}s reached: the agent was killed", d.as_secs()))
-            }
+            AgentExit::WallLimit(d) => Some(format!(
+                "wall-clock limit of {}s reached: the agent was killed",
+                d.as_secs()
+            )),
             AgentExit::Ended(why) => Some(format!("session ended: {why}")),
             AgentExit::Lost(why) => Some(format!("the sandbox failed: {why}")),
             _ => None,
@@ -116,15 +120,31 @@ fn supervisor_signals() -> SigSet {
 
 /// Clones the sandbox's first process (in new namespaces when `plan.namespaces`), joins it to `cgroup`,
 /// and waits until it is ready to exec the agent (or reports why it could not).
-pub fn spawn(plan: &ChildPlan, mediator: &OwnedFd, cgroup: &Cgroup) -> Result<Sandbox, LaunchError> {
-    let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| LaunchError::Io { what: "pipe", source: e.into() })?;
-    let (rep_r, rep_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| LaunchError::Io { what: "pipe", source: e.into() })?;
+pub fn spawn(
+    plan: &ChildPlan,
+    mediator: &OwnedFd,
+    cgroup: &Cgroup,
+) -> Result<Sandbox, LaunchError> {
+    let (go_r, go_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| LaunchError::Io {
+            what: "pipe",
+            source: e.into(),
+        })?;
+    let (rep_r, rep_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| LaunchError::Io {
+            what: "pipe",
+            source: e.into(),
+        })?;
     let set = supervisor_signals();
-    set.thread_block().map_err(|e| LaunchError::Io { what: "sigprocmask", source: e.into() })?;
+    set.thread_block().map_err(|e| LaunchError::Io {
+        what: "sigprocmask",
+        source: e.into(),
+    })?;
     let signals = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .map_err(|e| LaunchError::Io { what: "signalfd", source: e.into() })?;
+        .map_err(|e| LaunchError::Io {
+            what: "signalfd",
+            source: e.into(),
+        })?;
 
     let mut flags = libc::SIGCHLD as libc::c_ulong;
     if plan.namespaces {
@@ -158,19 +178,34 @@ pub fn spawn(plan: &ChildPlan, mediator: &OwnedFd, cgroup: &Cgroup) -> Result<Sa
     if let Err(e) = cgroup.add(pid.as_raw()) {
         let _ = kill(pid, Signal::SIGKILL);
         let _ = waitpid(pid, None);
-        return Err(LaunchError::Setup(format!("cannot join the session's cgroup: {e}")));
+        return Err(LaunchError::Setup(format!(
+            "cannot join the session's cgroup: {e}"
+        )));
     }
-    nix::unistd::write(&go_w, b"g").map_err(|e| LaunchError::Io { what: "go", source: e.into() })?;
+    nix::unistd::write(&go_w, b"g").map_err(|e| LaunchError::Io {
+        what: "go",
+        source: e.into(),
+    })?;
     drop(go_w);
 
     let mut line = String::new();
-    report.read_line(&mut line).map_err(io_err("reading the sandbox's report"))?;
+    report
+        .read_line(&mut line)
+        .map_err(io_err("reading the sandbox's report"))?;
     let line = line.trim_end();
     if let Some(enforced) = line.strip_prefix(MSG_READY) {
-        return Ok(Sandbox { pid, report, signals, enforced: enforced.trim().to_string() });
+        return Ok(Sandbox {
+            pid,
+            report,
+            signals,
+            enforced: enforced.trim().to_string(),
+        });
     }
     let _ = waitpid(pid, None);
-    let message = line.strip_prefix(MSG_ERROR).map(str::trim).unwrap_or("the sandbox died while starting");
+    let message = line
+        .strip_prefix(MSG_ERROR)
+        .map(str::trim)
+        .unwrap_or("the sandbox died while starting");
     Err(LaunchError::Setup(message.to_string()))
 }
 
@@ -184,7 +219,9 @@ fn clone_plan(plan: &ChildPlan) -> ChildPlan {
         cwd: plan.cwd.clone(),
         limits: plan.limits.clone(),
         landlock: plan.landlock.clone(),
-        seccomp: plan.seccomp.as_ref().map(|f| super::seccomp::Filters { programs: f.programs.clone() }),
+        seccomp: plan.seccomp.as_ref().map(|f| super::seccomp::Filters {
+            programs: f.programs.clone(),
+        }),
         argv: plan.argv.clone(),
         envp: plan.envp.clone(),
         path: plan.path.clone(),
@@ -192,7 +229,11 @@ fn clone_plan(plan: &ChildPlan) -> ChildPlan {
 }
 
 /// Serves `events` and forwards signals until the agent is gone; returns how it ended.
-pub fn supervise(mut sandbox: Sandbox, events: &mut dyn Events, wall: Option<Duration>) -> AgentExit {
+pub fn supervise(
+    mut sandbox: Sandbox,
+    events: &mut dyn Events,
+    wall: Option<Duration>,
+) -> AgentExit {
     let deadline = wall.map(|w| Instant::now() + w);
     let mut exec_failure: Option<(i32, String)> = None;
     let mut status: Option<i32> = None;
@@ -207,7 +248,8 @@ pub fn supervise(mut sandbox: Sandbox, events: &mut dyn Events, wall: Option<Dur
                     ended = Some(AgentExit::WallLimit(wall.unwrap_or_default()));
                     break;
                 }
-                PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1).unwrap_or(PollTimeout::MAX)
+                PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
+                    .unwrap_or(PollTimeout::MAX)
             }
             None => PollTimeout::NONE,
         };
@@ -233,10 +275,9 @@ pub fn supervise(mut sandbox: Sandbox, events: &mut dyn Events, wall: Option<Dur
         let report_ready = ready(&fds[0]);
         let signal_ready = ready(&fds[1]);
         let event_ready = fds.get(2).is_some_and(ready);
-        let event_hup = fds
-            .get(2)
-            .and_then(|f| f.revents())
-            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL));
+        let event_hup = fds.get(2).and_then(|f| f.revents()).is_some_and(|r| {
+            r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
+        });
         drop(fds);
         if signal_ready {
             while let Ok(Some(info)) = sandbox.signals.read_signal() {
@@ -278,14 +319,19 @@ pub fn supervise(mut sandbox: Sandbox, events: &mut dyn Events, wall: Option<Dur
     match status {
         Some(raw) if libc::WIFEXITED(raw) => AgentExit::Exited(libc::WEXITSTATUS(raw) as u8),
         Some(raw) if libc::WIFSIGNALED(raw) => AgentExit::Signaled(libc::WTERMSIG(raw)),
-        _ => AgentExit::Lost(format!("the sandbox's init ended without a report ({init_status:?})")),
+        _ => AgentExit::Lost(format!(
+            "the sandbox's init ended without a report ({init_status:?})"
+        )),
     }
 }
 
 fn parse_report(line: &str, exec_failure: &mut Option<(i32, String)>, status: &mut Option<i32>) {
     if let Some(rest) = line.strip_prefix(MSG_EXEC) {
         let mut parts = rest.trim().splitn(2, ' ');
-        let errno = parts.next().and_then(|e| e.parse().ok()).unwrap_or(libc::ENOENT);
+        let errno = parts
+            .next()
+            .and_then(|e| e.parse().ok())
+            .unwrap_or(libc::ENOENT);
         *exec_failure = Some((errno, parts.next().unwrap_or("").to_string()));
     } else if let Some(rest) = line.strip_prefix(MSG_STATUS) {
         *status = rest.trim().parse().ok();

@@ -39,7 +39,13 @@ impl Cgroup {
                     ok |= write(&dir.join("pids.max"), p, "pids.max", "v2", &mut cg.applied);
                 }
                 if let Some(m) = limits.memory {
-                    ok |= write(&dir.join("memory.max"), m, "memory.max", "v2", &mut cg.applied);
+                    ok |= write(
+                        &dir.join("memory.max"),
+                        m,
+                        "memory.max",
+                        "v2",
+                        &mut cg.applied,
+                    );
                     let _ = fs::write(dir.join("memory.swap.max"), "0");
                 }
                 cg.dirs.push(dir);
@@ -53,7 +59,9 @@ impl Cgroup {
             ("memory", "memory.limit_in_bytes", limits.memory),
         ] {
             let Some(value) = value else { continue };
-            let Some(base) = v1_dir(controller) else { continue };
+            let Some(base) = v1_dir(controller) else {
+                continue;
+            };
             let dir = base.join(&name);
             if fs::create_dir(&dir).is_err() {
                 continue;
@@ -113,12 +121,18 @@ fn v2_delegated_dir() -> Option<PathBuf> {
     let rel = own.lines().find_map(|l| l.strip_prefix("0::"))?;
     for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
         let controllers = fs::read_to_string(Path::new(root).join("cgroup.controllers")).ok()?;
-        if !controllers.split_whitespace().any(|c| c == "pids" || c == "memory") {
+        if !controllers
+            .split_whitespace()
+            .any(|c| c == "pids" || c == "memory")
+        {
             continue;
         }
         let dir = Path::new(root).join(rel.trim_start_matches('/'));
         let subtree = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
-        if subtree.split_whitespace().any(|c| c == "pids" || c == "memory") {
+        if subtree
+            .split_whitespace()
+            .any(|c| c == "pids" || c == "memory")
+        {
             return Some(dir);
         }
     }
@@ -134,7 +148,9 @@ fn v1_dir(controller: &str) -> Option<PathBuf> {
         ctrls.split(',').any(|c| c == controller).then_some(path)
     })?;
     let base = Path::new("/sys/fs/cgroup").join(controller);
-    base.join("cgroup.procs").exists().then(|| base.join(rel.trim_start_matches('/')))
+    base.join("cgroup.procs")
+        .exists()
+        .then(|| base.join(rel.trim_start_matches('/')))
 }
 
 /// What the host offers (for `doctor`): "v2 (delegated)", "v1 (pids, memory)" or "none".
@@ -172,7 +188,11 @@ pub fn apply_rlimits(limits: &Limits) -> Result<Vec<String>, nix::Error> {
     };
     set(Resource::RLIMIT_NOFILE, limits.nofile, "RLIMIT_NOFILE")?;
     set(Resource::RLIMIT_NPROC, limits.nproc, "RLIMIT_NPROC")?;
-    set(Resource::RLIMIT_CORE, Some(limits.core.unwrap_or(0)), "RLIMIT_CORE")?;
+    set(
+        Resource::RLIMIT_CORE,
+        Some(limits.core.unwrap_or(0)),
+        "RLIMIT_CORE",
+    )?;
     set(Resource::RLIMIT_FSIZE, limits.fsize, "RLIMIT_FSIZE")?;
     set(Resource::RLIMIT_CPU, limits.cpu, "RLIMIT_CPU")?;
     Ok(applied)

@@ -18,7 +18,6 @@ pub mod mounts;
 pub mod plan;
 pub mod privileges;
 pub mod profile;
-pub mod run;
 pub mod seccomp;
 
 use std::ffi::{CString, OsString};
@@ -167,8 +166,11 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
             missing.push(layer);
         }
     }
-    let required_missing: Vec<&str> =
-        missing.iter().filter(|l| config.require.contains(l)).map(|l| l.name()).collect();
+    let required_missing: Vec<&str> = missing
+        .iter()
+        .filter(|l| config.require.contains(l))
+        .map(|l| l.name())
+        .collect();
     if !required_missing.is_empty() && !config.allow_degraded {
         return Err(Failure::refused(format!(
             "refusing to start: required sandbox layer(s) unavailable on this host: {}. \
@@ -217,7 +219,11 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
             .read_only
             .iter()
             .chain(&config.guarded.hidden)
-            .filter(|g| plan.protected.iter().any(|p| std::fs::canonicalize(g).ok().as_ref() == Some(p)))
+            .filter(|g| {
+                plan.protected
+                    .iter()
+                    .any(|p| std::fs::canonicalize(g).ok().as_ref() == Some(p))
+            })
             .map(|p| p.display().to_string())
             .collect();
         if !guarded_inside.is_empty() {
@@ -228,8 +234,16 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
             )));
         }
     }
-    layers.protected = plan.protected.iter().map(|p| p.display().to_string()).collect();
-    layers.skipped_paths = plan.skipped.iter().map(|p| p.display().to_string()).collect();
+    layers.protected = plan
+        .protected
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    layers.skipped_paths = plan
+        .skipped
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
 
     let mut landlock_rules = plan.landlock.clone();
     let mut cwd = config.cwd.clone();
@@ -245,11 +259,18 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
         }
     }
     layers.namespaces = if namespaces {
-        ["user", "pid", "mount", "net", "ipc", "uts", "cgroup"].iter().map(|s| s.to_string()).collect()
+        ["user", "pid", "mount", "net", "ipc", "uts", "cgroup"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     } else {
         Vec::new()
     };
-    layers.landlock_abi = if missing.contains(&Layer::Landlock) { 0 } else { landlock::kernel_abi() };
+    layers.landlock_abi = if missing.contains(&Layer::Landlock) {
+        0
+    } else {
+        landlock::kernel_abi()
+    };
     layers.seccomp = !missing.contains(&Layer::Seccomp);
     layers.capabilities_dropped = true;
     layers.no_new_privs = true;
@@ -257,7 +278,10 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
     let cgroup = limits::Cgroup::create(&config.session, &config.limits);
     layers.limits = cgroup.applied.clone();
     let seccomp = if layers.seccomp {
-        Some(seccomp::compile(&config.profile.seccomp_deny).map_err(|e| Failure::refused(e.to_string()))?)
+        Some(
+            seccomp::compile(&config.profile.seccomp_deny)
+                .map_err(|e| Failure::refused(e.to_string()))?,
+        )
     } else {
         None
     };
@@ -269,7 +293,9 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| Failure::refused("the command contains a NUL byte"))?;
     if argv.is_empty() {
-        return Err(Failure::refused("no command given (usage: zt-aas run [OPTIONS] -- CMD [ARGS...])"));
+        return Err(Failure::refused(
+            "no command given (usage: zt-aas run [OPTIONS] -- CMD [ARGS...])",
+        ));
     }
     let plan = child::ChildPlan {
         namespaces,
@@ -284,17 +310,30 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
         envp,
         path,
     };
-    Ok(Prepared { plan, layers, cgroup, placeholders })
+    Ok(Prepared {
+        plan,
+        layers,
+        cgroup,
+        placeholders,
+    })
 }
 
 /// The agent's environment: the profile's allowlist of the caller's variables, then the profile's own,
 /// then zt-aas's. Returns it with the PATH directories for the command lookup.
-fn environment(config: &SandboxConfig, namespaces: bool, self_exe: &Path) -> (Vec<CString>, Vec<PathBuf>) {
+fn environment(
+    config: &SandboxConfig,
+    namespaces: bool,
+    self_exe: &Path,
+) -> (Vec<CString>, Vec<PathBuf>) {
     let keep = |name: &str| {
-        config.profile.env_keep.iter().any(|k| match k.strip_suffix('*') {
-            Some(prefix) => name.starts_with(prefix),
-            None => name == k,
-        })
+        config
+            .profile
+            .env_keep
+            .iter()
+            .any(|k| match k.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => name == k,
+            })
     };
     let mut vars: std::collections::BTreeMap<String, String> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
@@ -319,7 +358,12 @@ fn environment(config: &SandboxConfig, namespaces: bool, self_exe: &Path) -> (Ve
     }
     let path = vars
         .get("PATH")
-        .map(|p| p.split(':').filter(|d| !d.is_empty()).map(PathBuf::from).collect())
+        .map(|p| {
+            p.split(':')
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .collect()
+        })
         .unwrap_or_default();
     let envp = vars
         .into_iter()
@@ -329,7 +373,10 @@ fn environment(config: &SandboxConfig, namespaces: bool, self_exe: &Path) -> (Ve
 }
 
 /// Starts the prepared sandbox with `mediator` as the agent's fd 3.
-pub fn start(prepared: &Prepared, mediator: &std::os::fd::OwnedFd) -> Result<launch::Sandbox, Failure> {
+pub fn start(
+    prepared: &Prepared,
+    mediator: &std::os::fd::OwnedFd,
+) -> Result<launch::Sandbox, Failure> {
     launch::spawn(&prepared.plan, mediator, &prepared.cgroup)
         .map_err(|e| Failure::refused(format!("cannot start the sandbox: {e}")))
 }

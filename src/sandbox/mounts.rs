@@ -88,7 +88,10 @@ trait Step<T> {
 
 impl<T> Step<T> for nix::Result<T> {
     fn step(self, what: impl FnOnce() -> String) -> Result<T, MountError> {
-        self.map_err(|source| MountError { step: what(), source })
+        self.map_err(|source| MountError {
+            step: what(),
+            source,
+        })
     }
 }
 
@@ -112,8 +115,14 @@ pub fn build_root(mut ops: Vec<MountOp>) -> Result<(), MountError> {
         .step(|| "making / private".into())?;
     // Staging root: host tree at /oldroot, the sandbox's root at /newroot.
     let base = "/tmp";
-    mount(Some("tmpfs"), base, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0700"))
-        .step(|| "mounting the staging tmpfs".into())?;
+    mount(
+        Some("tmpfs"),
+        base,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0700"),
+    )
+    .step(|| "mounting the staging tmpfs".into())?;
     chdir(base).step(|| "entering the staging tmpfs".into())?;
     fs::create_dir("newroot").step(|| "mkdir newroot".into())?;
     fs::create_dir("oldroot").step(|| "mkdir oldroot".into())?;
@@ -144,8 +153,14 @@ pub fn build_root(mut ops: Vec<MountOp>) -> Result<(), MountError> {
         none,
     )
     .step(|| "making the root read-only".into())?;
-    mount(none, "/oldroot", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
-        .step(|| "making the old root private".into())?;
+    mount(
+        none,
+        "/oldroot",
+        none,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        none,
+    )
+    .step(|| "making the old root private".into())?;
     umount2("/oldroot", MntFlags::MNT_DETACH).step(|| "detaching the old root".into())?;
     chdir("/newroot").step(|| "chdir /newroot".into())?;
     pivot_root(".", ".").step(|| "pivot_root into the new root".into())?;
@@ -170,8 +185,14 @@ fn apply(op: &MountOp) -> Result<(), MountError> {
         MountOp::Hide { path } => {
             let dst = inside("/newroot", path);
             if dst.is_dir() {
-                mount(Some("tmpfs"), &dst, Some("tmpfs"), ro_flags(), Some("size=0,mode=0500"))
-                    .step(|| format!("hiding {}", path.display()))
+                mount(
+                    Some("tmpfs"),
+                    &dst,
+                    Some("tmpfs"),
+                    ro_flags(),
+                    Some("size=0,mode=0500"),
+                )
+                .step(|| format!("hiding {}", path.display()))
             } else {
                 bind(Path::new(EMPTY_FILE), &dst, true)
             }
@@ -198,8 +219,14 @@ fn apply(op: &MountOp) -> Result<(), MountError> {
         MountOp::Dev { devices } => {
             let dev = Path::new("/newroot/dev");
             fs::create_dir_all(dev).step(|| "mkdir /dev".into())?;
-            mount(Some("tmpfs"), dev, Some("tmpfs"), MsFlags::MS_NOSUID, Some("mode=0755"))
-                .step(|| "tmpfs on /dev".into())?;
+            mount(
+                Some("tmpfs"),
+                dev,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID,
+                Some("mode=0755"),
+            )
+            .step(|| "tmpfs on /dev".into())?;
             for name in devices {
                 let src = Path::new("/oldroot/dev").join(name);
                 let dst = dev.join(name);
@@ -210,7 +237,10 @@ fn apply(op: &MountOp) -> Result<(), MountError> {
                     none,
                     &dst,
                     none,
-                    MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                    MsFlags::MS_REMOUNT
+                        | MsFlags::MS_BIND
+                        | MsFlags::MS_NOSUID
+                        | MsFlags::MS_NOEXEC,
                     none,
                 )
                 .step(|| format!("remounting /dev/{name}"))?;
@@ -256,7 +286,9 @@ fn apply(op: &MountOp) -> Result<(), MountError> {
 
 /// Creates the mount point for `src` at `dst` (a directory or an empty file, like the source).
 fn make_mount_point(src: &Path, dst: &Path) -> Result<(), MountError> {
-    let is_dir = fs::metadata(src).step(|| format!("{}", src.display()))?.is_dir();
+    let is_dir = fs::metadata(src)
+        .step(|| format!("{}", src.display()))?
+        .is_dir();
     if is_dir {
         fs::create_dir_all(dst).step(|| format!("mkdir {}", dst.display()))
     } else {

@@ -50,11 +50,17 @@ pub enum PlanError {
     #[error("{0}")]
     Invalid(String),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PlanError + '_ {
-    move |source| PlanError::Io { path: path.to_path_buf(), source }
+    move |source| PlanError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Builds the plan for a namespaced run.
@@ -68,18 +74,27 @@ pub fn build(input: &PlanInput) -> Result<Plan, PlanError> {
         match fs::symlink_metadata(p) {
             Ok(meta) if meta.file_type().is_symlink() => {
                 let target = fs::read_link(p).map_err(io(p))?;
-                plan.mounts.push(MountOp::Symlink { path: p.clone(), target });
+                plan.mounts.push(MountOp::Symlink {
+                    path: p.clone(),
+                    target,
+                });
                 // The target must be visible too: it is when it lies under another read-only path.
             }
             Ok(_) => {
-                plan.mounts.push(MountOp::Bind { path: p.clone(), writable: false });
+                plan.mounts.push(MountOp::Bind {
+                    path: p.clone(),
+                    writable: false,
+                });
                 plan.landlock.push((p.clone(), Grant::ReadExec));
             }
             Err(_) => plan.skipped.push(p.clone()),
         }
     }
     for p in &writable {
-        plan.mounts.push(MountOp::Bind { path: p.clone(), writable: true });
+        plan.mounts.push(MountOp::Bind {
+            path: p.clone(),
+            writable: true,
+        });
         plan.landlock.push((p.clone(), Grant::ReadWrite));
     }
     for p in &input.profile.tmpfs {
@@ -94,13 +109,18 @@ pub fn build(input: &PlanInput) -> Result<Plan, PlanError> {
         .cloned()
         .collect();
     for d in &devices {
-        plan.landlock.push((Path::new("/dev").join(d), Grant::Device));
+        plan.landlock
+            .push((Path::new("/dev").join(d), Grant::Device));
     }
     plan.mounts.push(MountOp::Dev { devices });
     plan.mounts.push(MountOp::Proc);
-    plan.landlock.push((PathBuf::from("/proc"), Grant::ReadExec));
-    plan.mounts.push(MountOp::SelfExe { host_path: input.self_exe.to_path_buf() });
-    plan.landlock.push((PathBuf::from(INNER_BIN_DIR), Grant::ReadExec));
+    plan.landlock
+        .push((PathBuf::from("/proc"), Grant::ReadExec));
+    plan.mounts.push(MountOp::SelfExe {
+        host_path: input.self_exe.to_path_buf(),
+    });
+    plan.landlock
+        .push((PathBuf::from(INNER_BIN_DIR), Grant::ReadExec));
 
     // Workspace entries to create, then to protect.
     for entry in &input.profile.create {
@@ -116,7 +136,12 @@ pub fn build(input: &PlanInput) -> Result<Plan, PlanError> {
         }
     }
     for entry in &input.profile.protect_always {
-        read_only.extend(protect_always(input.workspace, entry, &writable, &mut plan)?);
+        read_only.extend(protect_always(
+            input.workspace,
+            entry,
+            &writable,
+            &mut plan,
+        )?);
     }
     for p in &input.guarded.read_only {
         if let Some(p) = resolve_guarded(p, &writable)? {
@@ -187,7 +212,9 @@ fn protect_always(
 /// Creates `path` (and missing ancestors) inside `ws`, refusing to go through a symlink; returns what it
 /// created, deepest last.
 fn create_entry(ws: &Path, path: &Path, dir: bool) -> Result<Vec<PathBuf>, PlanError> {
-    let rel = path.strip_prefix(ws).map_err(|_| PlanError::Invalid(format!("{} is outside the workspace", path.display())))?;
+    let rel = path
+        .strip_prefix(ws)
+        .map_err(|_| PlanError::Invalid(format!("{} is outside the workspace", path.display())))?;
     let mut created = Vec::new();
     let mut cur = ws.to_path_buf();
     let parts: Vec<_> = rel.components().collect();
@@ -203,7 +230,11 @@ fn create_entry(ws: &Path, path: &Path, dir: bool) -> Result<Vec<PathBuf>, PlanE
             }
             Ok(_) => {}
             Err(_) if last && !dir => {
-                fs::OpenOptions::new().write(true).create_new(true).open(&cur).map_err(io(&cur))?;
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&cur)
+                    .map_err(io(&cur))?;
                 created.push(cur.clone());
             }
             Err(_) => {
@@ -217,13 +248,17 @@ fn create_entry(ws: &Path, path: &Path, dir: bool) -> Result<Vec<PathBuf>, PlanE
 
 /// Pins every directory between the writable root and `p` (exclusive), so none can be renamed away.
 fn pin_ancestors(p: &Path, writable: &[PathBuf], mounts: &mut Vec<MountOp>) {
-    let Some(root) = under_any(p, writable) else { return };
+    let Some(root) = under_any(p, writable) else {
+        return;
+    };
     let mut cur = p.parent();
     while let Some(dir) = cur {
         if dir == root.as_path() || !dir.starts_with(root) {
             break;
         }
-        let op = MountOp::Pin { path: dir.to_path_buf() };
+        let op = MountOp::Pin {
+            path: dir.to_path_buf(),
+        };
         if !mounts.contains(&op) {
             mounts.push(op);
         }

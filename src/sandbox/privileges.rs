@@ -34,7 +34,8 @@ const SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED: libc::c_ulong = 1 << 7;
 /// the first two need CAP_SETPCAP which the last clear removes.
 pub fn drop_all() -> Result<Dropped, PrivilegeError> {
     let mut done = Dropped::default();
-    let have_setpcap = caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false);
+    let have_setpcap =
+        caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false);
     if have_setpcap {
         let bits = SECBIT_NOROOT
             | SECBIT_NOROOT_LOCKED
@@ -49,8 +50,10 @@ pub fn drop_all() -> Result<Dropped, PrivilegeError> {
         }
         done.securebits = true;
         for cap in caps::all() {
-            caps::drop(None, CapSet::Bounding, cap)
-                .map_err(|e| PrivilegeError::Caps { set: "bounding", message: e.to_string() })?;
+            caps::drop(None, CapSet::Bounding, cap).map_err(|e| PrivilegeError::Caps {
+                set: "bounding",
+                message: e.to_string(),
+            })?;
         }
         done.bounding = true;
     }
@@ -60,7 +63,10 @@ pub fn drop_all() -> Result<Dropped, PrivilegeError> {
         (CapSet::Effective, "effective"),
         (CapSet::Permitted, "permitted"),
     ] {
-        caps::clear(None, set).map_err(|e| PrivilegeError::Caps { set: name, message: e.to_string() })?;
+        caps::clear(None, set).map_err(|e| PrivilegeError::Caps {
+            set: name,
+            message: e.to_string(),
+        })?;
     }
     // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {

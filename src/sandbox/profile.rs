@@ -27,9 +27,16 @@ pub enum ProfileError {
     #[error("unknown profile `{0}` (shipped: minimal, ci; or give a path to a profile file)")]
     Unknown(String),
     #[error("{path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{origin}:{line}: {message}")]
-    Parse { origin: String, line: usize, message: String },
+    Parse {
+        origin: String,
+        line: usize,
+        message: String,
+    },
     #[error("{origin}: {message}")]
     Invalid { origin: String, message: String },
 }
@@ -186,7 +193,10 @@ impl Profile {
     }
 
     fn merge(&mut self, raw: RawProfile, origin: &str) -> Result<(), ProfileError> {
-        let invalid = |message: String| ProfileError::Invalid { origin: origin.to_string(), message };
+        let invalid = |message: String| ProfileError::Invalid {
+            origin: origin.to_string(),
+            message,
+        };
         self.name = raw.name.unwrap_or_else(|| origin.to_string());
         for p in raw.read_only {
             self.read_only.push(absolute(&p).map_err(invalid)?);
@@ -221,9 +231,9 @@ impl Profile {
             match v {
                 None => Ok(None),
                 Some(SizeValue::Bytes(b)) => Ok(Some(b)),
-                Some(SizeValue::Text(t)) => parse_size(&t)
-                    .map(Some)
-                    .ok_or_else(|| invalid(format!("limits.{key}: `{t}` is not a size like 512MiB"))),
+                Some(SizeValue::Text(t)) => parse_size(&t).map(Some).ok_or_else(|| {
+                    invalid(format!("limits.{key}: `{t}` is not a size like 512MiB"))
+                }),
             }
         };
         let limits = Limits {
@@ -255,11 +265,18 @@ fn workspace_entry(entry: &str) -> Result<Protected, String> {
     let path = Path::new(rel);
     let ok = !rel.is_empty()
         && path.is_relative()
-        && path.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+        && path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
     if !ok {
-        return Err(format!("workspace entry `{entry}` must be a relative path without `..`"));
+        return Err(format!(
+            "workspace entry `{entry}` must be a relative path without `..`"
+        ));
     }
-    Ok(Protected { rel: path.to_path_buf(), dir })
+    Ok(Protected {
+        rel: path.to_path_buf(),
+        dir,
+    })
 }
 
 /// Parses `512MiB`, `2GiB`, `64KiB`, `10MB`-style sizes (binary and decimal units) or plain bytes.
@@ -290,9 +307,15 @@ mod tests {
     fn shipped_profiles_load() {
         let minimal = Profile::load("minimal").unwrap();
         assert!(minimal.read_only.contains(&PathBuf::from("/usr")));
-        assert!(minimal.protect_always.iter().any(|p| p.rel == Path::new(".git/hooks") && p.dir));
+        assert!(minimal
+            .protect_always
+            .iter()
+            .any(|p| p.rel == Path::new(".git/hooks") && p.dir));
         let ci = Profile::load("ci").unwrap();
-        assert!(ci.read_only.contains(&PathBuf::from("/usr")), "ci extends minimal");
+        assert!(
+            ci.read_only.contains(&PathBuf::from("/usr")),
+            "ci extends minimal"
+        );
         assert_eq!(ci.limits.nproc, Some(4096));
         assert_eq!(ci.limits.core, Some(0), "inherited from minimal");
     }
@@ -305,10 +328,16 @@ mod tests {
         let e = Profile::load(p.to_str().unwrap()).unwrap_err().to_string();
         assert!(e.contains(":2:") && e.contains("bogus"), "{e}");
         std::fs::write(&p, "devices = [\"sda\"]\n").unwrap();
-        assert!(Profile::load(p.to_str().unwrap()).unwrap_err().to_string().contains("sda"));
+        assert!(Profile::load(p.to_str().unwrap())
+            .unwrap_err()
+            .to_string()
+            .contains("sda"));
         std::fs::write(&p, "[workspace]\nprotect = [\"../x\"]\n").unwrap();
         assert!(Profile::load(p.to_str().unwrap()).is_err());
-        assert!(matches!(Profile::load("nope"), Err(ProfileError::Unknown(_))));
+        assert!(matches!(
+            Profile::load("nope"),
+            Err(ProfileError::Unknown(_))
+        ));
     }
 
     #[test]

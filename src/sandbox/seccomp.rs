@@ -18,8 +18,8 @@
 use std::collections::BTreeMap;
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond,
-    SeccompFilter, SeccompRule, TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op,
+    SeccompCondition as Cond, SeccompFilter, SeccompRule, TargetArch,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +153,12 @@ pub fn compile(extra_deny: &[String]) -> Result<Filters, SeccompError> {
     // clone: any namespace flag (low 32 bits of the flags word).
     let mut clone_rules = Vec::new();
     for flag in NAMESPACE_FLAGS {
-        clone_rules.push(rule(vec![cond(0, Len::Dword, Op::MaskedEq(*flag), *flag)?])?);
+        clone_rules.push(rule(vec![cond(
+            0,
+            Len::Dword,
+            Op::MaskedEq(*flag),
+            *flag,
+        )?])?);
     }
     eperm.insert(libc::SYS_clone, clone_rules);
     // personality: only the query (0xffffffff) and PER_LINUX (0) are allowed.
@@ -166,7 +171,12 @@ pub fn compile(extra_deny: &[String]) -> Result<Filters, SeccompError> {
     );
 
     let not_unix = |arg_family: u8| -> Result<Vec<SeccompRule>, SeccompError> {
-        Ok(vec![rule(vec![cond(arg_family, Len::Dword, Op::Ne, libc::AF_UNIX as u64)?])?])
+        Ok(vec![rule(vec![cond(
+            arg_family,
+            Len::Dword,
+            Op::Ne,
+            libc::AF_UNIX as u64,
+        )?])?])
     };
     let mut afnosupport = BTreeMap::new();
     afnosupport.insert(libc::SYS_socket, not_unix(0)?);
@@ -176,9 +186,11 @@ pub fn compile(extra_deny: &[String]) -> Result<Filters, SeccompError> {
     enosys.insert(libc::SYS_clone3, Vec::new());
 
     let mut programs = vec![x32_and_arch_guard()];
-    for (rules, errno) in
-        [(eperm, libc::EPERM), (afnosupport, libc::EAFNOSUPPORT), (enosys, libc::ENOSYS)]
-    {
+    for (rules, errno) in [
+        (eperm, libc::EPERM),
+        (afnosupport, libc::EAFNOSUPPORT),
+        (enosys, libc::ENOSYS),
+    ] {
         let filter = SeccompFilter::new(
             rules,
             SeccompAction::Allow,
@@ -186,7 +198,8 @@ pub fn compile(extra_deny: &[String]) -> Result<Filters, SeccompError> {
             TargetArch::x86_64,
         )
         .map_err(|e| SeccompError::Build(e.to_string()))?;
-        programs.push(BpfProgram::try_from(filter).map_err(|e| SeccompError::Build(e.to_string()))?);
+        programs
+            .push(BpfProgram::try_from(filter).map_err(|e| SeccompError::Build(e.to_string()))?);
     }
     Ok(Filters { programs })
 }
@@ -198,15 +211,20 @@ fn x32_and_arch_guard() -> BpfProgram {
     const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
     const JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
     const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
-    let stmt = |code, k| sock_filter { code, jt: 0, jf: 0, k };
+    let stmt = |code, k| sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
     let jump = |code, k, jt, jf| sock_filter { code, jt, jf, k };
     // struct seccomp_data { int nr; __u32 arch; __u64 instruction_pointer; __u64 args[6]; }
     vec![
-        stmt(LD_W_ABS, 4),                       // A = arch
-        jump(JEQ_K, AUDIT_ARCH_X86_64, 1, 0),    // x86_64 → skip the kill
+        stmt(LD_W_ABS, 4),                    // A = arch
+        jump(JEQ_K, AUDIT_ARCH_X86_64, 1, 0), // x86_64 → skip the kill
         stmt(RET_K, libc::SECCOMP_RET_KILL_PROCESS),
-        stmt(LD_W_ABS, 0),                       // A = nr
-        jump(JGE_K, X32_SYSCALL_BIT, 0, 1),      // x32 → refuse
+        stmt(LD_W_ABS, 0),                  // A = nr
+        jump(JGE_K, X32_SYSCALL_BIT, 0, 1), // x32 → refuse
         stmt(RET_K, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
         stmt(RET_K, libc::SECCOMP_RET_ALLOW),
     ]
@@ -237,6 +255,9 @@ mod tests {
         let f = compile(&[]).unwrap();
         assert_eq!(f.programs.len(), 4);
         assert!(compile(&["memfd_create".into()]).is_ok());
-        assert!(matches!(compile(&["nope".into()]), Err(SeccompError::UnknownSyscall(_))));
+        assert!(matches!(
+            compile(&["nope".into()]),
+            Err(SeccompError::UnknownSyscall(_))
+        ));
     }
 }

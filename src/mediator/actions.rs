@@ -1,0 +1,459 @@
+//! What the mediator executes on the agent's behalf, once a call is allowed and recorded.
+//!
+//! - `command`: the policy's argv template with validated parameters, never a shell; empty environment
+//!   (PATH only), stdin closed, stdout/stderr captured up to a cap (with a truncation flag), a timeout that
+//!   kills the command's whole process group. With `sandbox = "<profile>"` the command itself runs inside a
+//!   zt-aas sandbox.
+//! - `fs.read`, `fs.write`, `fs.list`: beneath the root the policy names, resolved by the supervisor with
+//!   openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS); the file is opened while
+//!   deciding ([`prepare`]) and that same descriptor is used after the decision is recorded, so nothing
+//!   can be swapped in between. A write resolves the parent directory that way and creates the last
+//!   component with O_NOFOLLOW relative to the held directory.
+//! - `sys.ping`: nothing.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::policy::{render_argv, Action, ActionKind, Builtin};
+
+/// The outcome of an executed action: `ok` false means "allowed but failed" (`call` exits 1).
+pub struct Outcome {
+    pub ok: bool,
+    pub result: Value,
+}
+
+/// Work resolved before the decision is recorded (the held descriptor of a file action).
+pub enum Prepared {
+    Command {
+        argv: Vec<String>,
+        sandbox: Option<String>,
+        timeout: Duration,
+    },
+    Read {
+        file: File,
+        max: u64,
+    },
+    Write {
+        dir: OwnedFd,
+        name: CString,
+        content: Vec<u8>,
+    },
+    List {
+        dir: OwnedFd,
+    },
+    Ping,
+}
+
+/// Why an allowed call cannot go ahead (it becomes a denial with this check code).
+pub struct Refusal {
+    pub check: &'static str,
+    pub reason: String,
+}
+
+fn refuse(check: &'static str, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        check,
+        reason: reason.into(),
+    }
+}
+
+/// Resolves what an allowed call will touch. File paths are opened here, beneath their root.
+pub fn prepare(
+    action: &Action,
+    args: &BTreeMap<String, String>,
+    default_timeout: u64,
+) -> Result<Prepared, Refusal> {
+    match &action.kind {
+        ActionKind::Command {
+            run,
+            sandbox,
+            timeout,
+        } => {
+            let argv = render_argv(run, args).map_err(|e| refuse("bad_argument", e))?;
+            if argv.is_empty() || argv[0].is_empty() {
+                return Err(refuse("bad_argument", "the command template is empty"));
+            }
+            let timeout = Duration::from_secs(timeout.unwrap_or(default_timeout));
+            Ok(Prepared::Command {
+                argv,
+                sandbox: sandbox.clone(),
+                timeout,
+            })
+        }
+        ActionKind::Builtin(Builtin::Ping) => Ok(Prepared::Ping),
+        ActionKind::Builtin(Builtin::FsRead { root, max_bytes }) => {
+            let path = arg(args, "path")?;
+            let fd = open_beneath(root, path, libc::O_RDONLY | libc::O_NONBLOCK)?;
+            let file = File::from(fd);
+            let meta = file
+                .metadata()
+                .map_err(|e| refuse("path_refused", e.to_string()))?;
+            if !meta.is_file() {
+                return Err(refuse(
+                    "path_refused",
+                    format!("`{path}` is not a regular file"),
+                ));
+            }
+            Ok(Prepared::Read {
+                file,
+                max: *max_bytes,
+            })
+        }
+        ActionKind::Builtin(Builtin::FsWrite { root, max_bytes }) => {
+            let path = arg(args, "path")?;
+            let content = arg(args, "content")?.as_bytes().to_vec();
+            if content.len() as u64 > *max_bytes {
+                return Err(refuse(
+                    "too_large",
+                    format!("content is larger than {max_bytes} bytes"),
+                ));
+            }
+            let (parent, name) = split_last(path)?;
+            let dir = open_beneath(root, parent, libc::O_RDONLY | libc::O_DIRECTORY)?;
+            Ok(Prepared::Write { dir, name, content })
+        }
+        ActionKind::Builtin(Builtin::FsList { root }) => {
+            let path = args.get("path").map(String::as_str).unwrap_or(".");
+            let dir = open_beneath(root, path, libc::O_RDONLY | libc::O_DIRECTORY)?;
+            Ok(Prepared::List { dir })
+        }
+    }
+}
+
+fn arg<'a>(args: &'a BTreeMap<String, String>, name: &str) -> Result<&'a str, Refusal> {
+    args.get(name)
+        .map(String::as_str)
+        .ok_or_else(|| refuse("bad_argument", format!("missing argument `{name}`")))
+}
+
+/// `a/b/c` → (`a/b`, `c`); the last component must be a plain name.
+fn split_last(path: &str) -> Result<(&str, CString), Refusal> {
+    let trimmed = path.trim_end_matches('/');
+    let (parent, name) = match trimmed.rsplit_once('/') {
+        Some((p, n)) => (if p.is_empty() { "/" } else { p }, n),
+        None => (".", trimmed),
+    };
+    if name.is_empty() || name == "." || name == ".." {
+        return Err(refuse(
+            "path_refused",
+            format!("`{path}` does not name a file"),
+        ));
+    }
+    let name =
+        CString::new(name).map_err(|_| refuse("path_refused", "path contains a NUL byte"))?;
+    Ok((parent, name))
+}
+
+/// openat2 beneath `root`: no absolute paths, no `..` escape, no symlinks, no magic links.
+fn open_beneath(root: &Path, path: &str, flags: libc::c_int) -> Result<OwnedFd, Refusal> {
+    let root_c = CString::new(root.as_os_str().as_encoded_bytes())
+        .map_err(|_| refuse("path_refused", "root contains a NUL byte"))?;
+    let path_c =
+        CString::new(path).map_err(|_| refuse("path_refused", "path contains a NUL byte"))?;
+    // SAFETY: open(2) of a NUL-terminated path; the result is checked.
+    let root_fd = unsafe {
+        libc::open(
+            root_c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if root_fd < 0 {
+        return Err(refuse(
+            "root_unavailable",
+            format!(
+                "the action's root {} cannot be opened: {}",
+                root.display(),
+                std::io::Error::last_os_error()
+            ),
+        ));
+    }
+    // SAFETY: root_fd was just opened by us and is owned here.
+    let root_fd = unsafe { OwnedFd::from_raw_fd(root_fd) };
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: openat2 with a valid dirfd, a NUL-terminated path and an open_how of the size we pass.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root_fd.as_raw_fd(),
+            path_c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        let (check, why) = match err.raw_os_error() {
+            Some(libc::EXDEV) => ("path_outside_root", "leaves the action's root".to_string()),
+            Some(libc::ELOOP) => (
+                "symlink_refused",
+                "goes through a symbolic link".to_string(),
+            ),
+            _ => ("path_refused", err.to_string()),
+        };
+        return Err(refuse(check, format!("path `{path}` {why}")));
+    }
+    // SAFETY: openat2 returned a new descriptor that we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Executes a prepared, allowed, recorded call.
+pub fn execute(prepared: Prepared, output_cap: u64, audit: Option<(&Path, &Path)>) -> Outcome {
+    match prepared {
+        Prepared::Ping => Outcome {
+            ok: true,
+            result: json!({"pong": true}),
+        },
+        Prepared::Command {
+            argv,
+            sandbox,
+            timeout,
+        } => run_command(&argv, sandbox.as_deref(), timeout, output_cap, audit),
+        Prepared::Read { file, max } => read_file(file, max),
+        Prepared::Write { dir, name, content } => write_file(&dir, &name, &content),
+        Prepared::List { dir } => list_dir(dir),
+    }
+}
+
+fn failed(message: impl Into<String>) -> Outcome {
+    Outcome {
+        ok: false,
+        result: json!({"error": message.into()}),
+    }
+}
+
+fn read_file(mut file: File, max: u64) -> Outcome {
+    let mut buf = Vec::new();
+    if let Err(e) = (&mut file).take(max + 1).read_to_end(&mut buf) {
+        return failed(format!("read: {e}"));
+    }
+    let truncated = buf.len() as u64 > max;
+    buf.truncate(max as usize);
+    let bytes = buf.len();
+    let result = match String::from_utf8(buf) {
+        Ok(text) => {
+            json!({"content": text, "encoding": "utf-8", "bytes": bytes, "truncated": truncated})
+        }
+        Err(e) => json!({
+            "content": base64::engine::general_purpose::STANDARD.encode(e.as_bytes()),
+            "encoding": "base64", "bytes": bytes, "truncated": truncated,
+        }),
+    };
+    Outcome { ok: true, result }
+}
+
+fn write_file(dir: &OwnedFd, name: &CString, content: &[u8]) -> Outcome {
+    let flags =
+        libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    // SAFETY: openat relative to a directory we hold, with a single-component name.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, 0o644) };
+    if fd < 0 {
+        return failed(format!("open: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a descriptor we just opened.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    match file.metadata() {
+        Ok(m) if m.is_file() => {}
+        _ => return failed("the target is not a regular file"),
+    }
+    if let Err(e) = file.set_len(0).and_then(|_| file.write_all(content)) {
+        return failed(format!("write: {e}"));
+    }
+    Outcome {
+        ok: true,
+        result: json!({"bytes": content.len()}),
+    }
+}
+
+fn list_dir(dir: OwnedFd) -> Outcome {
+    use std::os::fd::IntoRawFd;
+    // Dir takes ownership of the descriptor and closes it.
+    let dir = match nix::dir::Dir::from_fd(dir.into_raw_fd()) {
+        Ok(d) => d,
+        Err(e) => return failed(format!("list: {e}")),
+    };
+    let mut entries = Vec::new();
+    for entry in dir.into_iter().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == "." || name == ".." {
+            continue;
+        }
+        let kind = match entry.file_type() {
+            Some(nix::dir::Type::Directory) => "dir",
+            Some(nix::dir::Type::File) => "file",
+            Some(nix::dir::Type::Symlink) => "symlink",
+            _ => "other",
+        };
+        entries.push(json!({"name": name, "type": kind}));
+        if entries.len() >= 10_000 {
+            break;
+        }
+    }
+    entries.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    Outcome {
+        ok: true,
+        result: json!({"entries": entries}),
+    }
+}
+
+/// Runs argv with an empty environment, stdin closed, bounded output and a timeout.
+fn run_command(
+    argv: &[String],
+    sandbox: Option<&str>,
+    timeout: Duration,
+    cap: u64,
+    audit: Option<(&Path, &Path)>,
+) -> Outcome {
+    let mut cmd = match sandbox {
+        Some(profile) => {
+            let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+            let mut c = Command::new(exe);
+            c.args(["run", "-q", "--profile", profile]);
+            if let Some((log, key)) = audit {
+                c.arg("--audit").arg(log).arg("--audit-key").arg(key);
+            }
+            c.arg("--").args(argv);
+            c
+        }
+        None => {
+            let mut c = Command::new(&argv[0]);
+            c.args(&argv[1..]);
+            c
+        }
+    };
+    cmd.env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let started = Instant::now();
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return failed(format!("cannot run `{}`: {e}", argv[0])),
+    };
+    let pid = child.id() as i32;
+    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+        return failed("cannot capture the command's output");
+    };
+    let (stdout, stderr, timed_out) = capture(out, err, cap, started + timeout);
+    if timed_out {
+        // SAFETY: kill the command's own process group (it was made its leader by process_group(0)).
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+    let status = child.wait();
+    // Leave nothing of it behind (daemons it spawned in its group).
+    // SAFETY: as above.
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
+    let (exit, signal) = match status {
+        Ok(s) => {
+            use std::os::unix::process::ExitStatusExt;
+            (s.code(), s.signal())
+        }
+        Err(_) => (None, None),
+    };
+    let ok = exit == Some(0) && !timed_out;
+    let text = |b: &Captured| String::from_utf8_lossy(&b.bytes).into_owned();
+    Outcome {
+        ok,
+        result: json!({
+            "exit": exit.map(|c| c as i64).unwrap_or(128 + signal.unwrap_or(0) as i64),
+            "signal": signal,
+            "stdout": text(&stdout), "stdout_truncated": stdout.truncated,
+            "stderr": text(&stderr), "stderr_truncated": stderr.truncated,
+            "timed_out": timed_out,
+            "duration_ms": started.elapsed().as_millis() as u64,
+        }),
+    }
+}
+
+struct Captured {
+    bytes: Vec<u8>,
+    truncated: bool,
+}
+
+/// Reads both pipes until EOF or the deadline, keeping at most `cap` bytes of each (draining the rest).
+fn capture(
+    out: std::process::ChildStdout,
+    err: std::process::ChildStderr,
+    cap: u64,
+    deadline: Instant,
+) -> (Captured, Captured, bool) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut streams = [
+        (
+            File::from(OwnedFd::from(out)),
+            Captured {
+                bytes: Vec::new(),
+                truncated: false,
+            },
+            true,
+        ),
+        (
+            File::from(OwnedFd::from(err)),
+            Captured {
+                bytes: Vec::new(),
+                truncated: false,
+            },
+            true,
+        ),
+    ];
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if !streams.iter().any(|s| s.2) {
+            return finish(streams, false);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return finish(streams, true);
+        }
+        let timeout = PollTimeout::try_from(left.as_millis().min(10_000) as i32 + 1)
+            .unwrap_or(PollTimeout::MAX);
+        let mut fds: Vec<PollFd> = streams
+            .iter()
+            .filter(|s| s.2)
+            .map(|s| PollFd::new(s.0.as_fd(), PollFlags::POLLIN))
+            .collect();
+        if poll(&mut fds, timeout).is_err() {
+            continue;
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        let mut idx = 0;
+        for stream in streams.iter_mut().filter(|s| s.2) {
+            if ready[idx] {
+                match stream.0.read(&mut buf) {
+                    Ok(0) | Err(_) => stream.2 = false,
+                    Ok(n) => {
+                        let room = (cap as usize).saturating_sub(stream.1.bytes.len());
+                        stream.1.bytes.extend_from_slice(&buf[..n.min(room)]);
+                        if n > room {
+                            stream.1.truncated = true;
+                        }
+                    }
+                }
+            }
+            idx += 1;
+        }
+    }
+}
+
+fn finish(streams: [(File, Captured, bool); 2], timed_out: bool) -> (Captured, Captured, bool) {
+    let [(_, out, _), (_, err, _)] = streams;
+    (out, err, timed_out)
+}

@@ -1,0 +1,322 @@
+//! `zt-aas run`: one session, from the checks before anything starts to the sealed audit record.
+//!
+//! Order: load the policy and profile → resolve workspace, audit log and key, revocation list → verify
+//! every `--token` for use now (signature, issuer, audience, agent, window, revocation, and that the policy
+//! still allows each capability) → decide the layers (fail closed) → write `session.start` durably → start
+//! the sandbox with the mediator on fd 3 → serve until the agent is gone → seal with `session.end` →
+//! print the summary and head. Any failure before the agent starts: nothing runs, exit 125.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use serde_json::{json, Map};
+
+use crate::audit::{self, Durability, Kind, RecordBody, SessionWriter};
+use crate::capability::{self, revocation, Token};
+use crate::cli::RunArgs;
+use crate::exit::{CmdResult, Failure};
+use crate::mediator::{unix_now, Mediator};
+use crate::policy::{NetworkMode, Policy};
+use crate::sandbox::plan::Guarded;
+use crate::sandbox::profile::Profile;
+use crate::sandbox::{self, Layer, SandboxConfig};
+
+fn refused(e: impl std::fmt::Display) -> Failure {
+    Failure::refused(e.to_string())
+}
+
+/// The policy of a run: the file given, or the built-in default.
+pub fn load_policy(path: Option<&Path>, cwd: &Path) -> Result<Policy, Failure> {
+    match path {
+        Some(p) => Policy::load(p).map_err(refused),
+        None => Ok(Policy::builtin_default(cwd)),
+    }
+}
+
+/// The audit log and its key for a run (SPEC `run`: --audit, the policy's [audit], else the XDG default).
+pub fn audit_paths(args: &RunArgs, policy: &Policy) -> (PathBuf, PathBuf) {
+    let (default_log, default_key) = audit::default_paths();
+    let log = args
+        .audit
+        .clone()
+        .or_else(|| policy.audit.log.clone())
+        .unwrap_or(default_log);
+    let key = args
+        .audit_key
+        .clone()
+        .or_else(|| policy.audit.key.clone())
+        .unwrap_or_else(|| match (&args.audit, &policy.audit.log) {
+            (None, None) => default_key,
+            _ => log.parent().unwrap_or(Path::new(".")).join("audit.key"),
+        });
+    (absolute(&log), absolute(&key))
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+pub fn run(args: &RunArgs) -> CmdResult {
+    let cwd = std::env::current_dir().map_err(|e| refused(format!("current directory: {e}")))?;
+    let policy = load_policy(args.policy.as_deref(), &cwd)?;
+    if policy.network.mode == NetworkMode::Proxy {
+        return Err(refused(
+            "network.mode = \"proxy\" is not available in this version: refusing rather than running \
+             with a different network than the policy says (use mode = \"none\")",
+        ));
+    }
+    let agent = args
+        .agent
+        .clone()
+        .or_else(|| policy.agent.clone())
+        .unwrap_or_else(|| "agent".into());
+    let profile_name = args
+        .profile
+        .clone()
+        .unwrap_or_else(|| policy.sandbox.profile.clone());
+    let profile_ref = if profile_name.contains('/') && args.profile.is_none() {
+        policy.dir.join(&profile_name).display().to_string()
+    } else {
+        profile_name
+    };
+    let profile = Profile::load(&profile_ref).map_err(refused)?;
+
+    let ws = args.workspace.clone().unwrap_or_else(|| cwd.clone());
+    let workspace = std::fs::canonicalize(&ws)
+        .map_err(|e| refused(format!("workspace {}: {e}", ws.display())))?;
+    if !workspace.is_dir() {
+        return Err(refused(format!(
+            "workspace {} is not a directory",
+            workspace.display()
+        )));
+    }
+    if workspace == Path::new("/") {
+        return Err(refused(
+            "refusing to make / the workspace (it would make the whole host writable)",
+        ));
+    }
+    let cwd = std::fs::canonicalize(&cwd).unwrap_or(cwd);
+    let agent_cwd = if cwd.starts_with(&workspace) {
+        cwd.clone()
+    } else {
+        workspace.clone()
+    };
+
+    // Revocation list: created empty if named and missing, so that it can be guarded read-only.
+    let revoked = match &policy.revocation {
+        Some(path) => {
+            if !path.exists() {
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(path)
+                    .map_err(|e| refused(format!("revocation list {}: {e}", path.display())))?;
+            }
+            revocation::load(path).map_err(refused)?
+        }
+        None => Default::default(),
+    };
+
+    // Tokens, checked for use now.
+    let now = unix_now();
+    let mut tokens = Vec::new();
+    for path in &args.tokens {
+        let raw = capability::read_token_file(path).map_err(refused)?;
+        let token = Token::verify(&raw, &policy.issuers)
+            .map_err(|e| refused(format!("token {}: {e}", path.display())))?;
+        token
+            .check_for_session(&policy, &agent, now, &revoked)
+            .map_err(|d| refused(format!("token {}: {}", path.display(), d.reason)))?;
+        tokens.push(token);
+    }
+
+    let (log_path, key_path) = audit_paths(args, &policy);
+    let key = audit::keys::load_or_create_key(&key_path).map_err(refused)?;
+    let durability = if policy.audit.fsync {
+        Durability::Fsync
+    } else {
+        Durability::Relaxed
+    };
+    let log = audit::AuditLog::open(&log_path, key, durability).map_err(refused)?;
+
+    let mut guarded = Guarded::default();
+    guarded.read_only.push(log_path.clone());
+    guarded.hidden.push(key_path.clone());
+    guarded.read_only.extend(policy.source.clone());
+    guarded.read_only.extend(policy.revocation.clone());
+    guarded.read_only.extend(policy.mediator.use_counts.clone());
+    guarded.hidden.extend(private_keys_near(&policy.dir));
+
+    let session = audit::log::new_session_id();
+    let mut limits = profile.limits.clone();
+    let pl = &policy.sandbox.limits;
+    limits.memory = pl.memory.or(limits.memory);
+    limits.pids = pl.pids.or(limits.pids);
+    limits.nofile = pl.nofile.or(limits.nofile);
+    limits.fsize = pl.fsize.or(limits.fsize);
+    limits.cpu = pl.cpu.or(limits.cpu);
+    let require = policy
+        .sandbox
+        .require
+        .iter()
+        .filter_map(|l| Layer::parse(l))
+        .collect();
+    let config = SandboxConfig {
+        session: session.clone(),
+        profile,
+        workspace: workspace.clone(),
+        cwd: agent_cwd,
+        read_only: policy.sandbox.read_only.clone(),
+        read_write: policy.sandbox.read_write.clone(),
+        guarded,
+        limits,
+        wall: pl.wall.map(Duration::from_secs),
+        require,
+        allow_degraded: args.allow_degraded || policy.sandbox.allow_degraded,
+        command: args.command.clone(),
+        env_extra: vec![
+            ("ZT_AAS_FD".into(), "3".into()),
+            ("ZT_AAS_SESSION".into(), session.clone()),
+        ],
+    };
+    let prepared = sandbox::prepare(&config)?;
+    if prepared.layers.degraded {
+        eprintln!(
+            "zt-aas: DEGRADED sandbox: missing {}; running with {} (recorded in the audit log)",
+            prepared.layers.missing.join(", "),
+            prepared.layers.names().join(" + ")
+        );
+    }
+
+    let mut start = RecordBody::new(session.clone(), Kind::SessionStart, agent.clone());
+    let command: Vec<String> = args
+        .command
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let e = &mut start.extra;
+    e.insert("command".into(), json!(command));
+    e.insert(
+        "policy".into(),
+        json!(policy.source.as_ref().map(|p| p.display().to_string())),
+    );
+    e.insert("policy_name".into(), json!(policy.name));
+    e.insert("policy_sha256".into(), json!(policy.sha256));
+    e.insert("profile".into(), json!(config.profile.origin));
+    e.insert("workspace".into(), json!(workspace.display().to_string()));
+    e.insert("layers".into(), json!(prepared.layers.names()));
+    e.insert(
+        "sandbox".into(),
+        serde_json::to_value(&prepared.layers).unwrap_or_default(),
+    );
+    e.insert("degraded".into(), json!(prepared.layers.degraded));
+    e.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
+    e.insert(
+        "tokens".into(),
+        json!(tokens.iter().map(|t| t.raw.clone()).collect::<Vec<_>>()),
+    );
+    e.insert(
+        "token_ids".into(),
+        json!(tokens.iter().map(|t| t.id.clone()).collect::<Vec<_>>()),
+    );
+    let (writer, _) = SessionWriter::start(log, start).map_err(refused)?;
+
+    let (ours, theirs): (OwnedFd, OwnedFd) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| refused(format!("socketpair: {e}")))?;
+    let audit_paths = Some((log_path.clone(), key_path.clone()));
+    let mut mediator = Mediator::new(ours, policy, agent, tokens, writer, audit_paths);
+    let started = sandbox::start(&prepared, &theirs);
+    drop(theirs);
+    let exit = match started {
+        Ok(sb) => sandbox::launch::supervise(sb, &mut mediator, config.wall),
+        Err(failure) => {
+            seal(
+                mediator,
+                125,
+                &json!({"error": failure.message}),
+                args,
+                &log_path,
+            )?;
+            return Err(failure);
+        }
+    };
+    drop(prepared);
+    if let Some(m) = exit.message() {
+        eprintln!("zt-aas: {m}");
+    }
+    let code = exit.code();
+    seal(
+        mediator,
+        code,
+        &json!({"end": format!("{exit:?}")}),
+        args,
+        &log_path,
+    )?;
+    Ok(code)
+}
+
+/// Writes `session.end`, the head file, and the summary line.
+fn seal(
+    mediator: Mediator,
+    code: u8,
+    detail: &serde_json::Value,
+    args: &RunArgs,
+    log: &Path,
+) -> Result<(), Failure> {
+    let stats = mediator.stats;
+    let mut extra = Map::new();
+    extra.insert("calls_allowed".into(), json!(stats.allowed));
+    extra.insert("calls_denied".into(), json!(stats.denied));
+    extra.insert("protocol_errors".into(), json!(stats.errors));
+    extra.insert("detail".into(), detail.clone());
+    let session = mediator.audit.session().to_string();
+    let sealed = mediator.audit.end(code as i64, extra).map_err(|e| {
+        Failure::refused(format!(
+            "the session could not be sealed in the audit log: {e}"
+        ))
+    })?;
+    if let Some(path) = &args.head_out {
+        std::fs::write(path, format!("{}\n", sealed.hash))
+            .map_err(|e| Failure::refused(format!("--head-out {}: {e}", path.display())))?;
+    }
+    if !args.quiet {
+        eprintln!(
+            "zt-aas: session {session}: {} call(s) allowed, {} denied; audit {} head {}",
+            stats.allowed,
+            stats.denied + stats.errors,
+            log.display(),
+            sealed.hash
+        );
+    }
+    Ok(())
+}
+
+/// Private keys lying next to the policy (its directory and `keys/`): hidden from the agent.
+fn private_keys_near(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for d in [dir.to_path_buf(), dir.join("keys")] {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let p = entry.path();
+            if p.extension().is_some_and(|e| e == "key") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

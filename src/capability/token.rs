@@ -307,6 +307,7 @@ impl Token {
     /// The checks a session start needs, besides the signature: audience is `policy.name`, subject is
     /// `agent`, issuer trusted, lifetime within `max_ttl`, in its window (± [`LEEWAY_SECS`]), not revoked,
     /// and every capability still allowed to `agent` by the policy's rules.
+    #[allow(clippy::result_large_err)] // a denial is a normal answer here (see policy::decide)
     pub fn check_for_session(
         &self,
         policy: &Policy,
@@ -374,7 +375,12 @@ fn validate_capability(cap: &Capability) -> Result<Vec<(String, Regex)>, String>
             }
             compile_pattern(pattern)
                 .map(|re| (param.clone(), re))
-                .map_err(|e| format!("constraint on `{param}` does not compile: {e}"))
+                .map_err(|e| {
+                    format!(
+                        "constraint on `{param}` does not compile: {}",
+                        crate::policy::pattern_error(&e)
+                    )
+                })
         })
         .collect()
 }

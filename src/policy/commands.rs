@@ -1,8 +1,111 @@
-//! (being written)
+//! `zt-aas policy check` and `zt-aas policy explain`.
+//!
+//! `check` exits 0 and prints `ok: <summary>`, or exits 1 with `file:line: key: problem`. `explain` exits 0
+//! whenever it could explain (the decision itself is in its output: `decision: allow|deny`), 1 when the
+//! policy or the revocation list cannot be read, 2 on a usage error.
+
+use std::collections::{HashMap, HashSet};
+
+use super::decide::{decide, evaluate_rules, Check, Decision, Request, UseState};
+use super::Policy;
+use crate::capability::commands::now;
+use crate::capability::{read_token_file, revocation, Token};
+use crate::cli::{parse_key_values, PolicyCheckArgs, PolicyExplainArgs};
 use crate::exit::{CmdResult, Failure};
-pub fn check(_args: &crate::cli::PolicyCheckArgs) -> CmdResult {
-    Err(Failure::refused("not implemented yet"))
+
+pub fn check(args: &PolicyCheckArgs) -> CmdResult {
+    let policy = Policy::load(&args.file).map_err(|e| Failure::failed(e.to_string()))?;
+    println!("ok: {}", policy.summary());
+    Ok(0)
 }
-pub fn explain(_args: &crate::cli::PolicyExplainArgs) -> CmdResult {
-    Err(Failure::refused("not implemented yet"))
+
+pub fn explain(args: &PolicyExplainArgs) -> CmdResult {
+    let call_args = parse_key_values(&args.args)?;
+    let policy = Policy::load(&args.policy).map_err(|e| Failure::failed(e.to_string()))?;
+    let req = Request {
+        agent: &args.agent,
+        action: &args.action,
+        args: &call_args,
+    };
+    let rules = evaluate_rules(&policy, &req);
+    let mut notes = Vec::new();
+    let decision = match &args.token {
+        None => match &rules {
+            Ok(rule) => {
+                let mut d = Decision::deny(
+                    Check::NoCapability,
+                    format!(
+                        "rule {rule} allows this call, but it also needs a capability token granting {} to agent `{}` (none given; try --token FILE)",
+                        args.action, args.agent
+                    ),
+                );
+                d.rule = Some(rule.clone());
+                d
+            }
+            Err(d) => d.clone(),
+        },
+        Some(path) => {
+            let raw = read_token_file(path).map_err(Failure::failed)?;
+            match Token::verify(&raw, &policy.issuers) {
+                Err(e) => e.to_decision(),
+                Ok(token) => {
+                    let revoked = match &policy.revocation {
+                        Some(list) => {
+                            revocation::load(list).map_err(|e| Failure::failed(e.to_string()))?
+                        }
+                        None => HashSet::new(),
+                    };
+                    if token.caps.iter().any(|c| c.max_uses.is_some()) {
+                        notes.push(
+                            "use counts live in a session: max_uses is checked as if unused"
+                                .to_string(),
+                        );
+                    }
+                    let uses = HashMap::new();
+                    let state = UseState {
+                        revoked: &revoked,
+                        uses: &uses,
+                    };
+                    decide(&policy, &req, &[token], &state, now())
+                }
+            }
+        }
+    };
+    let rule = decision
+        .rule
+        .as_ref()
+        .and_then(|id| policy.rules.iter().find(|r| &r.id == id));
+    if args.json {
+        let mut out = decision.to_json();
+        out["policy"] = policy.name.clone().into();
+        out["agent"] = args.agent.clone().into();
+        out["action"] = args.action.clone().into();
+        out["args"] = serde_json::json!(call_args);
+        out["rules_allow"] = rules.is_ok().into();
+        out["token_given"] = args.token.is_some().into();
+        out["rule_line"] = serde_json::json!(rule.map(|r| r.line));
+        out["notes"] = serde_json::json!(notes);
+        println!("{out}");
+    } else {
+        println!("decision: {}", decision.verdict());
+        println!("check:    {}", decision.check.code());
+        println!("reason:   {}", decision.reason);
+        if let Some(rule) = rule {
+            let file = policy
+                .source
+                .as_ref()
+                .map_or_else(String::new, |s| s.display().to_string());
+            println!("rule:     {} ({file}:{})", rule.id, rule.line);
+        }
+        if let Some(token) = &decision.token {
+            match decision.capability {
+                Some(i) => println!("token:    {token}, capability #{i}"),
+                None => println!("token:    {token}"),
+            }
+        }
+        for note in notes {
+            println!("note:     {note}");
+        }
+    }
+    Ok(0)
 }

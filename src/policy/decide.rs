@@ -17,6 +17,10 @@
 //! Rules are indexed by action when the policy is loaded, so a decision looks only at the rules that can
 //! match its action: its cost does not grow with the number of unrelated rules.
 
+// A denial is this module's normal answer, not an exceptional error, and a `Decision` is what callers
+// record: returning it by value costs less than the allocation a `Box` would add.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 

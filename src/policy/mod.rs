@@ -387,6 +387,14 @@ pub fn compile_pattern(source: &str) -> Result<Regex, regex::Error> {
         .build()
 }
 
+/// A regex error on one line: the regex crate's multi-line syntax errors end with the line that says
+/// what is wrong.
+pub fn pattern_error(error: &regex::Error) -> String {
+    let text = error.to_string();
+    let last = text.lines().last().unwrap_or("").trim();
+    last.strip_prefix("error: ").unwrap_or(last).to_string()
+}
+
 /// Fills an argv template: each `{param}` is replaced by `args[param]`; `{{` and `}}` are literal braces.
 /// Every word stays one argv element (never a shell). Fails on a parameter without a value.
 pub fn render_argv(run: &[String], args: &BTreeMap<String, String>) -> Result<Vec<String>, String> {

@@ -210,7 +210,7 @@ impl Source<'_> {
         self.error(value.span(), key, problem)
     }
 
-    fn from_toml(&self, error: &toml::de::Error) -> PolicyError {
+    fn toml_error(&self, error: &toml::de::Error) -> PolicyError {
         let message = error.message().trim().replace('\n', "; ");
         let Some(span) = error.span() else {
             return PolicyError {
@@ -260,7 +260,7 @@ pub(super) fn parse(text: &str, origin: &Path) -> Result<Policy, PolicyError> {
         text,
         file: origin.display().to_string(),
     };
-    let raw: RawPolicy = toml::from_str(text).map_err(|e| src.from_toml(&e))?;
+    let raw: RawPolicy = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
     let dir = base_dir(origin);
     let mut policy = Policy::builtin_default(&dir);
     policy.source = Some(origin.to_path_buf());
@@ -744,8 +744,13 @@ fn action(src: &Source, dir: &Path, spanned: &Spanned<RawAction>) -> Result<Acti
         if !is_param_name(param) {
             return Err(src.at(pattern, &key, "parameter names are [a-z_][a-z0-9_]*"));
         }
-        let regex = compile_pattern(pattern.get_ref())
-            .map_err(|e| src.at(pattern, &key, format!("pattern does not compile: {e}")))?;
+        let regex = compile_pattern(pattern.get_ref()).map_err(|e| {
+            src.at(
+                pattern,
+                &key,
+                format!("pattern does not compile: {}", pattern_error(&e)),
+            )
+        })?;
         params.insert(param.clone(), regex);
     }
     let timeout = raw
@@ -991,8 +996,13 @@ fn rule(
     let mut args = BTreeMap::new();
     for (param, pattern) in &raw.args {
         let key = format!("args.{param}");
-        let regex = compile_pattern(pattern.get_ref())
-            .map_err(|e| src.at(pattern, &key, format!("pattern does not compile: {e}")))?;
+        let regex = compile_pattern(pattern.get_ref()).map_err(|e| {
+            src.at(
+                pattern,
+                &key,
+                format!("pattern does not compile: {}", pattern_error(&e)),
+            )
+        })?;
         args.insert(param.clone(), regex);
     }
     let mut matched: BTreeSet<&str> = BTreeSet::new();

@@ -1,0 +1,148 @@
+//! `zt-aas policy check`: a good policy is summarised; a bad one is refused with file, line and key.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn check(dir: &Path, policy: &str) -> Output {
+    std::fs::write(dir.join("policy.toml"), policy).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_zt-aas"))
+        .args(["policy", "check", "policy.toml"])
+        .current_dir(dir)
+        .output()
+        .expect("run zt-aas")
+}
+
+const GOOD: &str = r#"version = 1
+name = "hello-world"
+agent = "hello-bot"
+
+[sandbox]
+profile = "minimal"
+[sandbox.limits]
+memory = "2GiB"
+pids = 256
+wall = "30m"
+
+[network]
+mode = "none"
+
+[audit]
+log = "audit.jsonl"
+
+[revocation]
+list = "revoked.txt"
+
+[[action]]
+name = "hello-world.say_hello"
+run = ["/bin/echo", "Hello, {name}!"]
+params = { name = "^[A-Za-z ]{1,32}$" }
+
+[[rule]]
+effect = "allow"
+agents = ["hello-bot"]
+actions = ["hello-world.*"]
+"#;
+
+#[track_caller]
+fn refused(policy: &str, expect: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = check(dir.path(), policy);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(expect), "expected `{expect}` in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn good_policy_is_ok() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = check(dir.path(), GOOD);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("ok: policy `hello-world`"), "{stdout}");
+    assert!(stdout.contains("1 action, 1 rule, 0 issuers"), "{stdout}");
+}
+
+#[test]
+fn unknown_keys_are_refused_with_line_and_key() {
+    refused(
+        &GOOD.replace("wall = \"30m\"", "wall = \"30m\"\nswap = 1"),
+        "policy.toml:11: key `swap` in [sandbox.limits]: unknown key",
+    );
+    refused(
+        &GOOD.replace("mode = \"none\"", "mode = \"none\"\nallow_all = true"),
+        "policy.toml:14: key `allow_all` in [network]: unknown key",
+    );
+    refused(
+        &GOOD.replace(
+            "actions = [\"hello-world.*\"]",
+            "actions = [\"hello-world.*\"]\nagent = \"x\"",
+        ),
+        "policy.toml:30: key `agent` in [[rule]] #1: unknown key",
+    );
+}
+
+#[test]
+fn bad_patterns_and_missing_params_are_refused_with_line_and_key() {
+    refused(
+        &GOOD.replace("^[A-Za-z ]{1,32}$", "^[A-Za-z"),
+        "policy.toml:24: key `params.name` in [[action]] #1: pattern does not compile",
+    );
+    refused(
+        &GOOD.replace("\"Hello, {name}!\"", "\"Hello, {name} {title}!\""),
+        "policy.toml:23: key `run` in [[action]] #1: `{title}` has no pattern",
+    );
+    refused(
+        &GOOD.replace(
+            "actions = [\"hello-world.*\"]",
+            "actions = [\"hello-world.say_hellox\"]",
+        ),
+        "policy.toml:29: key `actions` in [[rule]] #1",
+    );
+}
+
+#[test]
+fn incoherent_policies_are_refused() {
+    refused(
+        &GOOD.replace("version = 1", "version = 2"),
+        "policy.toml:1: key `version`",
+    );
+    refused(
+        &GOOD.replace("wall = \"30m\"", "wall = \"half an hour\""),
+        "policy.toml:10: key `wall` in [sandbox.limits]",
+    );
+    refused(
+        &GOOD.replace(
+            "profile = \"minimal\"",
+            "profile = \"minimal\"\nread_write = [\"/srv\"]\nread_only = [\"/srv/conf\"]",
+        ),
+        "Landlock",
+    );
+    refused(
+        "version = 1\nname = \"x\"\n[issuers]\nkeys = [\"keys/missing.pub\"]\n",
+        "policy.toml:4: key `keys` in [issuers]",
+    );
+    refused("not toml at all [", "policy.toml:1");
+}
+
+#[test]
+fn missing_file_and_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_zt-aas"))
+        .args(["policy", "check", "nope.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.toml: cannot read"));
+    let out = Command::new(env!("CARGO_BIN_EXE_zt-aas"))
+        .args(["policy", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -38,6 +38,7 @@ pub enum Prepared {
         argv: Vec<String>,
         sandbox: Option<String>,
         timeout: Duration,
+        cwd: PathBuf,
     },
     Read {
         file: File,
@@ -68,10 +69,12 @@ fn refuse(check: &'static str, reason: impl Into<String>) -> Refusal {
 }
 
 /// Resolves what an allowed call will touch. File paths are opened here, beneath their root.
+/// Commands run in `dir` (the policy's directory).
 pub fn prepare(
     action: &Action,
     args: &BTreeMap<String, String>,
     default_timeout: u64,
+    dir: &Path,
 ) -> Result<Prepared, Refusal> {
     match &action.kind {
         ActionKind::Command {
@@ -88,6 +91,7 @@ pub fn prepare(
                 argv,
                 sandbox: sandbox.clone(),
                 timeout,
+                cwd: dir.to_path_buf(),
             })
         }
         ActionKind::Builtin(Builtin::Ping) => Ok(Prepared::Ping),
@@ -219,7 +223,8 @@ pub fn execute(prepared: Prepared, output_cap: u64, audit: Option<(&Path, &Path)
             argv,
             sandbox,
             timeout,
-        } => run_command(&argv, sandbox.as_deref(), timeout, output_cap, audit),
+            cwd,
+        } => run_command(&argv, sandbox.as_deref(), timeout, &cwd, output_cap, audit),
         Prepared::Read { file, max } => read_file(file, max),
         Prepared::Write { dir, name, content } => write_file(&dir, &name, &content),
         Prepared::List { dir } => list_dir(dir),
@@ -312,6 +317,7 @@ fn run_command(
     argv: &[String],
     sandbox: Option<&str>,
     timeout: Duration,
+    cwd: &Path,
     cap: u64,
     audit: Option<(&Path, &Path)>,
 ) -> Outcome {
@@ -334,6 +340,7 @@ fn run_command(
     };
     cmd.env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -119,12 +119,12 @@ impl Mediator {
         let mut extra = Map::new();
         let decision = self.decide(&req, now, &mut extra, &mut end);
         let prepared = match (&decision, self.policy.action(&req.action)) {
-            (d, Some(action)) if d.allowed => {
-                match actions::prepare(action, &req.args, self.policy.mediator.timeout) {
-                    Ok(p) => Ok(p),
-                    Err(r) => Err(r),
-                }
-            }
+            (d, Some(action)) if d.allowed => actions::prepare(
+                action,
+                &req.args,
+                self.policy.mediator.timeout,
+                &self.policy.dir,
+            ),
             _ => Err(actions::Refusal {
                 check: "",
                 reason: String::new(),

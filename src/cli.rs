@@ -46,6 +46,10 @@ pub enum Command {
     Demo(DemoArgs),
     /// Report which sandbox layers this host can enforce.
     Doctor(DoctorArgs),
+    /// Print a shell completion script (e.g. `zt-aas completions bash > /etc/bash_completion.d/zt-aas`).
+    Completions(CompletionsArgs),
+    /// Print the man page (roff): `zt-aas man | man -l -`.
+    Man,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -263,6 +267,13 @@ pub struct DoctorArgs {
     pub json: bool,
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
 /// Entry point of the `zt-aas` binary.
 pub fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().collect();
@@ -306,6 +317,8 @@ fn dispatch(command: Command) -> CmdResult {
         Command::Audit(AuditCommand::Replay(args)) => crate::audit::commands::replay(&args),
         Command::Audit(AuditCommand::Export(args)) => crate::audit::commands::export(&args),
         Command::Demo(args) => crate::demo::main(&args),
+        Command::Completions(args) => completions(&args),
+        Command::Man => man(),
     }
 }
 
@@ -328,4 +341,33 @@ pub fn parse_key_values(
         }
     }
     Ok(map)
+}
+
+/// `zt-aas completions SHELL`: the completion script, generated from the clap definitions above.
+fn completions(args: &CompletionsArgs) -> CmdResult {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    // Generated into memory: clap_complete panics on a failed write, a closed stdout included.
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut cmd, "zt-aas", &mut script);
+    print_generated(&script, "completion script")
+}
+
+/// `zt-aas man`: the zt-aas(1) man page in roff, generated from the clap definitions above.
+fn man() -> CmdResult {
+    let mut page = Vec::new();
+    clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+        .render(&mut page)
+        .map_err(|e| Failure::failed(format!("rendering the man page: {e}")))?;
+    print_generated(&page, "man page")
+}
+
+/// Writes generated text to stdout; a reader that stops early (`| head`) is not an error.
+fn print_generated(bytes: &[u8], what: &str) -> CmdResult {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Failure::failed(format!("writing the {what}: {e}")))
+        }
+        _ => Ok(0),
+    }
 }

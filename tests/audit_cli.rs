@@ -532,3 +532,156 @@ fn export_writes_one_ocsf_api_activity_event_per_record() {
     );
     assert_eq!(deny["metadata"]["product"]["name"], json!("zt-aas"));
 }
+
+const REPLAY_POLICY: &str = r#"version = 1
+name = "hello-world"
+agent = "hello-bot"
+
+[issuers]
+keys = ["keys/issuer.pub"]
+max_ttl = "1h"
+
+[[action]]
+name = "hello-world.say_hello"
+run = ["/bin/echo", "Hello, {name}!"]
+params = { name = "^[A-Za-z ]{1,32}$" }
+
+[[action]]
+name = "aws.ec2.terminate_instances"
+run = ["/usr/bin/touch", "TERMINATED-{id}"]
+params = { id = "^i-[0-9a-f]{8,17}$" }
+
+[[rule]]
+effect = "deny"
+actions = ["aws.ec2.terminate_*"]
+reason = "destructive cloud actions are never brokered"
+"#;
+
+const ALLOW_RULE: &str = r#"
+[[rule]]
+effect = "allow"
+agents = ["hello-bot"]
+actions = ["hello-world.*"]
+"#;
+
+/// A session recorded the way the mediator records one, under the policy with the allow rule.
+fn replay_fixture() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    use zt_aas::capability::{issue, keys::write_key_pair, Capability};
+    use zt_aas::policy::{decide, Policy, Request, UseState};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("keys")).unwrap();
+    write_key_pair(&d.join("keys/issuer"), false).unwrap();
+    let with = d.join("with-allow.toml");
+    let without = d.join("without-allow.toml");
+    std::fs::write(&with, format!("{REPLAY_POLICY}{ALLOW_RULE}")).unwrap();
+    std::fs::write(&without, REPLAY_POLICY).unwrap();
+    let policy = Policy::load(&with).unwrap();
+    let issuer = zt_aas::capability::keys::load_signing_key(&d.join("keys/issuer.key")).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = issue(
+        &policy,
+        &issuer,
+        "hello-bot",
+        vec![Capability::new("hello-world.say_hello")],
+        600,
+        now,
+    )
+    .unwrap();
+
+    let log = d.join("audit.jsonl");
+    let key = load_or_create_key(&d.join("keys/audit.key")).unwrap();
+    let audit = AuditLog::open(&log, key, Durability::Fsync).unwrap();
+    let sid = "1234567890abcdef1234567890abcdef";
+    let mut start = RecordBody::new(sid, Kind::SessionStart, "hello-bot");
+    start.extra.insert("tokens".into(), json!([token.raw]));
+    start
+        .extra
+        .insert("policy_sha256".into(), json!(policy.sha256));
+    let (mut w, _) = SessionWriter::start(audit, start).unwrap();
+    let none = std::collections::HashSet::new();
+    let no_uses = std::collections::HashMap::new();
+    for (action, arg, value) in [
+        ("hello-world.say_hello", "name", "World"),
+        ("aws.ec2.terminate_instances", "id", "i-0123456789abcdef0"),
+    ] {
+        let args = std::collections::BTreeMap::from([(arg.to_string(), value.to_string())]);
+        let req = Request {
+            agent: "hello-bot",
+            action,
+            args: &args,
+        };
+        let state = UseState {
+            revoked: &none,
+            uses: &no_uses,
+        };
+        let decision = decide(&policy, &req, std::slice::from_ref(&token), &state, now);
+        let mut body = RecordBody::new(sid, Kind::Decision, "hello-bot");
+        body.action = Some(action.into());
+        body.args = json!(args);
+        body.token = decision.token.clone();
+        body.decision = Some(decision.verdict().into());
+        body.reason = Some(decision.reason.clone());
+        body.extra
+            .insert("check".into(), json!(decision.check.code()));
+        if let Some(rule) = &decision.rule {
+            body.extra.insert("rule".into(), json!(rule));
+        }
+        w.record(body).unwrap();
+    }
+    let mut spoof = RecordBody::new(sid, Kind::Decision, "hello-bot");
+    spoof.decision = Some("error".into());
+    spoof.extra.insert("check".into(), json!("protocol_error"));
+    w.record(spoof).unwrap();
+    w.end(0, Map::new()).unwrap();
+    (dir, log, with, without)
+}
+
+#[test]
+fn replay_shows_the_change_after_an_allow_rule_is_removed() {
+    let (_dir, log, with, without) = replay_fixture();
+    let log_s = log.to_str().unwrap();
+    let out = zt(&["audit", "replay", log_s, "--policy", with.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("2 decisions replayed") && text(&out).contains("0 would change"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("1 not replayed"), "{}", text(&out));
+
+    let out = zt(&[
+        "audit",
+        "replay",
+        log_s,
+        "--policy",
+        without.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("hello-world.say_hello"), "{t}");
+    assert!(t.contains("allow (allowed) -> deny (no_allow_rule)"), "{t}");
+    assert!(t.contains("1 would change"), "{t}");
+    assert!(!t.contains("terminate"), "the deny stays a deny: {t}");
+
+    let out = zt(&[
+        "audit",
+        "replay",
+        log_s,
+        "--policy",
+        without.to_str().unwrap(),
+        "--json",
+    ]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["differences"][0]["now_check"],
+        json!("no_allow_rule")
+    );
+    assert_eq!(report["differences"][0]["line"], json!(2));
+
+    let out = zt(&["audit", "replay", log_s, "--policy", "/nonexistent.toml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}

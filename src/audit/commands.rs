@@ -23,7 +23,7 @@ pub(crate) fn read_log(path: &Path) -> Result<Vec<u8>, Failure> {
     })
 }
 
-fn print(text: &str) -> Result<(), Failure> {
+pub(crate) fn print(text: &str) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => Ok(()),

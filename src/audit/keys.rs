@@ -1,20 +1,19 @@
 //! The audit signing key: created on first use (mode 0600, public key beside it), refused when readable
-//! by group or others. File formats (shared with capability keys):
-//! secret `ed25519-secret:<base64 of the 32-byte seed>\n`, public `ed25519:<base64 of 32 bytes>\n`.
+//! by group or others. The file formats and loaders are the capability module's
+//! ([`crate::capability::keys`]): secret `ed25519-secret:<base64 of the 32-byte seed>`, public
+//! `ed25519:<base64 of 32 bytes>`; this module adds only create-on-first-use.
 //!
 //! Does not protect against: a key file readable by the same user (any process of that user can sign);
 //! that is why the sandbox hides it from the agent.
 
 use super::AuditError;
+use crate::capability::keys as cap_keys;
 use base64::Engine as _;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
-
-const SECRET_PREFIX: &str = "ed25519-secret:";
-const PUBLIC_PREFIX: &str = "ed25519:";
 
 /// Where the public key of the secret key at `path` lives: `.key` replaced by `.pub`, else `.pub` appended.
 pub fn public_key_path(path: &Path) -> PathBuf {
@@ -29,63 +28,22 @@ pub fn public_key_path(path: &Path) -> PathBuf {
 
 /// Loads the signing key at `path`, or creates it (and its public key) if it does not exist.
 pub fn load_or_create_key(path: &Path) -> Result<SigningKey, AuditError> {
-    match fs::metadata(path) {
+    match fs::symlink_metadata(path) {
         Ok(_) => load_signing_key(path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_key(path),
         Err(e) => Err(AuditError::io(path, e)),
     }
 }
 
-/// Loads an existing signing key, refusing one that group or others can read.
+/// Loads an existing signing key, refusing one that group or others can read (the message says
+/// `chmod 600`).
 pub fn load_signing_key(path: &Path) -> Result<SigningKey, AuditError> {
-    let meta = fs::metadata(path).map_err(|e| AuditError::io(path, e))?;
-    let mode = meta.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(AuditError::Key(format!(
-            "{}: private key is accessible by group or others (mode {:o}); run `chmod 600 {}`",
-            path.display(),
-            mode & 0o777,
-            path.display()
-        )));
-    }
-    let text = fs::read_to_string(path).map_err(|e| AuditError::io(path, e))?;
-    let seed = decode_32(&text, SECRET_PREFIX).ok_or_else(|| {
-        AuditError::Key(format!(
-            "{}: not an ed25519-secret key file",
-            path.display()
-        ))
-    })?;
-    Ok(SigningKey::from_bytes(&seed))
+    cap_keys::load_signing_key(path).map_err(|e| AuditError::Key(e.to_string()))
 }
 
 /// Loads a public key file (`ed25519:<base64>`).
 pub fn load_public_key(path: &Path) -> Result<VerifyingKey, AuditError> {
-    let text = fs::read_to_string(path).map_err(|e| AuditError::io(path, e))?;
-    parse_public_key(&text).ok_or_else(|| {
-        AuditError::Key(format!(
-            "{}: not an ed25519 public key file",
-            path.display()
-        ))
-    })
-}
-
-/// Parses `ed25519:<base64 of 32 bytes>` (surrounding whitespace ignored).
-pub fn parse_public_key(text: &str) -> Option<VerifyingKey> {
-    VerifyingKey::from_bytes(&decode_32(text, PUBLIC_PREFIX)?).ok()
-}
-
-/// The text of a public key file.
-pub fn format_public_key(key: &VerifyingKey) -> String {
-    format!(
-        "{PUBLIC_PREFIX}{}\n",
-        base64::engine::general_purpose::STANDARD.encode(key.as_bytes())
-    )
-}
-
-fn decode_32(text: &str, prefix: &str) -> Option<[u8; 32]> {
-    let b64 = text.trim().strip_prefix(prefix)?;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
-    bytes.try_into().ok()
+    cap_keys::load_verifying_key(path).map_err(|e| AuditError::Key(e.to_string()))
 }
 
 fn create_key(path: &Path) -> Result<SigningKey, AuditError> {
@@ -98,7 +56,8 @@ fn create_key(path: &Path) -> Result<SigningKey, AuditError> {
     }
     let key = SigningKey::generate(&mut rand_core::OsRng);
     let secret = format!(
-        "{SECRET_PREFIX}{}\n",
+        "{}{}\n",
+        cap_keys::SECRET_PREFIX,
         base64::engine::general_purpose::STANDARD.encode(key.to_bytes())
     );
     // Write a private temporary file, then link it into place: the key appears whole or not at all, and
@@ -124,14 +83,18 @@ fn create_key(path: &Path) -> Result<SigningKey, AuditError> {
         Err(e) => return Err(AuditError::io(path, e)),
     }
     let pub_path = public_key_path(path);
-    fs::write(&pub_path, format_public_key(&key.verifying_key()))
-        .map_err(|e| AuditError::io(&pub_path, e))?;
+    fs::write(
+        &pub_path,
+        format!("{}\n", cap_keys::public_key_text(&key.verifying_key())),
+    )
+    .map_err(|e| AuditError::io(&pub_path, e))?;
     Ok(key)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
     fn creates_once_with_0600_and_public_key_beside() {
@@ -159,8 +122,6 @@ mod tests {
 
     #[test]
     fn rejects_malformed_key_files() {
-        assert!(parse_public_key("ed25519:AAAA").is_none());
-        assert!(parse_public_key("rsa:xyz").is_none());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.key");
         fs::write(&path, "garbage").unwrap();

@@ -441,9 +441,8 @@ fn capture(
             .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
             .collect();
         drop(fds);
-        let mut idx = 0;
-        for stream in streams.iter_mut().filter(|s| s.2) {
-            if ready[idx] {
+        for (stream, ready) in streams.iter_mut().filter(|s| s.2).zip(ready) {
+            if ready {
                 match stream.0.read(&mut buf) {
                     Ok(0) | Err(_) => stream.2 = false,
                     Ok(n) => {
@@ -455,7 +454,6 @@ fn capture(
                     }
                 }
             }
-            idx += 1;
         }
     }
 }

@@ -214,6 +214,11 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
     let placeholders = plan.placeholders.clone();
     if !namespaces && !plan.protected.is_empty() {
         plan::remove_placeholders(&placeholders);
+        eprintln!(
+            "zt-aas: degraded: without a mount namespace these workspace files are NOT read-only for the \
+             agent: {}",
+            plan.protected.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        );
         let guarded_inside: Vec<String> = config
             .guarded
             .read_only
@@ -252,7 +257,9 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
     } else {
         // No mount namespace: the agent sees the host tree; Landlock alone confines it. Its binary is
         // the host's, and /tmp is not private: give it the workspace as TMPDIR instead.
-        landlock_rules.retain(|(p, _)| !config.profile.tmpfs.contains(p));
+        landlock_rules.retain(|(p, _)| {
+            !config.profile.tmpfs.contains(p) && p.as_path() != Path::new(mounts::INNER_BIN_DIR)
+        });
         landlock_rules.push((self_exe.clone(), landlock::Grant::ReadExec));
         if !cwd.starts_with(&config.workspace) {
             cwd = config.workspace.clone();

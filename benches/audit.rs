@@ -1,0 +1,51 @@
+//! `scripts/bench.sh audit`: records appended per second (fsync per record, relaxed) and records verified
+//! per second on a 100,000-record log. Not a test: nothing here asserts a speed.
+
+use std::time::Instant;
+
+use ed25519_dalek::SigningKey;
+use serde_json::json;
+use zt_aas::audit::{verify_log, AuditLog, Durability, Kind, RecordBody};
+
+fn body(i: u64) -> RecordBody {
+    let mut b = RecordBody::new("bench-session", Kind::Decision, "bot");
+    b.action = Some("svc.op".into());
+    b.args = json!({"i": i.to_string()});
+    b.decision = Some("allow".into());
+    b.reason = Some("allowed by rule rule[0]".into());
+    b
+}
+
+fn append(durability: Durability, n: u64) -> std::path::PathBuf {
+    let dir = tempfile::tempdir().expect("tempdir").keep();
+    let path = dir.join("audit.jsonl");
+    let mut log =
+        AuditLog::open(&path, SigningKey::from_bytes(&[9u8; 32]), durability).expect("open");
+    let t0 = Instant::now();
+    for i in 0..n {
+        log.append(body(i)).expect("append");
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "audit   append {:<8} {n:>7} records  {:>9.0} records/s",
+        format!("{durability:?}"),
+        n as f64 / secs
+    );
+    path
+}
+
+fn main() {
+    append(Durability::Fsync, 2_000);
+    let path = append(Durability::Relaxed, 100_000);
+    let bytes = std::fs::read(&path).expect("read");
+    let key = SigningKey::from_bytes(&[9u8; 32]).verifying_key();
+    let t0 = Instant::now();
+    let report = verify_log(&bytes, Some(&key), None);
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "audit   verify (hash+chain+ed25519 batch, 2 threads) {} records  {:>9.0} records/s",
+        report.records,
+        report.records as f64 / secs
+    );
+    let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Benchmarks (not tests: they print medians and ratios, they assert nothing).
+#   scripts/bench.sh launch     median wall time of `zt-aas run -- /bin/true` vs bare /bin/true and bubblewrap
+#   scripts/bench.sh decide     token verification + decision, 10 and 1,000 rules
+#   scripts/bench.sh mediator   sys.ping round trips through the mediator (fsync per record, and relaxed)
+#   scripts/bench.sh audit      records appended per second; records verified per second (100k log)
+#   scripts/bench.sh all
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what="${1:-all}"
+cargo build --release --quiet
+export ZT_AAS="$PWD/target/release/zt-aas"
+
+case "$what" in
+  launch)   python3 scripts/bench_launch.py ;;
+  mediator) python3 scripts/bench_mediator.py ;;
+  decide)   cargo bench --quiet --bench decide ;;
+  audit)    cargo bench --quiet --bench audit ;;
+  all)      "$0" launch; "$0" decide; "$0" mediator; "$0" audit ;;
+  *) echo "usage: $0 launch|decide|mediator|audit|all" >&2; exit 2 ;;
+esac

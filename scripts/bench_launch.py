@@ -1,0 +1,48 @@
+"""Launch benchmark: median wall time of `zt-aas run -- /bin/true` beside bare /bin/true and bubblewrap
+(`bwrap --unshare-all ... /bin/true`), interleaved in the same run, with ratios. Prints; asserts nothing."""
+import os, shutil, statistics, subprocess, tempfile, time
+
+N = int(os.environ.get("BENCH_N", "200"))
+ZT = os.environ["ZT_AAS"]
+ws = tempfile.mkdtemp(prefix="zt-bench.")
+state = tempfile.mkdtemp(prefix="zt-bench-state.")
+env = dict(os.environ, XDG_STATE_HOME=state)
+
+def ro(*paths):
+    out = []
+    for p in paths:
+        if os.path.islink(p):
+            out += ["--symlink", os.readlink(p), p]
+        elif os.path.exists(p):
+            out += ["--ro-bind", p, p]
+    return out
+
+cases = {
+    "bare /bin/true": ["/bin/true"],
+    "zt-aas run (all layers)": [ZT, "run", "-q", "--workspace", ws, "--", "/bin/true"],
+    "zt-aas run --allow-degraded (no userns)": [ZT, "run", "-q", "--allow-degraded", "--workspace", ws, "--", "/bin/true"],
+}
+if shutil.which("bwrap"):
+    cases["bwrap --unshare-all"] = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
+        *ro("/usr", "/bin", "/lib", "/lib64", "/sbin"), "--proc", "/proc", "--dev", "/dev",
+        "--tmpfs", "/tmp", "--bind", ws, ws, "--cap-drop", "ALL", "/bin/true"]
+degraded_env = dict(env, ZT_AAS_TEST_DISABLE="userns")
+times = {k: [] for k in cases}
+for _ in range(N):
+    for name, argv in cases.items():
+        e = degraded_env if "degraded" in name else env
+        t0 = time.perf_counter_ns()
+        r = subprocess.run(argv, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times[name].append(time.perf_counter_ns() - t0)
+        if r.returncode != 0:
+            times[name].append(float("nan"))
+med = {k: statistics.median(v) / 1e6 for k, v in times.items()}
+print(f"launch: median of {N} runs each, interleaved (ms)")
+for k, v in med.items():
+    print(f"  {k:<42} {v:8.2f} ms")
+if "bwrap --unshare-all" in med:
+    print(f"  ratio zt-aas / bwrap                        {med['zt-aas run (all layers)'] / med['bwrap --unshare-all']:8.2f}x")
+print(f"  degraded - bare                             {med['zt-aas run --allow-degraded (no userns)'] - med['bare /bin/true']:8.2f} ms")
+print("  (degraded is simulated with ZT_AAS_TEST_DISABLE=userns, honoured only by builds with --features test-utils;"
+      " a release build without it runs the full sandbox there)")
+shutil.rmtree(ws, ignore_errors=True); shutil.rmtree(state, ignore_errors=True)

@@ -221,7 +221,8 @@ pub fn run(args: &RunArgs) -> CmdResult {
     e.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
     e.insert(
         "tokens".into(),
-        json!(tokens.iter().map(|t| t.raw.clone()).collect::<Vec<_>>()),
+        // Without signatures: a log the agent can read must never hold a usable token.
+        json!(tokens.iter().map(Token::recorded_form).collect::<Vec<_>>()),
     );
     e.insert(
         "token_ids".into(),

@@ -597,7 +597,9 @@ fn replay_fixture() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     let audit = AuditLog::open(&log, key, Durability::Fsync).unwrap();
     let sid = "1234567890abcdef1234567890abcdef";
     let mut start = RecordBody::new(sid, Kind::SessionStart, "hello-bot");
-    start.extra.insert("tokens".into(), json!([token.raw]));
+    start
+        .extra
+        .insert("tokens".into(), json!([token.recorded_form()]));
     start
         .extra
         .insert("policy_sha256".into(), json!(policy.sha256));

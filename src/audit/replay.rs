@@ -2,9 +2,10 @@
 //! ([`crate::policy::decide`]) against another policy, with the tokens, agent and time as recorded, and
 //! lists what would change.
 //!
-//! Per session, in file order: the session's tokens are its `session.start`'s raw `tokens`, re-verified
-//! against the new policy's issuers (a token it no longer trusts is dropped, and said so); a request that
-//! carried its own token (`token_raw`) uses only that one, as the mediator does. "Now" is the record's
+//! Per session, in file order: the session's tokens are its `session.start`'s `tokens` (recorded without
+//! their signatures, see [`Token::recorded_form`]), whose issuer must still be trusted by the new policy
+//! (a token it no longer trusts is dropped, and said so); a request that carried its own token
+//! (`token_body`) uses only that one, as the mediator does. "Now" is the record's
 //! `ts`. Revocation is as recorded: a token is revoked from its session's `revocation` record, or from a
 //! recorded `revoked` denial, on. Use counts restart per session and grow with the replayed allows.
 //!
@@ -106,7 +107,7 @@ pub fn replay_log(bytes: &[u8], policy: &Policy) -> ReplayReport {
                     .flatten()
                     .filter_map(Value::as_str)
                 {
-                    match Token::verify(raw, &policy.issuers) {
+                    match Token::from_recorded(raw, &policy.issuers) {
                         Ok(t) => state.tokens.push(t),
                         Err(e) => report.notes.push(format!(
                             "session {}: a session token no longer verifies ({e}); `run` would refuse it",
@@ -188,8 +189,8 @@ fn replay_one(
         action,
         args: &args,
     };
-    let decision = match s("token_raw") {
-        Some(raw) => match Token::verify(raw, &policy.issuers) {
+    let decision = match s("token_body") {
+        Some(raw) => match Token::from_recorded(raw, &policy.issuers) {
             Ok(t) => decide_with(policy, &request, &[t], state, now),
             Err(e) => e.to_decision(),
         },

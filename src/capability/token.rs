@@ -234,6 +234,34 @@ impl Token {
         Ok(token)
     }
 
+    /// The token without its signature (`ztcap1.<payload>`): what the audit log keeps. A log readable by
+    /// an agent must never hold usable tokens (an agent could present another session's token); the
+    /// payload alone is enough to replay decisions, and its signature was checked when it was recorded.
+    pub fn recorded_form(&self) -> &str {
+        self.raw
+            .rsplit_once('.')
+            .map(|(body, _)| body)
+            .unwrap_or(&self.raw)
+    }
+
+    /// Reads a token from its [`recorded_form`](Token::recorded_form) for `audit replay`: the payload is
+    /// parsed strictly; its issuer must be one of `issuers` (the replayed policy may trust fewer). The
+    /// signature is not re-checked — it is gone; the signed audit record attests it held at the time.
+    pub fn from_recorded(body: &str, issuers: &[Issuer]) -> Result<Token, TokenError> {
+        let payload_b64 = body
+            .strip_prefix(PREFIX)
+            .filter(|p| !p.contains('.') && body.len() <= MAX_TOKEN_BYTES)
+            .ok_or_else(|| malformed("not a recorded token (`ztcap1.<payload>`)"))?;
+        let payload = URL_SAFE_NO_PAD
+            .decode(payload_b64)
+            .map_err(|_| malformed("payload is not unpadded base64url"))?;
+        let token = Token::parse(body, &payload)?;
+        if !issuers.iter().any(|i| i.kid == token.kid) {
+            return Err(TokenError::UntrustedIssuer { kid: token.kid });
+        }
+        Ok(token)
+    }
+
     /// Parses a token WITHOUT checking its signature: for display (`token inspect` without a policy) and
     /// for `token revoke`. Never use the result to decide anything.
     pub fn decode_unverified(raw: &str) -> Result<Token, TokenError> {

@@ -15,6 +15,7 @@
 pub mod actions;
 pub mod client;
 pub mod protocol;
+pub mod uses;
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -117,6 +118,24 @@ impl Mediator {
         let now = (self.now)();
         let mut end = None;
         let mut extra = Map::new();
+        // With persistent counts, hold their lock from the read that feeds the decision to the new count.
+        let mut counts = None;
+        if let Some(path) = self.policy.mediator.use_counts.clone() {
+            match uses::LockedCounts::open(&path) {
+                Ok((lock, current)) => {
+                    self.uses = current;
+                    counts = Some(lock);
+                }
+                Err(e) => {
+                    self.stats.denied += 1;
+                    let reason = format!("denied: {e}");
+                    return (
+                        protocol::response(&req.id, "deny", &reason, Value::Null),
+                        None,
+                    );
+                }
+            }
+        }
         let decision = self.decide(&req, now, &mut extra, &mut end);
         let prepared = match (&decision, self.policy.action(&req.action)) {
             (d, Some(action)) if d.allowed => actions::prepare(
@@ -156,8 +175,9 @@ impl Mediator {
         if let Some(cap) = decision.capability {
             extra.insert("capability".into(), json!(cap));
         }
-        if let Some(t) = &req.token {
-            extra.insert("token_raw".into(), json!(t));
+        if let Some(t) = presented_body(req.token.as_deref()) {
+            // Without its signature: a log the agent can read must never hold a usable token.
+            extra.insert("token_body".into(), json!(t));
         }
         if !req.spoofed.is_empty() {
             extra.insert(
@@ -185,7 +205,18 @@ impl Mediator {
         self.stats.allowed += 1;
         if let (Some(t), Some(i)) = (&decision.token, decision.capability) {
             *self.uses.entry((t.clone(), i)).or_insert(0) += 1;
+            if let Some(lock) = counts.as_mut() {
+                if let Err(e) = lock.write(&self.uses) {
+                    // The use is recorded in the audit log; refuse to act on a count we could not keep.
+                    let reason = format!("denied: the use count could not be saved ({e})");
+                    return (
+                        protocol::response(&req.id, "deny", &reason, Value::Null),
+                        end,
+                    );
+                }
+            }
         }
+        drop(counts);
         let audit = self
             .audit_paths
             .as_ref()
@@ -369,8 +400,8 @@ impl Mediator {
                 reply,
             )
         };
-        if len == 0 && reply_fd.is_none() {
-            return None; // EOF: the agent closed its end
+        if len == 0 && reply_fd.is_none() && peer_closed(self.socket.as_fd()) {
+            return None; // EOF: the agent closed its end (an empty message is answered below)
         }
         let (response, end) = self.handle(&buf[..len.min(protocol::MAX_REQUEST)], truncated);
         let target = reply_fd
@@ -387,6 +418,22 @@ impl Mediator {
         );
         end
     }
+}
+
+/// Whether the other end of the socket is gone (a zero-length read is EOF, not an empty message).
+fn peer_closed(fd: BorrowedFd<'_>) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::ZERO).is_ok()
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP))
+}
+
+/// The signed part of a presented token (`ztcap1.<payload>`), if it has that shape.
+fn presented_body(raw: Option<&str>) -> Option<&str> {
+    let (body, _sig) = raw?.rsplit_once('.')?;
+    body.starts_with("ztcap1.").then_some(body)
 }
 
 /// Whether `fd` is a SOCK_SEQPACKET socket (the only kind we answer on: never block on a pipe or file).
@@ -410,6 +457,7 @@ impl Events for Mediator {
                 MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
             );
             match pending {
+                Ok(0) if peer_closed(self.socket.as_fd()) => return None,
                 Ok(_) => {
                     if let Some(end) = self.serve_one() {
                         return Some(end);

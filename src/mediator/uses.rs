@@ -1,0 +1,104 @@
+//! `max_uses` counts that outlive a session (`[mediator] use_counts = "file"`).
+//!
+//! The file is JSON: `{"<token id>": {"<capability index>": uses}}`. Every counted call holds an exclusive
+//! lock on it from the read that feeds the decision to the write of the new count, so two sessions using
+//! one token cannot both spend its last use. Without `use_counts`, counts live for one session only.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::Path;
+
+use nix::fcntl::{Flock, FlockArg};
+
+pub type Uses = HashMap<(String, usize), u64>;
+
+/// The locked state file; the lock is released when this is dropped.
+pub struct LockedCounts {
+    file: Flock<File>,
+}
+
+fn err(path: &Path, what: impl std::fmt::Display) -> String {
+    format!("use-count file {}: {what}", path.display())
+}
+
+impl LockedCounts {
+    /// Opens (creating, mode 0600) and locks the file, and reads the counts.
+    pub fn open(path: &Path) -> Result<(LockedCounts, Uses), String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| err(path, e))?;
+        let mut file = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| err(path, e))?;
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(|e| err(path, e))?;
+        let uses = parse(&text).map_err(|e| err(path, e))?;
+        Ok((LockedCounts { file }, uses))
+    }
+
+    /// Replaces the file's contents with `uses` (durably).
+    pub fn write(&mut self, uses: &Uses) -> Result<(), String> {
+        let mut by_token: std::collections::BTreeMap<
+            &str,
+            std::collections::BTreeMap<String, u64>,
+        > = Default::default();
+        for ((token, cap), n) in uses {
+            by_token
+                .entry(token)
+                .or_default()
+                .insert(cap.to_string(), *n);
+        }
+        let text = serde_json::to_string(&by_token).map_err(|e| e.to_string())?;
+        let f: &mut File = &mut self.file;
+        f.set_len(0).map_err(|e| e.to_string())?;
+        f.rewind().map_err(|e| e.to_string())?;
+        f.write_all(text.as_bytes()).map_err(|e| e.to_string())?;
+        f.sync_data().map_err(|e| e.to_string())
+    }
+}
+
+fn parse(text: &str) -> Result<Uses, String> {
+    let mut uses = Uses::new();
+    if text.trim().is_empty() {
+        return Ok(uses);
+    }
+    let map: HashMap<String, HashMap<String, u64>> = serde_json::from_str(text)
+        .map_err(|e| format!("malformed ({e}); refusing to guess the counts"))?;
+    for (token, caps) in map {
+        for (cap, n) in caps {
+            let cap: usize = cap
+                .parse()
+                .map_err(|_| format!("capability index `{cap}` is not a number"))?;
+            uses.insert((token.clone(), cap), n);
+        }
+    }
+    Ok(uses)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_round_trip_and_malformed_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("uses.json");
+        {
+            let (mut locked, uses) = LockedCounts::open(&p).unwrap();
+            assert!(uses.is_empty());
+            let mut uses = uses;
+            uses.insert(("ab".into(), 1), 3);
+            locked.write(&uses).unwrap();
+        }
+        let (_l, uses) = LockedCounts::open(&p).unwrap();
+        assert_eq!(uses.get(&("ab".to_string(), 1)), Some(&3));
+        drop(_l);
+        std::fs::write(&p, "{not json").unwrap();
+        assert!(LockedCounts::open(&p).is_err());
+    }
+}

@@ -1,0 +1,316 @@
+//! Session-level properties of `zt-aas run`, end to end with real sandboxed agents: the files that guard
+//! a session (policy, revocation list, audit log, keys) are out of the agent's reach even inside its
+//! workspace; `max_uses` counts can outlive a session; the sealed head anchors the log; an independent
+//! verifier agrees with `audit verify` on a real session's log.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const ZT: &str = env!("CARGO_BIN_EXE_zt-aas");
+
+/// Runs `zt-aas ARGS` in `dir`, killing it (by pid) if it outlives 60 s.
+fn zt(dir: &Path, args: &[&str]) -> Output {
+    zt_env(dir, args, &[])
+}
+
+fn zt_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut child = Command::new(ZT)
+        .args(args)
+        .current_dir(dir)
+        .env("XDG_STATE_HOME", dir.join("state"))
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn zt-aas");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("zt-aas {args:?} did not finish in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A project directory that is also the workspace: policy, keys, revocation list and audit log inside.
+struct Project {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+impl Project {
+    fn new(extra: &str) -> Project {
+        let tmp = tempfile::Builder::new()
+            .prefix("zt-session.")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let dir = tmp.path().canonicalize().expect("canonical");
+        std::fs::create_dir(dir.join("keys")).expect("mkdir keys");
+        assert!(zt(&dir, &["keygen", "--out", "keys/issuer"])
+            .status
+            .success());
+        let policy = format!(
+            "version = 1\nname = \"proj\"\nagent = \"bot\"\n[issuers]\nkeys = [\"keys/issuer.pub\"]\n\
+             [audit]\nlog = \"audit.jsonl\"\nkey = \"keys/audit.key\"\n[revocation]\nlist = \"revoked.txt\"\n\
+             [[action]]\nname = \"sys.ping\"\nbuiltin = \"sys.ping\"\n\
+             [[rule]]\neffect = \"allow\"\nactions = [\"sys.ping\"]\n{extra}"
+        );
+        std::fs::write(dir.join("policy.toml"), policy).expect("policy");
+        Project { _tmp: tmp, dir }
+    }
+
+    fn token(&self, out: &str, extra: &[&str]) {
+        let mut args = vec![
+            "token",
+            "issue",
+            "--policy",
+            "policy.toml",
+            "--key",
+            "keys/issuer.key",
+            "--agent",
+            "bot",
+            "--action",
+            "sys.ping",
+            "--ttl",
+            "10m",
+            "--out",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        let o = zt(&self.dir, &args);
+        assert!(o.status.success(), "token issue: {}", text(&o.stderr));
+    }
+
+    fn run(&self, extra: &[&str], script: &str) -> Output {
+        let mut args = vec!["run", "--policy", "policy.toml", "--workspace", "."];
+        args.extend_from_slice(extra);
+        args.extend(["--", "sh", "-c", script]);
+        zt(&self.dir, &args)
+    }
+}
+
+#[test]
+fn guarded_files_inside_the_workspace_are_read_only_and_keys_hidden() {
+    let p = Project::new("");
+    p.token("t.tok", &[]);
+    let policy_before = std::fs::read(p.dir.join("policy.toml")).unwrap();
+    let out = p.run(
+        &["--token", "t.tok"],
+        "for f in policy.toml revoked.txt audit.jsonl; do \
+           (echo x >> $f) 2>/dev/null && echo WROTE-$f; \
+           mv $f $f.moved 2>/dev/null && echo MOVED-$f; \
+           rm -f $f 2>/dev/null; [ -e $f ] || echo REMOVED-$f; \
+         done; \
+         test -s keys/issuer.key && echo READ-ISSUER-KEY; \
+         test -s keys/audit.key && echo READ-AUDIT-KEY; \
+         mv keys keys2 2>/dev/null && echo MOVED-KEYS; \
+         head -c 40 policy.toml | grep -q version && echo POLICY-READABLE; \
+         zt-aas call sys.ping >/dev/null && echo CALL-OK",
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", text(&out.stderr));
+    for bad in [
+        "WROTE-",
+        "MOVED-",
+        "REMOVED-",
+        "READ-ISSUER-KEY",
+        "READ-AUDIT-KEY",
+    ] {
+        assert!(!stdout.contains(bad), "agent could do {bad}: {stdout}");
+    }
+    assert!(
+        stdout.contains("POLICY-READABLE") && stdout.contains("CALL-OK"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read(p.dir.join("policy.toml")).unwrap(),
+        policy_before
+    );
+    assert!(
+        std::fs::metadata(p.dir.join("keys/issuer.key"))
+            .unwrap()
+            .len()
+            > 0
+    );
+    let verify = zt(
+        &p.dir,
+        &["audit", "verify", "audit.jsonl", "--key", "keys/audit.pub"],
+    );
+    assert!(verify.status.success(), "{}", text(&verify.stdout));
+}
+
+#[test]
+fn degraded_mode_refuses_when_guarded_files_lie_in_the_workspace() {
+    let p = Project::new("");
+    let marker = p.dir.join("STARTED");
+    let out = zt_env(
+        &p.dir,
+        &[
+            "run",
+            "--policy",
+            "policy.toml",
+            "--workspace",
+            ".",
+            "--allow-degraded",
+            "--",
+            "touch",
+            "STARTED",
+        ],
+        &[("ZT_AAS_TEST_DISABLE", "userns")],
+    );
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("degraded"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!marker.exists(), "the agent started");
+}
+
+#[test]
+fn max_uses_counts_outlive_a_session_with_use_counts() {
+    let p = Project::new("[mediator]\nuse_counts = \"uses.json\"\n");
+    p.token("t.tok", &["--max-uses", "2"]);
+    let first = p.run(
+        &["--token", "t.tok"],
+        "zt-aas call sys.ping >/dev/null; echo first=$?",
+    );
+    assert!(
+        text(&first.stdout).contains("first=0"),
+        "{}",
+        text(&first.stderr)
+    );
+    let second = p.run(
+        &["--token", "t.tok"],
+        "zt-aas call sys.ping >/dev/null; echo second=$?; zt-aas call sys.ping >/dev/null; echo third=$?",
+    );
+    let stdout = text(&second.stdout);
+    assert!(stdout.contains("second=0"), "{stdout}");
+    assert!(
+        stdout.contains("third=3"),
+        "the third use of a 2-use token was not denied: {stdout}"
+    );
+    // The agent cannot reset its counts: the state file is read-only inside.
+    let reset = p.run(&["--token", "t.tok"], "echo '{}' > uses.json 2>/dev/null && echo RESET; zt-aas call sys.ping >/dev/null; echo again=$?");
+    assert!(
+        !text(&reset.stdout).contains("RESET"),
+        "{}",
+        text(&reset.stdout)
+    );
+    assert!(
+        text(&reset.stdout).contains("again=3"),
+        "{}",
+        text(&reset.stdout)
+    );
+}
+
+#[test]
+fn head_out_anchors_the_log_against_truncation() {
+    let p = Project::new("");
+    assert!(p.run(&["--head-out", "head1"], "true").status.success());
+    let head1 = std::fs::read_to_string(p.dir.join("head1")).unwrap();
+    let len1 = std::fs::metadata(p.dir.join("audit.jsonl")).unwrap().len();
+    let out = p.run(&["--head-out", "head2"], "true");
+    let head2 = std::fs::read_to_string(p.dir.join("head2")).unwrap();
+    assert!(
+        text(&out.stderr).trim_end().ends_with(head2.trim()),
+        "last stderr line names the head"
+    );
+    let ok = zt(
+        &p.dir,
+        &[
+            "audit",
+            "verify",
+            "audit.jsonl",
+            "--expect-head",
+            head2.trim(),
+        ],
+    );
+    assert!(ok.status.success(), "{}", text(&ok.stdout));
+    // Drop the whole last session: the chain still holds, only the anchor catches it.
+    let bytes = std::fs::read(p.dir.join("audit.jsonl")).unwrap();
+    std::fs::write(p.dir.join("cut.jsonl"), &bytes[..len1 as usize]).unwrap();
+    assert!(zt(
+        &p.dir,
+        &[
+            "audit",
+            "verify",
+            "cut.jsonl",
+            "--expect-head",
+            head1.trim()
+        ]
+    )
+    .status
+    .success());
+    let caught = zt(
+        &p.dir,
+        &[
+            "audit",
+            "verify",
+            "cut.jsonl",
+            "--expect-head",
+            head2.trim(),
+        ],
+    );
+    assert_eq!(caught.status.code(), Some(1));
+}
+
+#[test]
+fn independent_python_verifier_agrees_on_a_real_session_log() {
+    let p = Project::new("[[action]]\nname = \"say\"\nrun = [\"/bin/echo\", \"{w}\"]\nparams = { w = \"^[a-z]{1,8}$\" }\n[[rule]]\neffect = \"allow\"\nactions = [\"say\"]\n");
+    p.token("t.tok", &["--action", "say"]);
+    let out = p.run(
+        &["--token", "t.tok"],
+        "zt-aas call say w=hi; zt-aas call say w=NO; zt-aas call nope; true",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/verify_audit.py");
+    let python = |log: &str| {
+        Command::new("python3")
+            .arg(&script)
+            .arg(p.dir.join(log))
+            .arg("--key")
+            .arg(p.dir.join("keys/audit.pub"))
+            .output()
+            .expect("python3")
+    };
+    let rust = zt(
+        &p.dir,
+        &["audit", "verify", "audit.jsonl", "--key", "keys/audit.pub"],
+    );
+    let py = python("audit.jsonl");
+    assert!(
+        rust.status.success() && py.status.success(),
+        "{} / {}",
+        text(&rust.stdout),
+        text(&py.stdout)
+    );
+    let mut bytes = std::fs::read(p.dir.join("audit.jsonl")).unwrap();
+    let pos = bytes
+        .windows(4)
+        .position(|w| w == b"\"hi\"")
+        .expect("the allowed call's args are recorded");
+    bytes[pos + 1] = b'H';
+    std::fs::write(p.dir.join("tampered.jsonl"), &bytes).unwrap();
+    let rust = zt(
+        &p.dir,
+        &[
+            "audit",
+            "verify",
+            "tampered.jsonl",
+            "--key",
+            "keys/audit.pub",
+        ],
+    );
+    let py = python("tampered.jsonl");
+    assert_eq!(rust.status.code(), Some(1));
+    assert_eq!(py.status.code(), Some(1), "{}", text(&py.stdout));
+}

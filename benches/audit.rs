@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use ed25519_dalek::SigningKey;
 use serde_json::json;
-use zt_aas::audit::{verify_log, AuditLog, Durability, Kind, RecordBody};
+use zt_aas::audit::{verify_log, AuditLog, Durability, Kind, RecordBody, SessionWriter};
 
 fn body(i: u64) -> RecordBody {
     let mut b = RecordBody::new("bench-session", Kind::Decision, "bot");
@@ -16,16 +16,19 @@ fn body(i: u64) -> RecordBody {
     b
 }
 
+/// Appends `n` records in one session; returns the log's path.
 fn append(durability: Durability, n: u64) -> std::path::PathBuf {
     let dir = tempfile::tempdir().expect("tempdir").keep();
     let path = dir.join("audit.jsonl");
-    let mut log =
-        AuditLog::open(&path, SigningKey::from_bytes(&[9u8; 32]), durability).expect("open");
+    let log = AuditLog::open(&path, SigningKey::from_bytes(&[9u8; 32]), durability).expect("open");
+    let start = RecordBody::new("bench-session", Kind::SessionStart, "bot");
+    let (mut session, _) = SessionWriter::start(log, start).expect("start");
     let t0 = Instant::now();
     for i in 0..n {
-        log.append(body(i)).expect("append");
+        session.record(body(i)).expect("append");
     }
     let secs = t0.elapsed().as_secs_f64();
+    session.end(0, Default::default()).expect("end");
     println!(
         "audit   append {:<8} {n:>7} records  {:>9.0} records/s",
         format!("{durability:?}"),
@@ -35,7 +38,8 @@ fn append(durability: Durability, n: u64) -> std::path::PathBuf {
 }
 
 fn main() {
-    append(Durability::Fsync, 2_000);
+    let fsynced = append(Durability::Fsync, 2_000);
+    let _ = std::fs::remove_dir_all(fsynced.parent().expect("dir"));
     let path = append(Durability::Relaxed, 100_000);
     let bytes = std::fs::read(&path).expect("read");
     let key = SigningKey::from_bytes(&[9u8; 32]).verifying_key();
@@ -43,9 +47,13 @@ fn main() {
     let report = verify_log(&bytes, Some(&key), None);
     let secs = t0.elapsed().as_secs_f64();
     println!(
-        "audit   verify (hash+chain+ed25519 batch, 2 threads) {} records  {:>9.0} records/s",
+        "audit   verify (hash+chain+ed25519 batch, 2 threads) {} records  {:>9.0} records/s  ok={}",
         report.records,
-        report.records as f64 / secs
+        report.records as f64 / secs,
+        report.ok
     );
+    if let Some(e) = &report.error {
+        println!("        first problem: {e:?}");
+    }
     let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
 }

@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-all}"
-cargo build --release --quiet
+# test-utils only adds the ZT_AAS_TEST_DISABLE hook the launch bench uses to measure degraded mode.
+cargo build --release --quiet --features test-utils
 export ZT_AAS="$PWD/target/release/zt-aas"
 
 case "$what" in

@@ -17,7 +17,8 @@ AGENT = textwrap.dedent(f"""
         assert r["decision"] == "allow", r
     total = time.perf_counter_ns() - t0
     lat.sort()
-    print(f"p50 {{lat[len(lat)//2]/1000:8.1f} µs  p99 {{lat[len(lat)*99//100]/1000:8.1f} µs  {{{N}/(total/1e9):8.0f}} calls/s")
+    rate = {N} / (total / 1e9)
+    print(f"p50 {{lat[len(lat)//2]/1000:8.1f}} us  p99 {{lat[len(lat)*99//100]/1000:8.1f}} us  {{rate:8.0f}} calls/s")
 """)
 
 def run(fsync):

@@ -228,8 +228,6 @@ pub fn run(args: &RunArgs) -> CmdResult {
         "token_ids".into(),
         json!(tokens.iter().map(|t| t.id.clone()).collect::<Vec<_>>()),
     );
-    let (writer, _) = SessionWriter::start(log, start).map_err(refused)?;
-
     let (ours, theirs): (OwnedFd, OwnedFd) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -237,13 +235,16 @@ pub fn run(args: &RunArgs) -> CmdResult {
         SockFlag::SOCK_CLOEXEC,
     )
     .map_err(|e| refused(format!("socketpair: {e}")))?;
+    // The sandbox sets itself up while session.start is made durable; the agent starts only after both.
+    let pending = sandbox::start(&prepared, &theirs)?;
+    drop(theirs);
+    let (writer, _) = SessionWriter::start(log, start).map_err(refused)?;
     let audit_paths = Some((log_path.clone(), key_path.clone()));
     let mut mediator = Mediator::new(ours, policy, agent, tokens, writer, audit_paths);
-    let started = sandbox::start(&prepared, &theirs);
-    drop(theirs);
-    let exit = match started {
+    let exit = match pending.release() {
         Ok(sb) => sandbox::launch::supervise(sb, &mut mediator, config.wall),
-        Err(failure) => {
+        Err(e) => {
+            let failure = refused(format!("cannot start the sandbox: {e}"));
             seal(
                 mediator,
                 125,

@@ -47,6 +47,9 @@ pub struct AuditLog {
     key_id: String,
     durability: Durability,
     recover: bool,
+    /// The file's length and chain point right after our own last append. When the file still has that
+    /// length at the next append (nobody else appended), the tail need not be read and parsed again.
+    after_last_write: Option<(u64, ChainPoint)>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -167,6 +170,7 @@ impl AuditLog {
             key_id,
             durability,
             recover,
+            after_last_write: None,
         })
     }
 
@@ -214,7 +218,15 @@ impl AuditLog {
         let len = guard.metadata().map_err(|e| self.io(e))?.len();
         let mut buf = Vec::new();
         let mut last = None;
-        let mut point = match self.read_tail(len)? {
+        let cached = match &self.after_last_write {
+            Some((at, point)) if *at == len => Some(Tail::Clean(point.clone())),
+            _ => None,
+        };
+        let tail = match cached {
+            Some(t) => t,
+            None => self.read_tail(len)?,
+        };
+        let mut point = match tail {
             Tail::Clean(point) => point,
             torn @ Tail::Torn { .. } if !self.recover => {
                 torn.into_error(&self.path)?;
@@ -260,14 +272,19 @@ impl AuditLog {
                 seq: point.seq,
                 hash: sealed.hash.clone(),
             });
-            point.seq += 1;
+            point = ChainPoint {
+                seq: point.seq + 1,
+                prev: sealed.hash,
+            };
         }
         if !buf.is_empty() {
             // O_APPEND: each write lands at the current end; we hold the lock, so nothing interleaves.
+            self.after_last_write = None;
             (&self.file).write_all(&buf).map_err(|e| self.io(e))?;
             if self.durability == Durability::Fsync {
                 self.file.sync_data().map_err(|e| self.io(e))?;
             }
+            self.after_last_write = Some((len + buf.len() as u64, point.clone()));
         }
         drop(guard);
         Ok(last)

@@ -44,6 +44,10 @@ pub struct Mediator {
     policy: Policy,
     agent: String,
     session_tokens: Vec<Token>,
+    /// Tokens presented with requests whose signature verified, by their exact bytes. A signature check
+    /// over the same bytes by the same issuers always gives the same answer, so it is done once; every
+    /// use-time check (agent, audience, window, revocation, uses, arguments) still runs at every call.
+    verified: HashMap<String, Token>,
     revoked: HashSet<String>,
     uses: HashMap<(String, usize), u64>,
     pub audit: SessionWriter,
@@ -78,6 +82,7 @@ impl Mediator {
             policy,
             agent,
             session_tokens,
+            verified: HashMap::new(),
             revoked: HashSet::new(),
             uses: HashMap::new(),
             audit,
@@ -302,15 +307,22 @@ impl Mediator {
             extra.insert("check".into(), json!("revocation_list_unreadable"));
             return Decision::deny(Check::Revoked, reason);
         }
-        let presented;
-        let tokens: &[Token] = match &req.token {
-            Some(raw) => match Token::verify(raw, &self.policy.issuers) {
-                Ok(t) => {
-                    presented = [t];
-                    &presented
+        const MAX_CACHED: usize = 256;
+        if let Some(raw) = &req.token {
+            if !self.verified.contains_key(raw) {
+                match Token::verify(raw, &self.policy.issuers) {
+                    Ok(t) => {
+                        if self.verified.len() >= MAX_CACHED {
+                            self.verified.clear();
+                        }
+                        self.verified.insert(raw.clone(), t);
+                    }
+                    Err(e) => return e.to_decision(),
                 }
-                Err(e) => return e.to_decision(),
-            },
+            }
+        }
+        let tokens: &[Token] = match req.token.as_ref().and_then(|raw| self.verified.get(raw)) {
+            Some(t) => std::slice::from_ref(t),
             None => &self.session_tokens,
         };
         let state = UseState {

@@ -4,17 +4,18 @@
 //! child). It ends by becoming the sandbox's init (see `init.rs`), under the same restrictions as the agent,
 //! and never returns.
 //!
-//! 1. PR_SET_PDEATHSIG(SIGKILL), then wait for the supervisor's go (EOF = the supervisor died: exit).
+//! 1. PR_SET_PDEATHSIG(SIGKILL), then check the supervisor is still there (its go pipe is open).
 //! 2. uid/gid maps (setgroups denied first; the caller's ids map to themselves, never to 0 when not 0).
 //! 3. setsid (no controlling terminal), hostname.
 //! 4. The root file system (`mounts.rs`), then the working directory.
-//! 5. rlimits (the cgroup was joined by the supervisor before the go).
-//! 6. File descriptors: the mediator socket becomes fd 3; everything else but 0-2 and the report pipe
-//!    (close-on-exec) is closed.
+//! 5. rlimits (the supervisor joins us to the session's cgroup meanwhile).
+//! 6. File descriptors: the mediator socket becomes fd 3; everything else but 0-2 and the report and go
+//!    pipes (close-on-exec) is closed.
 //! 7. Capabilities: all five sets cleared, securebits locked, no_new_privs.
 //! 8. Landlock.
 //! 9. seccomp, last: it refuses what the steps above need.
-//! 10. Fork the agent, which execs (an exec failure is reported to the supervisor, exit 126/127).
+//! 10. Report ready; wait for the supervisor's go (cgroup joined, `session.start` durable; EOF: exit);
+//!     fork the agent, which execs (an exec failure is reported to the supervisor, exit 126/127).
 
 use std::ffi::CString;
 use std::io::Write;
@@ -74,6 +75,17 @@ pub fn main(plan: ChildPlan, mut fds: ChildFds) -> ! {
     match setup(&plan, &mut fds) {
         Ok(enforced) => {
             report(fds.report, &format!("{MSG_READY} {enforced}"));
+            // Wait for the go: the supervisor has joined us to the cgroup and made the session's start
+            // record durable. EOF means it gave up (or died): the agent never starts.
+            let mut byte = [0u8; 1];
+            // SAFETY: reading one byte into a stack buffer from our go pipe.
+            let n = unsafe { libc::read(fds.go, byte.as_mut_ptr().cast(), 1) };
+            // SAFETY: closing our own descriptor; the agent must not inherit it.
+            unsafe { libc::close(fds.go) };
+            if n != 1 {
+                // SAFETY: _exit in the child.
+                unsafe { libc::_exit(125) }
+            }
             init::run(&plan, fds.report)
         }
         Err(message) => {
@@ -85,7 +97,7 @@ pub fn main(plan: ChildPlan, mut fds: ChildFds) -> ! {
 }
 
 fn setup(plan: &ChildPlan, fds: &mut ChildFds) -> Result<String, String> {
-    // 1. Die with the supervisor; then wait for its go (it has joined us to the cgroup by then).
+    // 1. Die with the supervisor.
     // SAFETY: prctl with integer arguments.
     unsafe {
         libc::prctl(
@@ -96,14 +108,17 @@ fn setup(plan: &ChildPlan, fds: &mut ChildFds) -> Result<String, String> {
             0,
         )
     };
-    let mut byte = [0u8; 1];
-    // SAFETY: reading one byte into a stack buffer.
-    let n = unsafe { libc::read(fds.go, byte.as_mut_ptr().cast(), 1) };
-    if n != 1 {
+    // The supervisor holds the go pipe's write end until it lets the agent start: if it is already closed,
+    // the supervisor died before PDEATHSIG was set.
+    let mut pfd = libc::pollfd {
+        fd: fds.go,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one pollfd on our stack, no timeout.
+    if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 && pfd.revents & libc::POLLHUP != 0 {
         return Err("the supervisor went away before the launch".into());
     }
-    // SAFETY: closing our copy of the go pipe's read end.
-    unsafe { libc::close(fds.go) };
 
     // 2. Identity inside the user namespace: ourselves.
     if plan.namespaces {
@@ -135,7 +150,7 @@ fn setup(plan: &ChildPlan, fds: &mut ChildFds) -> Result<String, String> {
     limits::apply_rlimits(&plan.limits).map_err(|e| format!("rlimits: {e}"))?;
 
     // 6. Descriptors.
-    fds.report = arrange_fds(fds)?;
+    (fds.report, fds.go) = arrange_fds(fds)?;
 
     // 7. Privileges.
     let dropped = privileges::drop_all().map_err(|e| e.to_string())?;
@@ -156,27 +171,31 @@ fn setup(plan: &ChildPlan, fds: &mut ChildFds) -> Result<String, String> {
     ))
 }
 
-/// The mediator socket at fd 3 (inheritable), the report pipe at fd 4 (close-on-exec), nothing else.
-/// Returns the report pipe's new number.
-fn arrange_fds(fds: &ChildFds) -> Result<RawFd, String> {
+/// The mediator socket at fd 3 (inheritable), the report pipe at fd 4 and the go pipe at fd 5 (both
+/// close-on-exec), nothing else. Returns the report and go pipes' new numbers.
+fn arrange_fds(fds: &ChildFds) -> Result<(RawFd, RawFd), String> {
     const MEDIATOR: RawFd = 3;
     const REPORT: RawFd = 4;
-    // Move both out of the way first so dup2 never clobbers one with the other.
+    const GO: RawFd = 5;
+    // Move all out of the way first so dup2 never clobbers one with another.
     let high_m = dup_above(fds.mediator, 100)?;
     let high_r = dup_above(fds.report, 100)?;
+    let high_g = dup_above(fds.go, 100)?;
     dup2(high_m, MEDIATOR)?;
     dup2(high_r, REPORT)?;
+    dup2(high_g, GO)?;
     // SAFETY: fcntl on our own descriptors.
     unsafe {
         libc::fcntl(REPORT, libc::F_SETFD, libc::FD_CLOEXEC);
+        libc::fcntl(GO, libc::F_SETFD, libc::FD_CLOEXEC);
         libc::fcntl(MEDIATOR, libc::F_SETFD, 0);
     }
-    // SAFETY: close_range over descriptors we own; nothing above 4 is needed any more.
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) };
+    // SAFETY: close_range over descriptors we own; nothing above 5 is needed any more.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 6u32, u32::MAX, 0u32) };
     if rc != 0 {
         return Err(format!("close_range: {}", std::io::Error::last_os_error()));
     }
-    Ok(REPORT)
+    Ok((REPORT, GO))
 }
 
 fn dup_above(fd: RawFd, min: RawFd) -> Result<RawFd, String> {

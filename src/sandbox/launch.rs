@@ -118,13 +118,13 @@ fn supervisor_signals() -> SigSet {
     set
 }
 
-/// Clones the sandbox's first process (in new namespaces when `plan.namespaces`), joins it to `cgroup`,
-/// and waits until it is ready to exec the agent (or reports why it could not).
+/// Clones the sandbox's first process (in new namespaces when `plan.namespaces`) and joins it to `cgroup`
+/// while it sets itself up. The agent starts only when the returned [`Pending`] is released.
 pub fn spawn(
     plan: &ChildPlan,
     mediator: &OwnedFd,
     cgroup: &Cgroup,
-) -> Result<Sandbox, LaunchError> {
+) -> Result<Pending, LaunchError> {
     let (go_r, go_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| LaunchError::Io {
             what: "pipe",
@@ -174,7 +174,7 @@ pub fn spawn(
     let pid = Pid::from_raw(pid as i32);
     drop(go_r);
     drop(rep_w);
-    let mut report = BufReader::new(File::from(rep_r));
+    let report = BufReader::new(File::from(rep_r));
     if let Err(e) = cgroup.add(pid.as_raw()) {
         let _ = kill(pid, Signal::SIGKILL);
         let _ = waitpid(pid, None);
@@ -182,31 +182,70 @@ pub fn spawn(
             "cannot join the session's cgroup: {e}"
         )));
     }
-    nix::unistd::write(&go_w, b"g").map_err(|e| LaunchError::Io {
-        what: "go",
-        source: e.into(),
-    })?;
-    drop(go_w);
+    Ok(Pending {
+        pid,
+        go: Some(go_w),
+        report: Some(report),
+        signals: Some(signals),
+    })
+}
 
-    let mut line = String::new();
-    report
-        .read_line(&mut line)
-        .map_err(io_err("reading the sandbox's report"))?;
-    let line = line.trim_end();
-    if let Some(enforced) = line.strip_prefix(MSG_READY) {
-        return Ok(Sandbox {
-            pid,
-            report,
-            signals,
-            enforced: enforced.trim().to_string(),
-        });
+/// A sandbox whose first process is setting itself up; the agent starts only at [`Pending::release`].
+/// Dropped without release, it kills the sandbox (nothing of the agent ever ran).
+pub struct Pending {
+    pub pid: Pid,
+    go: Option<OwnedFd>,
+    report: Option<BufReader<File>>,
+    signals: Option<SignalFd>,
+}
+
+impl Pending {
+    /// Waits for the sandbox to be ready, then lets the agent start.
+    pub fn release(mut self) -> Result<Sandbox, LaunchError> {
+        let (Some(go), Some(mut report), Some(signals)) =
+            (self.go.take(), self.report.take(), self.signals.take())
+        else {
+            return Err(LaunchError::Setup(
+                "the sandbox was already released".into(),
+            ));
+        };
+        let mut line = String::new();
+        report
+            .read_line(&mut line)
+            .map_err(io_err("reading the sandbox's report"))?;
+        let line = line.trim_end();
+        if let Some(enforced) = line.strip_prefix(MSG_READY) {
+            nix::unistd::write(&go, b"g").map_err(|e| LaunchError::Io {
+                what: "go",
+                source: e.into(),
+            })?;
+            drop(go);
+            return Ok(Sandbox {
+                pid: self.pid,
+                report,
+                signals,
+                enforced: enforced.trim().to_string(),
+            });
+        }
+        drop(go);
+        let _ = waitpid(self.pid, None);
+        let _ = supervisor_signals().thread_unblock();
+        let message = line
+            .strip_prefix(MSG_ERROR)
+            .map(str::trim)
+            .unwrap_or("the sandbox died while starting");
+        Err(LaunchError::Setup(message.to_string()))
     }
-    let _ = waitpid(pid, None);
-    let message = line
-        .strip_prefix(MSG_ERROR)
-        .map(str::trim)
-        .unwrap_or("the sandbox died while starting");
-    Err(LaunchError::Setup(message.to_string()))
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.go.is_some() {
+            let _ = kill(self.pid, Signal::SIGKILL);
+            let _ = waitpid(self.pid, None);
+            let _ = supervisor_signals().thread_unblock();
+        }
+    }
 }
 
 /// The plan is moved into the child by value (its copy of our memory); this just clones the parts.

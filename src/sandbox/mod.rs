@@ -379,11 +379,12 @@ fn environment(
     (envp, path)
 }
 
-/// Starts the prepared sandbox with `mediator` as the agent's fd 3.
+/// Starts the prepared sandbox with `mediator` as the agent's fd 3; the agent itself starts when the
+/// returned [`launch::Pending`] is released.
 pub fn start(
     prepared: &Prepared,
     mediator: &std::os::fd::OwnedFd,
-) -> Result<launch::Sandbox, Failure> {
+) -> Result<launch::Pending, Failure> {
     launch::spawn(&prepared.plan, mediator, &prepared.cgroup)
         .map_err(|e| Failure::refused(format!("cannot start the sandbox: {e}")))
 }

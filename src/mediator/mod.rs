@@ -55,6 +55,8 @@ pub struct Mediator {
     started: Instant,
     window: (u64, u32),
     pub stats: Stats,
+    /// The receive buffer, reused across requests.
+    frame: Vec<u8>,
     /// Set when the audit log failed: every further call is denied with this reason.
     audit_broken: Option<String>,
     now: fn() -> u64,
@@ -90,6 +92,7 @@ impl Mediator {
             started: Instant::now(),
             window: (0, 0),
             stats: Stats::default(),
+            frame: Vec::new(),
             audit_broken: None,
             now: unix_now,
         }
@@ -379,7 +382,9 @@ impl Mediator {
 
     /// Receives one frame (and an optional reply socket), answers it.
     fn serve_one(&mut self) -> Option<String> {
-        let mut buf = vec![0u8; protocol::MAX_REQUEST + 1];
+        // One receive buffer for the session (zeroing 64 KiB per request showed in profiles).
+        let mut buf = std::mem::take(&mut self.frame);
+        buf.resize(protocol::MAX_REQUEST + 1, 0);
         let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
         let (len, truncated, reply_fd) = {
             let mut iov = [std::io::IoSliceMut::new(&mut buf)];
@@ -416,6 +421,7 @@ impl Mediator {
             return None; // EOF: the agent closed its end (an empty message is answered below)
         }
         let (response, end) = self.handle(&buf[..len.min(protocol::MAX_REQUEST)], truncated);
+        self.frame = buf;
         let target = reply_fd
             .as_ref()
             .filter(|fd| is_seqpacket(fd.as_fd()))

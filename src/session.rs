@@ -160,6 +160,11 @@ pub fn run(args: &RunArgs) -> CmdResult {
     let pl = &policy.sandbox.limits;
     limits.memory = pl.memory.or(limits.memory);
     limits.pids = pl.pids.or(limits.pids);
+    // RLIMIT_NPROC is counted per user namespace: inside the sandbox's it bounds exactly the agent's
+    // processes, which is what `pids` means when no cgroup can be made (an unprivileged caller).
+    if let Some(pids) = limits.pids {
+        limits.nproc = Some(limits.nproc.map_or(pids, |n| n.min(pids)));
+    }
     limits.nofile = pl.nofile.or(limits.nofile);
     limits.fsize = pl.fsize.or(limits.fsize);
     limits.cpu = pl.cpu.or(limits.cpu);

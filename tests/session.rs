@@ -314,3 +314,177 @@ fn independent_python_verifier_agrees_on_a_real_session_log() {
     assert_eq!(rust.status.code(), Some(1));
     assert_eq!(py.status.code(), Some(1), "{}", text(&py.stdout));
 }
+
+/// Runs `zt-aas ARGS` as uid/gid 65534 (when we are root), with a copy of the binary it can execute.
+fn as_nobody(dir: &Path, args: &[&str]) -> Output {
+    let bin_dir = tempfile::Builder::new()
+        .prefix("zt-bin.")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let bin = bin_dir.path().join("zt-aas");
+    std::fs::copy(ZT, &bin).expect("copy binary");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(args)
+        .current_dir(dir)
+        .env("XDG_STATE_HOME", dir.join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("zt-aas {args:?} as nobody did not finish in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A workspace (owned by nobody when we are root) with a policy that sets `limits`.
+fn limits_project(limits: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::Builder::new()
+        .prefix("zt-limits.")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let dir = tmp.path().canonicalize().unwrap();
+    std::fs::write(
+        dir.join("policy.toml"),
+        format!("version = 1\nname = \"limits\"\n[audit]\nlog = \"state/audit.jsonl\"\n[sandbox.limits]\n{limits}\n"),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.join("state")).unwrap();
+    if is_root() {
+        for p in [dir.clone(), dir.join("state"), dir.join("policy.toml")] {
+            nix::unistd::chown(&p, Some(65534.into()), Some(65534.into())).unwrap();
+        }
+    }
+    (tmp, dir)
+}
+
+const FORK_BOMB: &str = r#"
+import os, time
+n = 0
+for i in range(200):
+    try:
+        pid = os.fork()
+    except OSError as e:
+        print('fork refused after', n, e.errno)
+        break
+    if pid == 0:
+        time.sleep(20)
+        os._exit(0)
+    n += 1
+else:
+    print('forked', n)
+"#;
+
+#[test]
+fn pids_limit_stops_a_fork_bomb_as_root_and_as_an_unprivileged_user() {
+    let args = [
+        "run",
+        "-q",
+        "--policy",
+        "policy.toml",
+        "--workspace",
+        ".",
+        "--",
+        "python3",
+        "-c",
+        FORK_BOMB,
+    ];
+    let (_t1, dir) = limits_project("pids = 24");
+    let mut outputs = vec![("caller", zt(&dir, &args))];
+    let (_t2, dir) = limits_project("pids = 24");
+    if is_root() {
+        outputs.push(("nobody", as_nobody(&dir, &args)));
+    }
+    for (who, out) in outputs {
+        let stdout = text(&out.stdout);
+        assert!(
+            stdout.contains("fork refused after"),
+            "{who}: the fork bomb was not stopped: {stdout} {}",
+            text(&out.stderr)
+        );
+        let n: u32 = stdout
+            .split_whitespace()
+            .nth(3)
+            .and_then(|n| n.parse().ok())
+            .expect("count");
+        assert!(n < 24, "{who}: {n} processes forked past pids = 24");
+    }
+}
+
+#[test]
+fn wall_clock_limit_kills_the_agent_and_the_session_is_sealed() {
+    let (_t, dir) = limits_project("wall = \"1s\"");
+    let out = zt(
+        &dir,
+        &[
+            "run",
+            "--policy",
+            "policy.toml",
+            "--workspace",
+            ".",
+            "--",
+            "sleep",
+            "30",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("wall-clock limit"),
+        "{}",
+        text(&out.stderr)
+    );
+    let verify = zt(&dir, &["audit", "verify", "state/audit.jsonl"]);
+    assert!(verify.status.success(), "{}", text(&verify.stdout));
+}
+
+#[test]
+fn memory_limit_applies_where_a_cgroup_can_be_made_and_the_record_says_so() {
+    let (_t, dir) = limits_project("memory = \"64MiB\"");
+    let hog = "b = bytearray(256 * 1024 * 1024)\nprint('allocated', len(b))";
+    let out = zt(
+        &dir,
+        &[
+            "run",
+            "-q",
+            "--policy",
+            "policy.toml",
+            "--workspace",
+            ".",
+            "--",
+            "python3",
+            "-c",
+            hog,
+        ],
+    );
+    let log = std::fs::read_to_string(dir.join("state/audit.jsonl")).unwrap();
+    let start: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    let applied = start["sandbox"]["limits"].to_string();
+    if applied.contains("memory") {
+        assert!(
+            !text(&out.stdout).contains("allocated"),
+            "256 MiB allocated under a 64 MiB limit"
+        );
+        assert_ne!(out.status.code(), Some(0));
+    } else {
+        // No cgroup could be made: the record must not claim a memory limit, and doctor says why.
+        assert!(
+            !is_root() || !std::path::Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists(),
+            "{applied}"
+        );
+    }
+}

@@ -488,3 +488,42 @@ fn memory_limit_applies_where_a_cgroup_can_be_made_and_the_record_says_so() {
         );
     }
 }
+
+#[test]
+fn a_brokered_command_with_sandbox_runs_in_its_own_sandbox_and_session() {
+    let p = Project::new(
+        "[[action]]\nname = \"probe.sandboxed\"\nrun = [\"/bin/ls\", \"/home\"]\nsandbox = \"minimal\"\n\
+         [[action]]\nname = \"probe.direct\"\nrun = [\"/bin/ls\", \"/home\"]\n\
+         [[rule]]\neffect = \"allow\"\nactions = [\"probe.*\"]\n",
+    );
+    p.token(
+        "t.tok",
+        &["--action", "probe.sandboxed", "--action", "probe.direct"],
+    );
+    let out = p.run(
+        &["--token", "t.tok"],
+        "zt-aas call probe.sandboxed; echo sandboxed=$?; zt-aas call probe.direct >/dev/null; echo direct=$?",
+    );
+    let stdout = text(&out.stdout);
+    // The host has /home; the brokered command's own minimal sandbox does not.
+    assert!(Path::new("/home").exists());
+    assert!(stdout.contains("direct=0"), "{stdout}");
+    assert!(
+        stdout.contains("sandboxed=1") && stdout.contains("cannot access '/home'"),
+        "{stdout}"
+    );
+    let log = std::fs::read_to_string(p.dir.join("audit.jsonl")).unwrap();
+    let starts = log
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"session.start\""))
+        .count();
+    assert_eq!(
+        starts, 2,
+        "the brokered command's sandbox is a session of its own in the same log"
+    );
+    let verify = zt(
+        &p.dir,
+        &["audit", "verify", "audit.jsonl", "--key", "keys/audit.pub"],
+    );
+    assert!(verify.status.success(), "{}", text(&verify.stdout));
+}

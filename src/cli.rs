@@ -209,6 +209,16 @@ pub enum AuditCommand {
     Replay(AuditReplayArgs),
     /// Export records in another format.
     Export(AuditExportArgs),
+    /// After a crash left a torn last line: close it with a signed `recovery` record (nothing dropped).
+    Recover(AuditRecoverArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AuditRecoverArgs {
+    pub log: PathBuf,
+    /// The log's signing key (default: audit.key beside the log).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -316,6 +326,7 @@ fn dispatch(command: Command) -> CmdResult {
         Command::Audit(AuditCommand::Show(args)) => crate::audit::commands::show(&args),
         Command::Audit(AuditCommand::Replay(args)) => crate::audit::commands::replay(&args),
         Command::Audit(AuditCommand::Export(args)) => crate::audit::commands::export(&args),
+        Command::Audit(AuditCommand::Recover(args)) => crate::audit::commands::recover(&args),
         Command::Demo(args) => crate::demo::main(&args),
         Command::Completions(args) => completions(&args),
         Command::Man => man(),

@@ -527,3 +527,52 @@ fn a_brokered_command_with_sandbox_runs_in_its_own_sandbox_and_session() {
     );
     assert!(verify.status.success(), "{}", text(&verify.stdout));
 }
+
+#[test]
+fn a_torn_log_is_refused_until_recovered_and_nothing_is_dropped() {
+    let p = Project::new("");
+    assert!(p.run(&[], "true").status.success());
+    let log = p.dir.join("audit.jsonl");
+    let mut bytes = std::fs::read(&log).unwrap();
+    let whole = bytes.len();
+    bytes.extend_from_slice(b"{\"v\":1,\"seq\":3,\"ts\":\"20");
+    std::fs::write(&log, &bytes).unwrap();
+    let marker = p.dir.join("RAN");
+    let refused = p.run(&[], "touch RAN");
+    assert_eq!(
+        refused.status.code(),
+        Some(125),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(
+        text(&refused.stderr).contains("audit recover"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(!marker.exists(), "the agent ran without a record");
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        bytes,
+        "the refused run changed the log"
+    );
+    let rec = zt(
+        &p.dir,
+        &["audit", "recover", "audit.jsonl", "--key", "keys/audit.key"],
+    );
+    assert!(rec.status.success(), "{}", text(&rec.stderr));
+    assert!(p.run(&[], "touch RAN").status.success());
+    assert!(marker.exists());
+    let after = std::fs::read(&log).unwrap();
+    assert_eq!(
+        &after[..bytes.len()],
+        &bytes[..],
+        "recovery kept the torn bytes"
+    );
+    assert!(after.len() > whole);
+    let verify = zt(
+        &p.dir,
+        &["audit", "verify", "audit.jsonl", "--key", "keys/audit.pub"],
+    );
+    assert!(verify.status.success(), "{}", text(&verify.stdout));
+}

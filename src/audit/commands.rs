@@ -161,6 +161,38 @@ pub fn export(args: &AuditExportArgs) -> CmdResult {
     Ok(0)
 }
 
+/// `zt-aas audit recover LOG [--key FILE]`: closes a torn last line with a signed `recovery` record
+/// (its offset, length and SHA-256), so that sessions can be appended again. Nothing is dropped; the
+/// session the crash interrupted stays unsealed, and `audit verify` keeps saying so.
+pub fn recover(args: &crate::cli::AuditRecoverArgs) -> CmdResult {
+    let key_path = args.key.clone().unwrap_or_else(|| {
+        args.log
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("audit.key")
+    });
+    if !args.log.is_file() {
+        return Err(Failure::usage(format!(
+            "{}: no such log",
+            args.log.display()
+        )));
+    }
+    let key =
+        super::keys::load_signing_key(&key_path).map_err(|e| Failure::failed(e.to_string()))?;
+    let (_, recovered) = super::AuditLog::open_recovering(&args.log, key, super::Durability::Fsync)
+        .map_err(|e| Failure::failed(e.to_string()))?;
+    match recovered {
+        Some(r) => println!(
+            "{}: torn line closed by recovery record seq {} (hash {})",
+            args.log.display(),
+            r.seq,
+            r.hash
+        ),
+        None => println!("{}: no torn line; nothing to recover", args.log.display()),
+    }
+    Ok(0)
+}
+
 /// `zt-aas audit replay LOG --policy FILE [--json]`.
 pub fn replay(args: &AuditReplayArgs) -> CmdResult {
     super::replay::main(args)

@@ -45,8 +45,8 @@ pub enum AuditError {
     Record(#[from] RecordError),
     #[error(
         "{}: line {line} is torn ({length} bytes at byte {offset} without a newline; an append was \
-         interrupted). Nothing was written. Check it with `zt-aas audit verify`; appending with recovery \
-         closes it with a signed `recovery` record",
+         interrupted). Nothing was written. Check it with `zt-aas audit verify`; `zt-aas audit recover \
+         LOG` closes it with a signed `recovery` record and appending works again",
         path.display()
     )]
     TornTail {

@@ -15,7 +15,7 @@ fn zt(dir: &Path, args: &[&str]) -> Output {
 }
 
 fn zt_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut child = Command::new(ZT)
+    let child = Command::new(ZT)
         .args(args)
         .current_dir(dir)
         .env("XDG_STATE_HOME", dir.join("state"))
@@ -25,10 +25,16 @@ fn zt_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn zt-aas");
+    wait_bounded(child, args)
+}
+
+/// Waits for `child` at most 60 s (then kills it, by pid, and fails the test).
+fn wait_bounded(mut child: std::process::Child, args: &[&str]) -> Output {
     let deadline = Instant::now() + Duration::from_secs(60);
     while child.try_wait().expect("wait").is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();
+            let _ = child.wait();
             panic!("zt-aas {args:?} did not finish in 60 s");
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -326,7 +332,7 @@ fn as_nobody(dir: &Path, args: &[&str]) -> Output {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut child = Command::new("setpriv")
+    let child = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(&bin)
         .args(args)
@@ -337,15 +343,7 @@ fn as_nobody(dir: &Path, args: &[&str]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("setpriv");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("zt-aas {args:?} as nobody did not finish in 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().expect("output")
+    wait_bounded(child, args)
 }
 
 fn is_root() -> bool {

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::policy::units::parse_size;
+
 /// The profiles shipped with zt-aas, by name.
 const SHIPPED: &[(&str, &str)] = &[
     ("minimal", include_str!("../../profiles/minimal.toml")),
@@ -237,9 +239,9 @@ impl Profile {
             match v {
                 None => Ok(None),
                 Some(SizeValue::Bytes(b)) => Ok(Some(b)),
-                Some(SizeValue::Text(t)) => parse_size(&t).map(Some).ok_or_else(|| {
-                    invalid(format!("limits.{key}: `{t}` is not a size like 512MiB"))
-                }),
+                Some(SizeValue::Text(t)) => parse_size(&t)
+                    .map(Some)
+                    .map_err(|e| invalid(format!("limits.{key}: {e}"))),
             }
         };
         let limits = Limits {
@@ -285,26 +287,6 @@ fn workspace_entry(entry: &str) -> Result<Protected, String> {
     })
 }
 
-/// Parses `512MiB`, `2GiB`, `64KiB`, `10MB`-style sizes (binary and decimal units) or plain bytes.
-pub fn parse_size(text: &str) -> Option<u64> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" | "K" => 1 << 10,
-        "MiB" | "M" => 1 << 20,
-        "GiB" | "G" => 1 << 30,
-        "TiB" | "T" => 1 << 40,
-        "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        _ => return None,
-    };
-    n.checked_mul(mult)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,11 +329,17 @@ mod tests {
     }
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("512MiB"), Some(512 << 20));
-        assert_eq!(parse_size("2GiB"), Some(2 << 30));
-        assert_eq!(parse_size("12"), Some(12));
-        assert_eq!(parse_size("1PiB"), None);
-        assert_eq!(parse_size("99999999999999999999GiB"), None);
+    fn sizes_use_the_policy_units() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.toml");
+        std::fs::write(&p, "[limits]\nmemory = \"512MiB\"\nfsize = 12\n").unwrap();
+        let profile = Profile::load(p.to_str().unwrap()).unwrap();
+        assert_eq!(profile.limits.memory, Some(512 << 20));
+        assert_eq!(profile.limits.fsize, Some(12));
+        std::fs::write(&p, "[limits]\nmemory = \"1PiB\"\n").unwrap();
+        assert!(Profile::load(p.to_str().unwrap())
+            .unwrap_err()
+            .to_string()
+            .contains("memory"));
     }
 }

@@ -14,6 +14,7 @@ pub mod capability;
 pub mod cli;
 pub mod demo;
 pub mod exit;
+pub mod lock;
 pub mod mediator;
 pub mod policy;
 pub mod sandbox;

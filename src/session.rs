@@ -125,6 +125,11 @@ pub fn run(args: &RunArgs) -> CmdResult {
         None => Default::default(),
     };
 
+    // The use-count file too: a guarded file must exist at launch to be hidden inside.
+    if let Some(path) = &policy.mediator.use_counts {
+        crate::mediator::uses::LockedCounts::open(path).map_err(refused)?;
+    }
+
     // Tokens, checked for use now.
     let now = unix_now();
     let mut tokens = Vec::new();
@@ -148,11 +153,13 @@ pub fn run(args: &RunArgs) -> CmdResult {
     let log = audit::AuditLog::open(&log_path, key, durability).map_err(refused)?;
 
     let mut guarded = Guarded::default();
-    guarded.read_only.push(log_path.clone());
-    guarded.hidden.push(key_path.clone());
+    // The policy stays readable (read-only); the files the supervisor locks are hidden, so that an agent
+    // cannot hold their lock (and stall the mediator or an operator's revocation); keys are hidden.
     guarded.read_only.extend(policy.source.clone());
-    guarded.read_only.extend(policy.revocation.clone());
-    guarded.read_only.extend(policy.mediator.use_counts.clone());
+    guarded.hidden.push(log_path.clone());
+    guarded.hidden.push(key_path.clone());
+    guarded.hidden.extend(policy.revocation.clone());
+    guarded.hidden.extend(policy.mediator.use_counts.clone());
     guarded.hidden.extend(private_keys_near(&policy.dir));
 
     let session = audit::log::new_session_id();

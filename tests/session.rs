@@ -119,11 +119,21 @@ fn guarded_files_inside_the_workspace_are_read_only_and_keys_hidden() {
          test -s keys/audit.key && echo READ-AUDIT-KEY; \
          mv keys keys2 2>/dev/null && echo MOVED-KEYS; \
          head -c 40 policy.toml | grep -q version && echo POLICY-READABLE; \
+         for f in audit.jsonl revoked.txt; do test -s $f && echo READ-$f; done; \
+         python3 -c 'import fcntl; f=open(\"audit.jsonl\"); fcntl.flock(f, fcntl.LOCK_EX); import subprocess; \
+           print(\"LOCKED-CALL\", subprocess.run([\"zt-aas\", \"call\", \"sys.ping\"], pass_fds=(3,), \
+           capture_output=True, timeout=20).returncode)'; \
          zt-aas call sys.ping >/dev/null && echo CALL-OK",
     );
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout} {}", text(&out.stderr));
+    assert!(
+        stdout.contains("LOCKED-CALL 0"),
+        "a lock taken inside stalled or broke the mediator: {stdout}"
+    );
     for bad in [
+        "READ-audit",
+        "READ-revoked",
         "WROTE-",
         "MOVED-",
         "REMOVED-",

@@ -11,7 +11,7 @@
 use super::record::{self, ChainPoint, Kind, RecordBody};
 use super::AuditError;
 use ed25519_dalek::SigningKey;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
@@ -208,8 +208,7 @@ impl AuditLog {
     fn lock(&self) -> Result<Flock<File>, AuditError> {
         // flock locks the open file description, which the duplicate shares; dropping the guard unlocks.
         let dup = self.file.try_clone().map_err(|e| self.io(e))?;
-        Flock::lock(dup, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| self.io(std::io::Error::from(errno)))
+        crate::lock::exclusive(dup).map_err(|e| self.io(e))
     }
 
     /// Under the lock: read the tail, recover or refuse a torn line, then append `body` if given.

@@ -62,8 +62,26 @@ pub fn parse(text: &str, path: &Path) -> Result<HashSet<String>, RevocationError
 }
 
 /// Loads the revocation list at `path` (missing file: empty list).
+/// Never blocks: a FIFO or device planted at the path is refused, not read.
 pub fn load(path: &Path) -> Result<HashSet<String>, RevocationError> {
-    match std::fs::read(path) {
+    let read = || -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)?;
+        if !file.metadata()?.is_file() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    match read() {
         Ok(bytes) => parse(&String::from_utf8_lossy(&bytes), path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashSet::new()),
         Err(source) => Err(RevocationError::Io {
@@ -91,11 +109,10 @@ pub fn append(path: &Path, id: &str) -> Result<bool, RevocationError> {
         .open(path)
         .map_err(io)?;
     // Held until `file` is dropped at the end of this function.
-    let _lock = nix::fcntl::Flock::lock(
+    let _lock = crate::lock::exclusive(std::fs::File::from(
         file.as_fd().try_clone_to_owned().map_err(io)?,
-        nix::fcntl::FlockArg::LockExclusive,
-    )
-    .map_err(|(_, errno)| io(std::io::Error::from(errno)))?;
+    ))
+    .map_err(io)?;
     let mut text = String::new();
     file.seek(SeekFrom::Start(0)).map_err(io)?;
     file.read_to_string(&mut text).map_err(io)?;

@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::Path;
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 
 pub type Uses = HashMap<(String, usize), u64>;
 
@@ -34,7 +34,7 @@ impl LockedCounts {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
             .map_err(|e| err(path, e))?;
-        let mut file = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| err(path, e))?;
+        let mut file = crate::lock::exclusive(file).map_err(|e| err(path, e))?;
         let mut text = String::new();
         file.read_to_string(&mut text).map_err(|e| err(path, e))?;
         let uses = parse(&text).map_err(|e| err(path, e))?;

@@ -286,8 +286,15 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
     layers.limits = cgroup.applied.clone();
     let seccomp = if layers.seccomp {
         Some(
-            seccomp::compile(&config.profile.seccomp_deny)
-                .map_err(|e| Failure::refused(e.to_string()))?,
+            seccomp::compile(
+                &config.profile.seccomp_deny,
+                if namespaces {
+                    seccomp::Sockets::UnixOnly
+                } else {
+                    seccomp::Sockets::PairsOnly
+                },
+            )
+            .map_err(|e| Failure::refused(e.to_string()))?,
         )
     } else {
         None

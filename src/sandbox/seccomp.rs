@@ -9,8 +9,10 @@
 //!   the whole mount family (old and new API), chroot, unshare/setns, namespace flags to clone, ptrace and
 //!   cross-process memory access, personality changes;
 //! - ioctl TIOCSTI and TIOCLINUX (terminal injection), comparing only the low 32 bits as the kernel does;
-//! - sockets of any family but AF_UNIX (EAFNOSUPPORT), and clone3 (ENOSYS, so libc falls back to clone,
-//!   whose flags we can inspect).
+//! - sockets of any family but AF_UNIX (EAFNOSUPPORT; in degraded mode only AF_UNIX socket pairs), and
+//!   clone3 and openat2 (ENOSYS, so libc falls back to clone and openat, whose arguments we can inspect);
+//! - setuid/setgid bits in any mode argument (chmod family, open/openat/creat, mknod): such a file would
+//!   keep them on the host, outside the sandbox's nosuid mounts.
 //!
 //! Not covered here: what the arguments of allowed syscalls point to (paths, sockaddrs): that is the job of
 //! Landlock and the namespaces.
@@ -106,6 +108,7 @@ const EXTRA_NAMES: &[(&str, i64)] = &[
 ];
 
 const TIOCSTI: u64 = 0x5412;
+const SYS_FCHMODAT2: i64 = 452;
 const TIOCLINUX: u64 = 0x541C;
 
 const NAMESPACE_FLAGS: &[u64] = &[
@@ -126,7 +129,18 @@ pub struct Filters {
 }
 
 /// Compiles the filter for a profile's extra refusals.
-pub fn compile(extra_deny: &[String]) -> Result<Filters, SeccompError> {
+/// Which sockets the agent may create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sockets {
+    /// `socket(AF_UNIX)` and `socketpair(AF_UNIX)`: with a network and mount namespace, AF_UNIX reaches
+    /// only what is inside the sandbox.
+    UnixOnly,
+    /// `socketpair(AF_UNIX)` only: without namespaces (degraded mode) a pathname socket of the host
+    /// (docker.sock, D-Bus) would be reachable, and Landlock before ABI 9 does not cover `connect`.
+    PairsOnly,
+}
+
+pub fn compile(extra_deny: &[String], sockets: Sockets) -> Result<Filters, SeccompError> {
     let build = |e: seccompiler::BackendError| SeccompError::Build(e.to_string());
     let cond = |arg, len, op, val| Cond::new(arg, len, op, val).map_err(build);
     let rule = |conds| SeccompRule::new(conds).map_err(build);
@@ -179,11 +193,48 @@ pub fn compile(extra_deny: &[String]) -> Result<Filters, SeccompError> {
         )?])?])
     };
     let mut afnosupport = BTreeMap::new();
-    afnosupport.insert(libc::SYS_socket, not_unix(0)?);
+    let socket_rules = match sockets {
+        Sockets::UnixOnly => not_unix(0)?,
+        Sockets::PairsOnly => Vec::new(),
+    };
+    afnosupport.insert(libc::SYS_socket, socket_rules);
     afnosupport.insert(libc::SYS_socketpair, not_unix(0)?);
+
+    // No setuid/setgid file can be made: on the host (outside our nosuid mounts) it would run with its
+    // owner's privileges for whoever executes it. The mode is the argument at `mode_arg`.
+    let set_id = |mode_arg: u8| -> Result<Vec<SeccompRule>, SeccompError> {
+        let mut rules = Vec::new();
+        for bit in [libc::S_ISUID as u64, libc::S_ISGID as u64] {
+            rules.push(rule(vec![cond(
+                mode_arg,
+                Len::Dword,
+                Op::MaskedEq(bit),
+                bit,
+            )?])?);
+        }
+        Ok(rules)
+    };
+    for (nr, mode_arg) in [
+        (libc::SYS_chmod, 1),
+        (libc::SYS_fchmod, 1),
+        (libc::SYS_fchmodat, 2),
+        (SYS_FCHMODAT2, 2),
+        (libc::SYS_open, 2),
+        (libc::SYS_openat, 3),
+        (libc::SYS_creat, 1),
+        (libc::SYS_mknod, 1),
+        (libc::SYS_mknodat, 2),
+    ] {
+        // A syscall the profile refuses outright stays refused outright.
+        if !eperm.contains_key(&nr) {
+            eperm.insert(nr, set_id(mode_arg)?);
+        }
+    }
 
     let mut enosys = BTreeMap::new();
     enosys.insert(libc::SYS_clone3, Vec::new());
+    // openat2's mode lies in a struct a filter cannot read: refuse it like clone3; callers fall back.
+    enosys.insert(libc::SYS_openat2, Vec::new());
 
     let mut programs = vec![x32_and_arch_guard()];
     for (rules, errno) in [

@@ -16,11 +16,20 @@ pub const WAIT: Duration = Duration::from_secs(5);
 
 /// Locks `file` exclusively, waiting at most [`WAIT`].
 pub fn exclusive(file: File) -> std::io::Result<Flock<File>> {
+    acquire(file, FlockArg::LockExclusiveNonblock)
+}
+
+/// Locks `file` shared, waiting at most [`WAIT`].
+pub fn shared(file: File) -> std::io::Result<Flock<File>> {
+    acquire(file, FlockArg::LockSharedNonblock)
+}
+
+fn acquire(file: File, how: FlockArg) -> std::io::Result<Flock<File>> {
     let deadline = Instant::now() + WAIT;
     let mut file = file;
     let mut pause = Duration::from_micros(100);
     loop {
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        match Flock::lock(file, how) {
             Ok(locked) => return Ok(locked),
             Err((f, Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
                 file = f;

@@ -152,7 +152,15 @@ pub fn run(args: &RunArgs) -> CmdResult {
     };
     let log = audit::AuditLog::open(&log_path, key, durability).map_err(refused)?;
 
+    // --head-out: opened now, by us, never through a symlink or into a FIFO, and guarded like the log,
+    // so that the agent can neither redirect the write nor replace the file.
+    let mut head_out = match &args.head_out {
+        Some(path) => Some(open_head_out(path)?),
+        None => None,
+    };
+
     let mut guarded = Guarded::default();
+    guarded.read_only.extend(args.head_out.clone());
     // The policy stays readable (read-only); the files the supervisor locks are hidden, so that an agent
     // cannot hold their lock (and stall the mediator or an operator's revocation); keys are hidden.
     guarded.read_only.extend(policy.source.clone());
@@ -261,7 +269,8 @@ pub fn run(args: &RunArgs) -> CmdResult {
                 mediator,
                 125,
                 &json!({"error": failure.message}),
-                args,
+                head_out.as_mut(),
+                args.quiet,
                 &log_path,
             )?;
             return Err(failure);
@@ -276,7 +285,8 @@ pub fn run(args: &RunArgs) -> CmdResult {
         mediator,
         code,
         &json!({"end": format!("{exit:?}")}),
-        args,
+        head_out.as_mut(),
+        args.quiet,
         &log_path,
     )?;
     Ok(code)
@@ -287,7 +297,8 @@ fn seal(
     mediator: Mediator,
     code: u8,
     detail: &serde_json::Value,
-    args: &RunArgs,
+    head_out: Option<&mut std::fs::File>,
+    quiet: bool,
     log: &Path,
 ) -> Result<(), Failure> {
     let stats = mediator.stats;
@@ -302,11 +313,13 @@ fn seal(
             "the session could not be sealed in the audit log: {e}"
         ))
     })?;
-    if let Some(path) = &args.head_out {
-        std::fs::write(path, format!("{}\n", sealed.hash))
-            .map_err(|e| Failure::refused(format!("--head-out {}: {e}", path.display())))?;
+    if let Some(file) = head_out {
+        use std::io::Write;
+        file.set_len(0)
+            .and_then(|_| file.write_all(format!("{}\n", sealed.hash).as_bytes()))
+            .map_err(|e| Failure::refused(format!("--head-out: {e}")))?;
     }
-    if !args.quiet {
+    if !quiet {
         eprintln!(
             "zt-aas: session {session}: {} call(s) allowed, {} denied; audit {} head {}",
             stats.allowed,
@@ -316,6 +329,25 @@ fn seal(
         );
     }
     Ok(())
+}
+
+/// Opens (creating) the `--head-out` file for writing: no symlink followed, a regular file only.
+fn open_head_out(path: &Path) -> Result<std::fs::File, Failure> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |e: &dyn std::fmt::Display| refused(format!("--head-out {}: {e}", path.display()));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| fail(&e))?;
+    match file.metadata() {
+        Ok(m) if m.is_file() => Ok(file),
+        Ok(_) => Err(fail(&"not a regular file")),
+        Err(e) => Err(fail(&e)),
+    }
 }
 
 /// Private keys lying next to the policy (its directory and `keys/`): hidden from the agent.

@@ -584,3 +584,188 @@ fn a_torn_log_is_refused_until_recovered_and_nothing_is_dropped() {
     );
     assert!(verify.status.success(), "{}", text(&verify.stdout));
 }
+
+/// A plain workspace under /tmp (no policy: the built-in default applies).
+fn plain_workspace() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::Builder::new()
+        .prefix("zt-plain.")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let dir = tmp.path().canonicalize().unwrap();
+    (tmp, dir)
+}
+
+#[test]
+fn no_setuid_or_setgid_file_can_be_made_for_the_host() {
+    let (_t, ws) = plain_workspace();
+    let out = zt(
+        &ws,
+        &[
+            "run",
+            "-q",
+            "--",
+            "sh",
+            "-c",
+            "cp /usr/bin/id sid; chmod 4755 sid; echo suid=$?; chmod 2755 sid; \
+           echo sgid=$?; chmod 755 sid; echo plain=$?; python3 -c 'import os\n\
+try:\n    os.open(\"made\", os.O_CREAT | os.O_WRONLY, 0o6755); print(\"created\")\n\
+except OSError as e:\n    print(\"refused\", e.errno)'",
+        ],
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("suid=1") && stdout.contains("sgid=1") && stdout.contains("plain=0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("refused 1"), "{stdout}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(ws.join("sid"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o6000, 0, "setuid/setgid bit on the host: {mode:o}");
+    assert!(!ws.join("made").exists());
+}
+
+#[test]
+fn head_out_through_a_planted_symlink_is_refused_and_the_head_file_is_guarded() {
+    let (_t, ws) = plain_workspace();
+    let victim = ws.parent().unwrap().join(format!(
+        "{}-victim",
+        ws.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&victim, "host data\n").unwrap();
+    std::os::unix::fs::symlink(&victim, ws.join("head.txt")).unwrap();
+    let out = zt(&ws, &["run", "-q", "--head-out", "head.txt", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    std::fs::remove_file(ws.join("head.txt")).unwrap();
+    let out = zt(
+        &ws,
+        &[
+            "run",
+            "-q",
+            "--head-out",
+            "head.txt",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "rm -f head.txt; ln -sf {} head.txt; echo x > head.txt; true",
+                victim.display()
+            ),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host data\n");
+    let head = std::fs::read_to_string(ws.join("head.txt")).unwrap();
+    assert_eq!(head.trim().len(), 64, "{head}");
+    std::fs::remove_file(&victim).unwrap();
+}
+
+#[test]
+fn a_protected_file_reached_through_a_symlink_is_refused() {
+    let (_t, ws) = plain_workspace();
+    std::fs::create_dir_all(ws.join(".git")).unwrap();
+    std::fs::create_dir_all(ws.join("cfgs")).unwrap();
+    std::fs::write(ws.join("cfgs/config"), "[core]\n").unwrap();
+    std::os::unix::fs::symlink("../cfgs/config", ws.join(".git/config")).unwrap();
+    let out = zt(&ws, &["run", "-q", "--", "touch", "STARTED"]);
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("symlink"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!ws.join("STARTED").exists());
+}
+
+#[test]
+fn degraded_mode_refuses_unix_sockets_and_kills_orphans_of_a_killed_init() {
+    let (_t, ws) = plain_workspace();
+    let sock_dir = tempfile::Builder::new()
+        .prefix("zt-sock.")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let path = sock_dir.path().join("daemon.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let script = format!(
+        "python3 -c 'import socket\n\
+try:\n    s = socket.socket(socket.AF_UNIX); s.connect(\"{}\"); print(\"connected\")\n\
+except OSError as e:\n    print(\"socket refused\", e.errno)\n\
+a, b = socket.socketpair(); a.send(b\"x\"); print(\"pair\", b.recv(1))'; \
+         sleep 300 </dev/null >/dev/null 2>&1 & echo $! > orphan.pid; kill -9 $PPID",
+        path.display()
+    );
+    // Degraded mode refuses when the audit log lies in the workspace: keep the state elsewhere.
+    let state = sock_dir.path().join("state");
+    let out = zt_env(
+        &ws,
+        &["run", "-q", "--allow-degraded", "--", "sh", "-c", &script],
+        &[("ZT_AAS_TEST_DISABLE", "userns"), ("XDG_STATE_HOME", state.to_str().unwrap())],
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("socket refused 97") && stdout.contains("pair b'x'"),
+        "{stdout} {}",
+        text(&out.stderr)
+    );
+    assert!(listener.accept().is_err(), "the host socket was reached");
+    let pid: i32 = std::fs::read_to_string(ws.join("orphan.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let gone = |pid: i32| {
+        !Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+    };
+    let alive = !gone(pid);
+    if alive {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(!alive, "the agent's orphan {pid} outlived run");
+}
+
+#[test]
+fn a_finishing_run_never_removes_placeholders_another_run_relies_on() {
+    let (_t, ws) = plain_workspace();
+    let first = Command::new(ZT)
+        .args([
+            "run",
+            "-q",
+            "--",
+            "sh",
+            "-c",
+            "touch first-started; sleep 2",
+        ])
+        .current_dir(&ws)
+        .env("XDG_STATE_HOME", ws.join("state"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ws.join("first-started").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = zt(
+        &ws,
+        &["run", "-q", "--", "sh", "-c", "sleep 3; echo evil > .envrc 2>/dev/null && echo WROTE; \
+           mkdir -p .git/hooks 2>/dev/null; echo evil > .git/hooks/pre-commit 2>/dev/null && echo HOOK; true"],
+    );
+    let first = wait_bounded(first, &["first run"]);
+    assert!(first.status.success());
+    let stdout = text(&second.stdout);
+    assert!(
+        !stdout.contains("WROTE") && !stdout.contains("HOOK"),
+        "{stdout}"
+    );
+    for p in [".envrc", ".vscode", ".git"] {
+        assert!(!ws.join(p).exists(), "{p} left behind after the last run");
+    }
+}

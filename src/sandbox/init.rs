@@ -101,7 +101,8 @@ fn reap(agent: Pid) -> Option<i32> {
 }
 
 /// Degraded mode: SIGKILL every descendant (they were reparented to us as the subreaper), until none.
-fn kill_descendants() {
+/// Used by the sandbox's init and, in case the agent killed that init, by the supervisor too.
+pub(crate) fn kill_descendants() {
     for _ in 0..1000 {
         let children = children_of(std::process::id());
         if children.is_empty() {

@@ -39,6 +39,8 @@ fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> LaunchError {
 /// A running sandbox.
 pub struct Sandbox {
     pub pid: Pid,
+    /// Degraded mode: kill every descendant when the sandbox's init is gone.
+    reap_all: bool,
     report: BufReader<File>,
     signals: SignalFd,
     /// What the child reported it enforced (Landlock ABI, capability details).
@@ -146,6 +148,12 @@ pub fn spawn(
             source: e.into(),
         })?;
 
+    if !plan.namespaces {
+        // Without a pid namespace the agent can kill the sandbox's init (same uid, same domain); as the
+        // subreaper, the supervisor inherits the orphans and kills them when the sandbox ends.
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    }
     let mut flags = libc::SIGCHLD as libc::c_ulong;
     if plan.namespaces {
         flags |= (libc::CLONE_NEWUSER
@@ -183,6 +191,7 @@ pub fn spawn(
         )));
     }
     Ok(Pending {
+        reap_all: !plan.namespaces,
         pid,
         go: Some(go_w),
         report: Some(report),
@@ -194,6 +203,7 @@ pub fn spawn(
 /// Dropped without release, it kills the sandbox (nothing of the agent ever ran).
 pub struct Pending {
     pub pid: Pid,
+    reap_all: bool,
     go: Option<OwnedFd>,
     report: Option<BufReader<File>>,
     signals: Option<SignalFd>,
@@ -221,6 +231,7 @@ impl Pending {
             })?;
             drop(go);
             return Ok(Sandbox {
+                reap_all: self.reap_all,
                 pid: self.pid,
                 report,
                 signals,
@@ -348,6 +359,9 @@ pub fn supervise(
         let _ = kill(sandbox.pid, Signal::SIGKILL);
     }
     let init_status = waitpid(sandbox.pid, None);
+    if sandbox.reap_all {
+        super::init::kill_descendants();
+    }
     restore_signals(&mut sandbox);
     if let Some(e) = ended {
         return e;

@@ -15,6 +15,7 @@ pub mod landlock;
 pub mod launch;
 pub mod limits;
 pub mod mounts;
+pub mod placeholders;
 pub mod plan;
 pub mod privileges;
 pub mod profile;
@@ -125,13 +126,8 @@ pub struct Prepared {
     pub plan: child::ChildPlan,
     pub layers: ActiveLayers,
     pub cgroup: limits::Cgroup,
-    pub placeholders: Vec<PathBuf>,
-}
-
-impl Drop for Prepared {
-    fn drop(&mut self) {
-        plan::remove_placeholders(&self.placeholders);
-    }
+    /// Removed (if this run is the last on the workspace) when dropped.
+    pub placeholders: placeholders::Placeholders,
 }
 
 /// Whether the test-utils feature simulates the absence of a layer (`ZT_AAS_TEST_DISABLE=userns,landlock`).
@@ -210,10 +206,11 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
         guarded: &config.guarded,
         self_exe: &self_exe,
     };
+    // Locked before placeholders are created: a run cleaning up never removes a starting run's.
+    let mut placeholders = placeholders::Placeholders::lock(&config.workspace);
     let plan = plan::build(&input).map_err(|e| Failure::refused(format!("sandbox plan: {e}")))?;
-    let placeholders = plan.placeholders.clone();
+    placeholders.record(&plan.placeholders);
     if !namespaces && !plan.protected.is_empty() {
-        plan::remove_placeholders(&placeholders);
         eprintln!(
             "zt-aas: degraded: without a mount namespace these workspace files are NOT read-only for the \
              agent: {}",

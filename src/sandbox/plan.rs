@@ -131,7 +131,7 @@ pub fn build(input: &PlanInput) -> Result<Plan, PlanError> {
     }
     let mut read_only: Vec<PathBuf> = Vec::new();
     for entry in &input.profile.protect {
-        if let Some(p) = resolve_in(input.workspace, &entry.rel, &writable) {
+        if let Some(p) = resolve_in(input.workspace, &entry.rel, &writable)? {
             read_only.push(p);
         }
     }
@@ -177,15 +177,57 @@ fn under_any<'a>(p: &Path, roots: &'a [PathBuf]) -> Option<&'a PathBuf> {
     roots.iter().find(|r| p.starts_with(r))
 }
 
+/// A symlink on the way to `p` that lies in a writable area: the agent could replace the link itself even
+/// when its target is made read-only, so such a path cannot be protected.
+fn symlink_in_writable(p: &Path, writable: &[PathBuf]) -> Option<PathBuf> {
+    let mut walked = PathBuf::new();
+    for part in p.components() {
+        walked.push(part);
+        let (Some(parent), Some(name)) = (walked.parent(), walked.file_name()) else {
+            continue;
+        };
+        let Ok(parent) = fs::canonicalize(parent) else {
+            return None;
+        };
+        let location = parent.join(name);
+        let is_link = fs::symlink_metadata(&location).is_ok_and(|m| m.file_type().is_symlink());
+        if is_link && under_any(&location, writable).is_some() {
+            return Some(location);
+        }
+    }
+    None
+}
+
+fn refuse_link(what: &Path, link: PathBuf) -> PlanError {
+    PlanError::Invalid(format!(
+        "{} is reached through the symlink {}, which lies in a writable path: the agent could replace the \
+         link, so the file cannot be protected. Replace the link with the file itself (or move it out of \
+         the workspace)",
+        what.display(),
+        link.display()
+    ))
+}
+
 /// The real path of `ws/rel` if it exists and lies in a writable area (else nothing to protect).
-fn resolve_in(ws: &Path, rel: &Path, writable: &[PathBuf]) -> Option<PathBuf> {
-    let real = fs::canonicalize(ws.join(rel)).ok()?;
-    under_any(&real, writable).map(|_| real)
+fn resolve_in(ws: &Path, rel: &Path, writable: &[PathBuf]) -> Result<Option<PathBuf>, PlanError> {
+    let path = ws.join(rel);
+    let Ok(real) = fs::canonicalize(&path) else {
+        return Ok(None);
+    };
+    if let Some(link) = symlink_in_writable(&path, writable) {
+        return Err(refuse_link(&path, link));
+    }
+    Ok(under_any(&real, writable).map(|_| real))
 }
 
 fn resolve_guarded(p: &Path, writable: &[PathBuf]) -> Result<Option<PathBuf>, PlanError> {
     match fs::canonicalize(p) {
-        Ok(real) => Ok(under_any(&real, writable).map(|_| real)),
+        Ok(real) => {
+            if let Some(link) = symlink_in_writable(p, writable) {
+                return Err(refuse_link(p, link));
+            }
+            Ok(under_any(&real, writable).map(|_| real))
+        }
         // A guarded file that does not exist cannot be read; one created later by the supervisor is
         // created before the launch (audit log, revocation list), so this is a file nobody uses.
         Err(_) => Ok(None),
@@ -201,12 +243,12 @@ fn protect_always(
 ) -> Result<Option<PathBuf>, PlanError> {
     let path = ws.join(&entry.rel);
     if fs::symlink_metadata(&path).is_ok() {
-        return Ok(resolve_in(ws, &entry.rel, writable));
+        return resolve_in(ws, &entry.rel, writable);
     }
     // Do not create through a symlinked ancestor that leaves the workspace.
     let mut created = create_entry(ws, &path, entry.dir)?;
     plan.placeholders.append(&mut created);
-    Ok(resolve_in(ws, &entry.rel, writable))
+    resolve_in(ws, &entry.rel, writable)
 }
 
 /// Creates `path` (and missing ancestors) inside `ws`, refusing to go through a symlink; returns what it
@@ -263,20 +305,5 @@ fn pin_ancestors(p: &Path, writable: &[PathBuf], mounts: &mut Vec<MountOp>) {
             mounts.push(op);
         }
         cur = dir.parent();
-    }
-}
-
-/// Removes the placeholders that are still empty placeholders (deepest first); leaves anything used.
-pub fn remove_placeholders(placeholders: &[PathBuf]) {
-    for p in placeholders.iter().rev() {
-        match fs::symlink_metadata(p) {
-            Ok(m) if m.is_dir() => {
-                let _ = fs::remove_dir(p); // fails, harmlessly, when not empty
-            }
-            Ok(m) if m.is_file() && m.len() == 0 => {
-                let _ = fs::remove_file(p);
-            }
-            _ => {}
-        }
     }
 }

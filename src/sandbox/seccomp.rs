@@ -226,8 +226,8 @@ pub fn compile(extra_deny: &[String], sockets: Sockets) -> Result<Filters, Secco
         (libc::SYS_mknodat, 2),
     ] {
         // A syscall the profile refuses outright stays refused outright.
-        if !eperm.contains_key(&nr) {
-            eperm.insert(nr, set_id(mode_arg)?);
+        if let std::collections::btree_map::Entry::Vacant(slot) = eperm.entry(nr) {
+            slot.insert(set_id(mode_arg)?);
         }
     }
 

@@ -79,6 +79,8 @@ pub struct SandboxConfig {
     pub command: Vec<OsString>,
     /// Variables set by zt-aas itself (ZT_AAS_FD, ZT_AAS_SESSION, ...), after the profile's.
     pub env_extra: Vec<(String, String)>,
+    /// `network.mode = "proxy"`: the loopback port of the egress proxy inside the sandbox.
+    pub proxy_port: Option<u16>,
 }
 
 /// What really ran, for stderr and the `session.start` record.
@@ -191,6 +193,12 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
         }
     }
     let namespaces = !missing.contains(&Layer::Userns);
+    if config.proxy_port.is_some() && !namespaces {
+        return Err(Failure::refused(
+            "refusing to start: network.mode = \"proxy\" needs the sandbox's own network namespace \
+             (user namespaces are unavailable here); without it the agent would share the host's network",
+        ));
+    }
     layers.degraded = !missing.is_empty();
     layers.missing = missing.iter().map(|l| l.name().to_string()).collect();
     if config.require.contains(&Layer::Cgroup) && limits::cgroup_support() == "none" {
@@ -286,7 +294,7 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
     layers.limits = cgroup.applied.clone();
     let seccomp = if layers.seccomp {
         Some(
-            seccomp::compile(&config.profile.seccomp_deny)
+            seccomp::compile(&config.profile.seccomp_deny, config.proxy_port.is_some())
                 .map_err(|e| Failure::refused(e.to_string()))?,
         )
     } else {
@@ -316,6 +324,7 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
         argv,
         envp,
         path,
+        proxy_port: config.proxy_port,
     };
     Ok(Prepared {
         plan,

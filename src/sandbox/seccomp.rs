@@ -9,7 +9,9 @@
 //!   the whole mount family (old and new API), chroot, unshare/setns, namespace flags to clone, ptrace and
 //!   cross-process memory access, personality changes;
 //! - ioctl TIOCSTI and TIOCLINUX (terminal injection), comparing only the low 32 bits as the kernel does;
-//! - sockets of any family but AF_UNIX (EAFNOSUPPORT), and clone3 (ENOSYS, so libc falls back to clone,
+//! - sockets of any family but AF_UNIX (EAFNOSUPPORT) — in proxy mode, also AF_INET/AF_INET6 stream
+//!   sockets of protocol 0 or TCP (never UDP, raw, MPTCP or another family: Landlock's TCP rules would not
+//!   cover them), which Landlock lets connect to the proxy's port only — and clone3 (ENOSYS, so libc falls back to clone,
 //!   whose flags we can inspect).
 //!
 //! Not covered here: what the arguments of allowed syscalls point to (paths, sockaddrs): that is the job of
@@ -125,8 +127,8 @@ pub struct Filters {
     pub programs: Vec<BpfProgram>,
 }
 
-/// Compiles the filter for a profile's extra refusals.
-pub fn compile(extra_deny: &[String]) -> Result<Filters, SeccompError> {
+/// Compiles the filter for a profile's extra refusals; `tcp` (proxy mode) lets TCP sockets through.
+pub fn compile(extra_deny: &[String], tcp: bool) -> Result<Filters, SeccompError> {
     let build = |e: seccompiler::BackendError| SeccompError::Build(e.to_string());
     let cond = |arg, len, op, val| Cond::new(arg, len, op, val).map_err(build);
     let rule = |conds| SeccompRule::new(conds).map_err(build);
@@ -178,8 +180,33 @@ pub fn compile(extra_deny: &[String]) -> Result<Filters, SeccompError> {
             libc::AF_UNIX as u64,
         )?])?])
     };
+    let socket_rules = if tcp {
+        // Refused: a family other than unix/inet/inet6; inet(6) that is not SOCK_STREAM (low 4 bits of the
+        // type; the rest are SOCK_NONBLOCK/SOCK_CLOEXEC) or whose protocol is neither 0 nor TCP.
+        let mut v = vec![rule(vec![
+            cond(0, Len::Dword, Op::Ne, libc::AF_UNIX as u64)?,
+            cond(0, Len::Dword, Op::Ne, libc::AF_INET as u64)?,
+            cond(0, Len::Dword, Op::Ne, libc::AF_INET6 as u64)?,
+        ])?];
+        for family in [libc::AF_INET, libc::AF_INET6] {
+            for kind in (0..16u64).filter(|k| *k != libc::SOCK_STREAM as u64) {
+                v.push(rule(vec![
+                    cond(0, Len::Dword, Op::Eq, family as u64)?,
+                    cond(1, Len::Dword, Op::MaskedEq(0xf), kind)?,
+                ])?);
+            }
+            v.push(rule(vec![
+                cond(0, Len::Dword, Op::Eq, family as u64)?,
+                cond(2, Len::Dword, Op::Ne, 0)?,
+                cond(2, Len::Dword, Op::Ne, libc::IPPROTO_TCP as u64)?,
+            ])?);
+        }
+        v
+    } else {
+        not_unix(0)?
+    };
     let mut afnosupport = BTreeMap::new();
-    afnosupport.insert(libc::SYS_socket, not_unix(0)?);
+    afnosupport.insert(libc::SYS_socket, socket_rules);
     afnosupport.insert(libc::SYS_socketpair, not_unix(0)?);
 
     let mut enosys = BTreeMap::new();
@@ -252,11 +279,12 @@ mod tests {
 
     #[test]
     fn compiles_and_refuses_unknown_names() {
-        let f = compile(&[]).unwrap();
+        let f = compile(&[], false).unwrap();
         assert_eq!(f.programs.len(), 4);
-        assert!(compile(&["memfd_create".into()]).is_ok());
+        assert_eq!(compile(&[], true).unwrap().programs.len(), 4);
+        assert!(compile(&["memfd_create".into()], false).is_ok());
         assert!(matches!(
-            compile(&["nope".into()]),
+            compile(&["nope".into()], false),
             Err(SeccompError::UnknownSyscall(_))
         ));
     }

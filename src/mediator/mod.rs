@@ -136,17 +136,10 @@ impl Mediator {
     /// Answers every queued proxy message.
     fn serve_proxy(&mut self) -> Option<String> {
         let mut end = None;
-        loop {
-            let msg = match self.proxy.as_ref() {
-                Some(p) => {
-                    p.drain_wake();
-                    match p.rx.try_recv() {
-                        Ok(m) => m,
-                        Err(_) => break,
-                    }
-                }
-                None => break,
-            };
+        while let Some(msg) = self.proxy.as_ref().and_then(|p| {
+            p.drain_wake();
+            p.rx.try_recv().ok()
+        }) {
             match msg {
                 proxy::ToMediator::Call(call) => {
                     if let Some(e) = self.net_call(call) {

@@ -19,6 +19,7 @@
 //!    a token's capability, limits) and appends the decision record durably — only then does the proxy
 //!    connect, to the addresses it checked (never resolving again);
 //! 6. forward, then a `result` record with the bytes each way and the duration.
+//!
 //! Every refusal is answered (400/403/502/503, with the reason in the body) and recorded.
 
 use std::collections::BTreeMap;

@@ -479,3 +479,31 @@ fn a_missing_credential_variable_refuses_the_run() {
         text(&o.stderr)
     );
 }
+
+#[test]
+fn proxy_mode_is_refused_without_a_network_namespace() {
+    let p = Project::proxy();
+    let o = zt(
+        &p.dir,
+        &[
+            "run",
+            "--policy",
+            "policy.toml",
+            "--allow-degraded",
+            "--workspace",
+            ".",
+            "--",
+            "true",
+        ],
+        &[
+            ("ZT_AAS_TEST_DISABLE", "userns"),
+            ("ZT_TEST_SECRET", SECRET),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("needs the sandbox's own network namespace"),
+        "{}",
+        text(&o.stderr)
+    );
+}

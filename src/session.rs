@@ -67,11 +67,9 @@ fn absolute(p: &Path) -> PathBuf {
 pub fn run(args: &RunArgs) -> CmdResult {
     let cwd = std::env::current_dir().map_err(|e| refused(format!("current directory: {e}")))?;
     let policy = load_policy(args.policy.as_deref(), &cwd)?;
-    if policy.network.mode == NetworkMode::Proxy {
-        return Err(refused(
-            "network.mode = \"proxy\" is not available in this version: refusing rather than running \
-             with a different network than the policy says (use mode = \"none\")",
-        ));
+    let proxy = policy.network.mode == NetworkMode::Proxy;
+    if proxy {
+        Mediator::check_proxy_config(&policy).map_err(refused)?;
     }
     let agent = args
         .agent
@@ -88,6 +86,20 @@ pub fn run(args: &RunArgs) -> CmdResult {
         profile_name
     };
     let profile = Profile::load(&profile_ref).map_err(refused)?;
+    // A credential's secret must never reach the agent through the profile's environment allowlist.
+    for c in &policy.network.credentials {
+        let kept = profile.env_keep.iter().any(|k| match k.strip_suffix('*') {
+            Some(prefix) => c.value_env.starts_with(prefix),
+            None => *k == c.value_env,
+        });
+        if kept {
+            return Err(refused(format!(
+                "the profile's environment allowlist keeps {}, which holds a [[network.credentials]] \
+                 secret: it would enter the sandbox",
+                c.value_env
+            )));
+        }
+    }
 
     let ws = args.workspace.clone().unwrap_or_else(|| cwd.clone());
     let workspace = std::fs::canonicalize(&ws)
@@ -202,10 +214,29 @@ pub fn run(args: &RunArgs) -> CmdResult {
         require,
         allow_degraded: args.allow_degraded || policy.sandbox.allow_degraded,
         command: args.command.clone(),
-        env_extra: vec![
-            ("ZT_AAS_FD".into(), "3".into()),
-            ("ZT_AAS_SESSION".into(), session.clone()),
-        ],
+        env_extra: {
+            let mut env = vec![
+                ("ZT_AAS_FD".into(), "3".into()),
+                ("ZT_AAS_SESSION".into(), session.clone()),
+            ];
+            if proxy {
+                let url = format!("http://127.0.0.1:{}", crate::mediator::proxy::PROXY_PORT);
+                for k in [
+                    "HTTP_PROXY",
+                    "HTTPS_PROXY",
+                    "ALL_PROXY",
+                    "http_proxy",
+                    "https_proxy",
+                    "all_proxy",
+                ] {
+                    env.push((k.into(), url.clone()));
+                }
+                env.push(("NO_PROXY".into(), String::new()));
+                env.push(("no_proxy".into(), String::new()));
+            }
+            env
+        },
+        proxy_port: proxy.then_some(crate::mediator::proxy::PROXY_PORT),
     };
     let prepared = sandbox::prepare(&config)?;
     if prepared.layers.degraded {
@@ -238,6 +269,21 @@ pub fn run(args: &RunArgs) -> CmdResult {
         serde_json::to_value(&prepared.layers).unwrap_or_default(),
     );
     e.insert("degraded".into(), json!(prepared.layers.degraded));
+    if proxy {
+        e.insert(
+            "network".into(),
+            json!({
+                "mode": "proxy",
+                "port": crate::mediator::proxy::PROXY_PORT,
+                "allow": policy.network.allow,
+                "deny": policy.network.deny,
+                "allow_private": policy.network.allow_private,
+                "credentials": policy.network.credentials.iter()
+                    .map(|c| json!({"host": c.host, "header": c.header, "value_env": c.value_env}))
+                    .collect::<Vec<_>>(),
+            }),
+        );
+    }
     e.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
     e.insert(
         "tokens".into(),
@@ -262,7 +308,20 @@ pub fn run(args: &RunArgs) -> CmdResult {
     let audit_paths = Some((log_path.clone(), key_path.clone()));
     let mut mediator = Mediator::new(ours, policy, agent, tokens, writer, audit_paths);
     let exit = match pending.release() {
-        Ok(sb) => sandbox::launch::supervise(sb, &mut mediator, config.wall),
+        Ok(mut sb) => {
+            let started = match sb.proxy_listener.take() {
+                Some(listener) => mediator.start_proxy(listener),
+                None if proxy => Err("the sandbox made no proxy listener".into()),
+                None => Ok(()),
+            };
+            match started {
+                Ok(()) => sandbox::launch::supervise(sb, &mut mediator, config.wall),
+                Err(e) => {
+                    sandbox::launch::kill_sandbox(sb.pid);
+                    sandbox::launch::AgentExit::Lost(format!("egress proxy: {e}"))
+                }
+            }
+        }
         Err(e) => {
             let failure = refused(format!("cannot start the sandbox: {e}"));
             seal(
@@ -301,6 +360,8 @@ fn seal(
     quiet: bool,
     log: &Path,
 ) -> Result<(), Failure> {
+    let mut mediator = mediator;
+    mediator.finish_proxy();
     let stats = mediator.stats;
     let mut extra = Map::new();
     extra.insert("calls_allowed".into(), json!(stats.allowed));

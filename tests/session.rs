@@ -702,7 +702,10 @@ a, b = socket.socketpair(); a.send(b\"x\"); print(\"pair\", b.recv(1))'; \
     let out = zt_env(
         &ws,
         &["run", "-q", "--allow-degraded", "--", "sh", "-c", &script],
-        &[("ZT_AAS_TEST_DISABLE", "userns"), ("XDG_STATE_HOME", state.to_str().unwrap())],
+        &[
+            ("ZT_AAS_TEST_DISABLE", "userns"),
+            ("XDG_STATE_HOME", state.to_str().unwrap()),
+        ],
     );
     let stdout = text(&out.stdout);
     assert!(

@@ -95,6 +95,10 @@ pub fn prepare(
             })
         }
         ActionKind::Builtin(Builtin::Ping) => Ok(Prepared::Ping),
+        ActionKind::Builtin(Builtin::NetConnect) => Err(refuse(
+            "proxy_only",
+            "net.connect is performed by the egress proxy (HTTP_PROXY), not through `zt-aas call`",
+        )),
         ActionKind::Builtin(Builtin::FsRead { root, max_bytes }) => {
             let path = arg(args, "path")?;
             let fd = open_beneath(root, path, libc::O_RDONLY | libc::O_NONBLOCK)?;

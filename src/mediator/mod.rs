@@ -15,6 +15,7 @@
 pub mod actions;
 pub mod client;
 pub mod protocol;
+pub mod proxy;
 pub mod uses;
 
 use std::collections::{HashMap, HashSet};
@@ -60,6 +61,8 @@ pub struct Mediator {
     /// Set when the audit log failed: every further call is denied with this reason.
     audit_broken: Option<String>,
     now: fn() -> u64,
+    /// The egress proxy (`network.mode = "proxy"`), once started.
+    proxy: Option<proxy::Proxy>,
 }
 
 /// Unix time in seconds.
@@ -95,7 +98,158 @@ impl Mediator {
             frame: Vec::new(),
             audit_broken: None,
             now: unix_now,
+            proxy: None,
         }
+    }
+
+    /// Starts serving the egress proxy on `listener` (made by the sandbox in its network namespace).
+    pub fn start_proxy(&mut self, listener: OwnedFd) -> Result<(), String> {
+        let config = proxy::Config::new(&self.policy.network)?;
+        self.proxy = Some(proxy::Proxy::start(listener, config)?);
+        Ok(())
+    }
+
+    /// Checks the proxy can start (credentials present) before anything runs.
+    pub fn check_proxy_config(policy: &Policy) -> Result<(), String> {
+        proxy::Config::new(&policy.network).map(|_| ())
+    }
+
+    /// Stops the proxy and records what its connections still report (bounded wait), before sealing.
+    pub fn finish_proxy(&mut self) {
+        let Some(p) = self.proxy.as_ref() else {
+            return;
+        };
+        p.stop();
+        let deadline = Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            self.serve_proxy();
+            let idle = self.proxy.as_ref().map_or(true, |p| p.active() == 0);
+            if idle || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        self.serve_proxy();
+        self.proxy = None;
+    }
+
+    /// Answers every queued proxy message.
+    fn serve_proxy(&mut self) -> Option<String> {
+        let mut end = None;
+        while let Some(msg) = self.proxy.as_ref().and_then(|p| {
+            p.drain_wake();
+            p.rx.try_recv().ok()
+        }) {
+            match msg {
+                proxy::ToMediator::Call(call) => {
+                    if let Some(e) = self.net_call(call) {
+                        end = Some(e);
+                    }
+                }
+                proxy::ToMediator::Done(r) => self.net_result(r),
+            }
+        }
+        end
+    }
+
+    /// One proxy connection: decided like any call (`net.connect`), recorded durably, then answered.
+    fn net_call(&mut self, call: proxy::NetCall) -> Option<String> {
+        let mut end = None;
+        let mut extra = call.extra;
+        let req = protocol::Request {
+            id: Value::Null,
+            action: "net.connect".into(),
+            args: call.args,
+            token: None,
+            spoofed: Map::new(),
+        };
+        let mut counts = None;
+        let decision = match call.refusal {
+            Some((check, reason)) => {
+                extra.insert("check".into(), json!(check));
+                Decision::deny(Check::Malformed, reason)
+            }
+            None => {
+                let mut locked = Ok(());
+                if let Some(path) = self.policy.mediator.use_counts.clone() {
+                    match uses::LockedCounts::open(&path) {
+                        Ok((lock, current)) => {
+                            self.uses = current;
+                            counts = Some(lock);
+                        }
+                        Err(e) => locked = Err(format!("denied: {e}")),
+                    }
+                }
+                match locked {
+                    Ok(()) => self.decide(&req, (self.now)(), &mut extra, &mut end),
+                    Err(reason) => Decision::deny(Check::Malformed, reason),
+                }
+            }
+        };
+        let mut body = RecordBody::new("", Kind::Decision, self.agent.clone());
+        body.action = Some(req.action.clone());
+        body.args = json!(req.args);
+        body.token = decision.token.clone();
+        body.decision = Some(decision.verdict().into());
+        body.reason = Some(decision.reason.clone());
+        extra
+            .entry("check")
+            .or_insert_with(|| json!(decision.check.code()));
+        extra.insert("via".into(), json!("proxy"));
+        if let Some(rule) = &decision.rule {
+            extra.insert("rule".into(), json!(rule));
+        }
+        if let Some(cap) = decision.capability {
+            extra.insert("capability".into(), json!(cap));
+        }
+        body.extra = extra;
+        let mut verdict = proxy::Verdict {
+            allowed: decision.allowed,
+            reason: decision.reason.clone(),
+            token: decision.token.clone(),
+        };
+        if let Err(e) = self.record(body) {
+            verdict.allowed = false;
+            verdict.reason =
+                format!("denied: the decision could not be recorded ({e}); no record, no action");
+        }
+        if verdict.allowed {
+            if let (Some(t), Some(i)) = (&decision.token, decision.capability) {
+                *self.uses.entry((t.clone(), i)).or_insert(0) += 1;
+                if let Some(lock) = counts.as_mut() {
+                    if let Err(e) = lock.write(&self.uses) {
+                        verdict.allowed = false;
+                        verdict.reason = format!("denied: the use count could not be saved ({e})");
+                    }
+                }
+            }
+        }
+        if verdict.allowed {
+            self.stats.allowed += 1;
+        } else {
+            self.stats.denied += 1;
+        }
+        let _ = call.reply.send(verdict);
+        end
+    }
+
+    fn net_result(&mut self, r: proxy::NetResult) {
+        let mut body = RecordBody::new("", Kind::Result, self.agent.clone());
+        body.action = Some("net.connect".into());
+        body.args = json!(r.args);
+        body.token = r.token;
+        body.decision = Some("allow".into());
+        body.reason = Some(match &r.error {
+            None => "succeeded".into(),
+            Some(e) => format!("failed: {e}"),
+        });
+        body.extra.insert("ok".into(), json!(r.ok));
+        body.extra.insert("via".into(), json!("proxy"));
+        body.extra.insert("bytes_up".into(), json!(r.bytes_up));
+        body.extra.insert("bytes_down".into(), json!(r.bytes_down));
+        body.extra
+            .insert("duration_ms".into(), json!(r.duration_ms));
+        let _ = self.record(body);
     }
 
     /// Handles one frame; returns the response bytes and whether the session must end (and why).
@@ -463,6 +617,14 @@ fn is_seqpacket(fd: BorrowedFd<'_>) -> bool {
 impl Events for Mediator {
     fn fd(&self) -> Option<BorrowedFd<'_>> {
         Some(self.socket.as_fd())
+    }
+
+    fn extra_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.proxy.as_ref().map(|p| p.wake.as_fd())
+    }
+
+    fn on_extra(&mut self) -> Option<String> {
+        self.serve_proxy()
     }
 
     fn on_readable(&mut self) -> Option<String> {

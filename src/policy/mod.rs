@@ -122,6 +122,8 @@ pub struct NetworkSettings {
     pub allow: Vec<String>,
     pub deny: Vec<String>,
     pub credentials: Vec<Credential>,
+    /// Hosts (exact, also in `allow`) that may resolve to private, loopback or link-local addresses.
+    pub allow_private: Vec<String>,
 }
 
 /// A secret the proxy adds to requests for `host`, read from the supervisor's environment variable
@@ -195,6 +197,9 @@ pub enum Builtin {
     FsList { root: PathBuf },
     /// `sys.ping`: answers, does nothing (a liveness probe).
     Ping,
+    /// `net.connect`: one connection through the egress proxy (`host`, `port`, `method`). Decided like
+    /// any action, but performed only by the proxy: a call on fd 3 is refused.
+    NetConnect,
 }
 
 impl Builtin {
@@ -205,6 +210,7 @@ impl Builtin {
             Builtin::FsWrite { .. } => "fs.write",
             Builtin::FsList { .. } => "fs.list",
             Builtin::Ping => "sys.ping",
+            Builtin::NetConnect => "net.connect",
         }
     }
 }

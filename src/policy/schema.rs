@@ -76,6 +76,8 @@ struct RawNetwork {
     deny: Vec<Spanned<String>>,
     #[serde(default)]
     credentials: Vec<Spanned<RawCredential>>,
+    #[serde(default)]
+    allow_private: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -634,6 +636,19 @@ fn network_settings(src: &Source, raw: &RawNetwork) -> Result<NetworkSettings, P
     };
     let allow = hosts(&raw.allow, "allow")?;
     let deny = hosts(&raw.deny, "deny")?;
+    let allow_private = hosts(&raw.allow_private, "allow_private")?;
+    for (h, name) in raw.allow_private.iter().zip(&allow_private) {
+        if name.starts_with("*.") || name.contains(':') || !allow.contains(name) {
+            return Err(src.at(
+                h,
+                "allow_private",
+                format!(
+                    "`{}` must be an exact host name (no `*.`, no port) that `allow` also lists exactly",
+                    name.escape_debug()
+                ),
+            ));
+        }
+    }
     let mut credentials = Vec::new();
     for c in &raw.credentials {
         let cred = c.get_ref();
@@ -679,6 +694,7 @@ fn network_settings(src: &Source, raw: &RawNetwork) -> Result<NetworkSettings, P
         allow,
         deny,
         credentials,
+        allow_private,
     })
 }
 
@@ -876,22 +892,34 @@ fn action(src: &Source, dir: &Path, spanned: &Spanned<RawAction>) -> Result<Acti
                 ),
                 "fs.list" => (Builtin::FsList { root: root()? }, &["path"]),
                 "sys.ping" => (Builtin::Ping, &[]),
+                "net.connect" => (Builtin::NetConnect, &["host", "port", "method"]),
                 other => {
                     return Err(src.at(
                         builtin,
                         "builtin",
                         format!(
-                            "unknown builtin `{}` (known: fs.read, fs.write, fs.list, sys.ping)",
+                            "unknown builtin `{}` (known: fs.read, fs.write, fs.list, sys.ping, net.connect)",
                             other.escape_debug()
                         ),
                     ))
                 }
             };
-            if matches!(kind, Builtin::FsList { .. } | Builtin::Ping) && raw.max_bytes.is_some() {
+            if matches!(
+                kind,
+                Builtin::FsList { .. } | Builtin::Ping | Builtin::NetConnect
+            ) && raw.max_bytes.is_some()
+            {
                 return Err(src.at(builtin, "max_bytes", "this builtin takes no max_bytes"));
             }
-            if matches!(kind, Builtin::Ping) && raw.root.is_some() {
-                return Err(src.at(builtin, "root", "sys.ping takes no root"));
+            if matches!(kind, Builtin::Ping | Builtin::NetConnect) && raw.root.is_some() {
+                return Err(src.at(builtin, "root", "this builtin takes no root"));
+            }
+            if matches!(kind, Builtin::NetConnect) && name != "net.connect" {
+                return Err(src.at(
+                    builtin,
+                    "name",
+                    "the net.connect builtin must be named `net.connect` (the proxy asks for that action)",
+                ));
             }
             if let Some((p, pattern)) = raw
                 .params

@@ -224,6 +224,24 @@ fn rules_must_name_existing_actions() {
 }
 
 #[test]
+fn net_connect_builtin_and_allow_private_parse() {
+    let p = Policy::parse(
+        &format!(
+            "{HEAD}[network]\nmode = \"proxy\"\nallow = [\"db.internal\", \"*.example.com:443\"]\n\
+             allow_private = [\"db.internal\"]\n\
+             [[action]]\nname = \"net.connect\"\nbuiltin = \"net.connect\"\nparams = {{ method = \"^(GET|CONNECT)$\" }}\n"
+        ),
+        Path::new("/tmp/p.toml"),
+    )
+    .unwrap();
+    assert_eq!(p.network.allow_private, ["db.internal"]);
+    let a = p.action("net.connect").unwrap();
+    assert_eq!(a.kind, ActionKind::Builtin(Builtin::NetConnect));
+    assert_eq!(a.required, ["host", "port", "method"]);
+    assert!(a.params["method"].is_match("GET") && !a.params["method"].is_match("POST"));
+}
+
+#[test]
 fn incoherent_values_are_refused() {
     let cases: &[(&str, &str)] = &[
         ("version = 2\nname = \"p\"\n", "version"),
@@ -239,6 +257,12 @@ fn incoherent_values_are_refused() {
         (&format!("{HEAD}[network]\nmode = \"open\"\n"), "mode"),
         (&format!("{HEAD}[network]\nallow = [\"example.com\"]\n"), "allow"),
         (&format!("{HEAD}[network]\nmode = \"proxy\"\nallow = [\"Example.com/x\"]\n"), "allow"),
+        (&format!("{HEAD}[network]\nmode = \"proxy\"\nallow_private = [\"db.internal\"]\n"), "allow_private"),
+        (&format!("{HEAD}[network]\nmode = \"proxy\"\nallow = [\"*.internal\"]\nallow_private = [\"*.internal\"]\n"), "allow_private"),
+        (&format!("{HEAD}[network]\nallow_private = [\"db.internal\"]\n"), "allow_private"),
+        (&format!("{HEAD}[[action]]\nname = \"net.open\"\nbuiltin = \"net.connect\"\n"), "name"),
+        (&format!("{HEAD}[[action]]\nname = \"net.connect\"\nbuiltin = \"net.connect\"\nroot = \"/\"\n"), "root"),
+        (&format!("{HEAD}[[action]]\nname = \"net.connect\"\nbuiltin = \"net.connect\"\nparams = {{ url = \".*\" }}\n"), "params.url"),
         (&format!("{HEAD}[[action]]\nname = \"Fs.Read\"\nbuiltin = \"sys.ping\"\n"), "name"),
         (&format!("{HEAD}[[action]]\nname = \"a\"\n"), "name"),
         (&format!("{HEAD}[[action]]\nname = \"a\"\nbuiltin = \"fs.read\"\n"), "root"),

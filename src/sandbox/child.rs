@@ -44,6 +44,9 @@ pub struct ChildPlan {
     pub envp: Vec<CString>,
     /// `PATH` inside, for the command lookup.
     pub path: Vec<PathBuf>,
+    /// Proxy mode: the loopback port of the egress proxy's listener inside the sandbox's network
+    /// namespace (the only TCP port Landlock lets the agent connect to).
+    pub proxy_port: Option<u16>,
 }
 
 /// Descriptors the child inherits from the supervisor.
@@ -51,6 +54,8 @@ pub struct ChildFds {
     pub go: RawFd,
     pub report: RawFd,
     pub mediator: RawFd,
+    /// Proxy mode: a unix socket on which the child sends the listening socket to the supervisor.
+    pub handoff: Option<RawFd>,
 }
 
 /// Report pipe messages (one line each, atomic: shorter than PIPE_BUF).
@@ -146,6 +151,15 @@ fn setup(plan: &ChildPlan, fds: &mut ChildFds) -> Result<String, String> {
         )
     })?;
 
+    // 4b. Proxy mode: loopback up and the proxy's listener, handed to the supervisor (which serves it from
+    // outside), while we still hold CAP_NET_ADMIN in our own network namespace.
+    if let (Some(port), Some(handoff)) = (plan.proxy_port, fds.handoff.take()) {
+        let sent = proxy_listener(port).and_then(|listener| send_fd(handoff, listener));
+        // SAFETY: closing our own descriptor (the listener was closed by send_fd).
+        unsafe { libc::close(handoff) };
+        sent?;
+    }
+
     // 5. Limits.
     limits::apply_rlimits(&plan.limits).map_err(|e| format!("rlimits: {e}"))?;
 
@@ -157,7 +171,7 @@ fn setup(plan: &ChildPlan, fds: &mut ChildFds) -> Result<String, String> {
 
     // 8. Landlock.
     let abi = match &plan.landlock {
-        Some(rules) => landlock::restrict(rules).map_err(|e| e.to_string())?,
+        Some(rules) => landlock::restrict(rules, plan.proxy_port).map_err(|e| e.to_string())?,
         None => 0,
     };
 
@@ -169,6 +183,81 @@ fn setup(plan: &ChildPlan, fds: &mut ChildFds) -> Result<String, String> {
         "landlock_abi={abi} caps_bounding_cleared={} securebits_locked={}",
         dropped.bounding, dropped.securebits
     ))
+}
+
+/// Brings `lo` up and listens on 127.0.0.1:`port` (inside the sandbox's network namespace).
+fn proxy_listener(port: u16) -> Result<RawFd, String> {
+    let err = |what: &str| {
+        format!(
+            "proxy listener: {what}: {}",
+            std::io::Error::last_os_error()
+        )
+    };
+    // SAFETY: socket() with constant arguments.
+    let ctl = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if ctl < 0 {
+        return Err(err("socket"));
+    }
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in b"lo\0".iter().enumerate() {
+        ifr.ifr_name[i] = *b as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq on our stack.
+    let up = unsafe {
+        libc::ioctl(ctl, libc::SIOCGIFFLAGS, &mut ifr) == 0 && {
+            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(ctl, libc::SIOCSIFFLAGS, &mut ifr) == 0
+        }
+    };
+    let up_err = (!up).then(|| err("bringing lo up"));
+    // SAFETY: closing our own descriptor.
+    unsafe { libc::close(ctl) };
+    if let Some(e) = up_err {
+        return Err(e);
+    }
+    // SAFETY: socket() with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(err("socket"));
+    }
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: bind/listen on our socket with a sockaddr_in on our stack and its exact size.
+    let ok = unsafe {
+        libc::bind(
+            fd,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ) == 0
+            && libc::listen(fd, 64) == 0
+    };
+    if !ok {
+        let e = err("bind/listen");
+        // SAFETY: closing our own descriptor.
+        unsafe { libc::close(fd) };
+        return Err(e);
+    }
+    Ok(fd)
+}
+
+/// Sends `fd` over the unix socket `via` (SCM_RIGHTS), then closes it here.
+fn send_fd(via: RawFd, fd: RawFd) -> Result<(), String> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let iov = [std::io::IoSlice::new(b"L")];
+    let sent = sendmsg::<()>(via, &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None);
+    // SAFETY: closing our own descriptor: the supervisor holds its copy now.
+    unsafe { libc::close(fd) };
+    sent.map(|_| ())
+        .map_err(|e| format!("proxy listener: handing it to the supervisor: {e}"))
 }
 
 /// The mediator socket at fd 3 (inheritable), the report pipe at fd 4 and the go pipe at fd 5 (both

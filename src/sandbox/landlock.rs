@@ -12,8 +12,8 @@
 use std::path::PathBuf;
 
 use landlock::{
-    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
-    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath, PathFd,
+    Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -68,8 +68,12 @@ fn best_abi() -> Result<ABI, LandlockError> {
 }
 
 /// Restricts the calling thread (and its future children) to `rules`, handling every right of the best
-/// ABI. Returns the ABI that was enforced. Requires no_new_privs first.
-pub fn restrict(rules: &[(PathBuf, Grant)]) -> Result<i32, LandlockError> {
+/// ABI. Returns the ABI that was enforced. Requires no_new_privs first. `connect_port` (proxy mode) is the
+/// only TCP port the agent may connect to; it needs ABI 4 (TCP rights), else this fails (closed).
+pub fn restrict(
+    rules: &[(PathBuf, Grant)],
+    connect_port: Option<u16>,
+) -> Result<i32, LandlockError> {
     let abi = best_abi()?;
     let err = |e: landlock::RulesetError| LandlockError::Ruleset(e.to_string());
     let all = AccessFs::from_all(abi);
@@ -103,6 +107,17 @@ pub fn restrict(rules: &[(PathBuf, Grant)]) -> Result<i32, LandlockError> {
         };
         created = created
             .add_rule(PathBeneath::new(fd, access))
+            .map_err(err)?;
+    }
+    if let Some(port) = connect_port {
+        if (abi as i32) < 4 {
+            return Err(LandlockError::Ruleset(format!(
+                "network.mode = \"proxy\" needs Landlock ABI 4 (TCP rules); this kernel has {}",
+                abi as i32
+            )));
+        }
+        created = created
+            .add_rule(NetPort::new(port, AccessNet::ConnectTcp))
             .map_err(err)?;
     }
     let status = created.restrict_self().map_err(err)?;

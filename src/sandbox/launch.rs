@@ -45,6 +45,8 @@ pub struct Sandbox {
     signals: SignalFd,
     /// What the child reported it enforced (Landlock ABI, capability details).
     pub enforced: String,
+    /// Proxy mode: the listening socket the child made in the sandbox's network namespace.
+    pub proxy_listener: Option<OwnedFd>,
 }
 
 /// How the agent ended.
@@ -108,6 +110,14 @@ pub trait Events {
     fn fd(&self) -> Option<BorrowedFd<'_>>;
     /// Called when `fd` is readable (or hung up). `Some(reason)` ends the session now.
     fn on_readable(&mut self) -> Option<String>;
+    /// A second descriptor to poll (the egress proxy's wake-ups).
+    fn extra_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+    /// Called when `extra_fd` is readable. `Some(reason)` ends the session now.
+    fn on_extra(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// Signals the supervisor handles itself; blocked before the clone (the sandbox's init unblocks its own).
@@ -137,6 +147,23 @@ pub fn spawn(
             what: "pipe",
             source: e.into(),
         })?;
+    // Proxy mode: the child sends its listening socket back on this pair.
+    let handoff = if plan.proxy_port.is_some() {
+        Some(
+            nix::sys::socket::socketpair(
+                nix::sys::socket::AddressFamily::Unix,
+                nix::sys::socket::SockType::Datagram,
+                None,
+                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            )
+            .map_err(|e| LaunchError::Io {
+                what: "socketpair",
+                source: e.into(),
+            })?,
+        )
+    } else {
+        None
+    };
     let set = supervisor_signals();
     set.thread_block().map_err(|e| LaunchError::Io {
         what: "sigprocmask",
@@ -168,6 +195,7 @@ pub fn spawn(
         go: go_r.as_raw_fd(),
         report: rep_w.as_raw_fd(),
         mediator: mediator.as_raw_fd(),
+        handoff: handoff.as_ref().map(|(_, theirs)| theirs.as_raw_fd()),
     };
     // SAFETY: a fork-like clone (no CLONE_VM, no new stack): the child continues on a copy of our stack.
     // The supervisor is single-threaded here, so the copy holds no lock owned by another thread.
@@ -182,6 +210,7 @@ pub fn spawn(
     let pid = Pid::from_raw(pid as i32);
     drop(go_r);
     drop(rep_w);
+    let handoff = handoff.map(|(ours, _theirs)| ours);
     let report = BufReader::new(File::from(rep_r));
     if let Err(e) = cgroup.add(pid.as_raw()) {
         let _ = kill(pid, Signal::SIGKILL);
@@ -196,6 +225,7 @@ pub fn spawn(
         go: Some(go_w),
         report: Some(report),
         signals: Some(signals),
+        handoff,
     })
 }
 
@@ -207,6 +237,7 @@ pub struct Pending {
     go: Option<OwnedFd>,
     report: Option<BufReader<File>>,
     signals: Option<SignalFd>,
+    handoff: Option<OwnedFd>,
 }
 
 impl Pending {
@@ -225,6 +256,20 @@ impl Pending {
             .map_err(io_err("reading the sandbox's report"))?;
         let line = line.trim_end();
         if let Some(enforced) = line.strip_prefix(MSG_READY) {
+            // The child sent its proxy listener before reporting ready: it is queued on the pair now.
+            let proxy_listener = match self.handoff.take() {
+                Some(pair) => match receive_fd(&pair) {
+                    Ok(fd) => Some(fd),
+                    Err(e) => {
+                        drop(go);
+                        let _ = kill(self.pid, Signal::SIGKILL);
+                        let _ = waitpid(self.pid, None);
+                        let _ = supervisor_signals().thread_unblock();
+                        return Err(e);
+                    }
+                },
+                None => None,
+            };
             nix::unistd::write(&go, b"g").map_err(|e| LaunchError::Io {
                 what: "go",
                 source: e.into(),
@@ -236,6 +281,7 @@ impl Pending {
                 report,
                 signals,
                 enforced: enforced.trim().to_string(),
+                proxy_listener,
             });
         }
         drop(go);
@@ -247,6 +293,34 @@ impl Pending {
             .unwrap_or("the sandbox died while starting");
         Err(LaunchError::Setup(message.to_string()))
     }
+}
+
+/// Receives the proxy's listening socket from the child (already queued: never blocks).
+fn receive_fd(pair: &OwnedFd) -> Result<OwnedFd, LaunchError> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut buf = [0u8; 1];
+    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(
+        pair.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| LaunchError::Setup(format!("no proxy listener from the sandbox: {e}")))?;
+    let mut received = None;
+    for c in msg.cmsgs().into_iter().flatten() {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for fd in fds {
+                // SAFETY: the kernel just installed this descriptor for us.
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                if received.is_none() {
+                    received = Some(owned);
+                }
+            }
+        }
+    }
+    received.ok_or_else(|| LaunchError::Setup("no proxy listener from the sandbox".into()))
 }
 
 impl Drop for Pending {
@@ -275,6 +349,7 @@ fn clone_plan(plan: &ChildPlan) -> ChildPlan {
         argv: plan.argv.clone(),
         envp: plan.envp.clone(),
         path: plan.path.clone(),
+        proxy_port: plan.proxy_port,
     }
 }
 
@@ -310,9 +385,14 @@ pub fn supervise(
             PollFd::new(sandbox.signals.as_fd(), PollFlags::POLLIN),
         ];
         let event_fd = if events_open { events.fd() } else { None };
+        let has_event_fd = event_fd.is_some();
         if let Some(fd) = event_fd {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
+        if let Some(fd) = events.extra_fd() {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
+        let extra_index = if has_event_fd { 3 } else { 2 };
         match poll(&mut fds, timeout) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
@@ -324,11 +404,19 @@ pub fn supervise(
         let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
         let report_ready = ready(&fds[0]);
         let signal_ready = ready(&fds[1]);
-        let event_ready = fds.get(2).is_some_and(ready);
-        let event_hup = fds.get(2).and_then(|f| f.revents()).is_some_and(|r| {
-            r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
-        });
+        let event_ready = has_event_fd && fds.get(2).is_some_and(ready);
+        let event_hup = has_event_fd
+            && fds.get(2).and_then(|f| f.revents()).is_some_and(|r| {
+                r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
+            });
+        let extra_ready = fds.get(extra_index).is_some_and(ready);
         drop(fds);
+        if extra_ready {
+            if let Some(why) = events.on_extra() {
+                ended = Some(AgentExit::Ended(why));
+                break;
+            }
+        }
         if signal_ready {
             while let Ok(Some(info)) = sandbox.signals.read_signal() {
                 let sig = info.ssi_signo as i32;

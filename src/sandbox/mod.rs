@@ -80,6 +80,8 @@ pub struct SandboxConfig {
     pub command: Vec<OsString>,
     /// Variables set by zt-aas itself (ZT_AAS_FD, ZT_AAS_SESSION, ...), after the profile's.
     pub env_extra: Vec<(String, String)>,
+    /// `network.mode = "proxy"`: the loopback port of the egress proxy inside the sandbox.
+    pub proxy_port: Option<u16>,
 }
 
 /// What really ran, for stderr and the `session.start` record.
@@ -187,6 +189,12 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
         }
     }
     let namespaces = !missing.contains(&Layer::Userns);
+    if config.proxy_port.is_some() && !namespaces {
+        return Err(Failure::refused(
+            "refusing to start: network.mode = \"proxy\" needs the sandbox's own network namespace \
+             (user namespaces are unavailable here); without it the agent would share the host's network",
+        ));
+    }
     layers.degraded = !missing.is_empty();
     layers.missing = missing.iter().map(|l| l.name().to_string()).collect();
     if config.require.contains(&Layer::Cgroup) && limits::cgroup_support() == "none" {
@@ -285,10 +293,10 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
         Some(
             seccomp::compile(
                 &config.profile.seccomp_deny,
-                if namespaces {
-                    seccomp::Sockets::UnixOnly
-                } else {
-                    seccomp::Sockets::PairsOnly
+                match (namespaces, config.proxy_port.is_some()) {
+                    (false, _) => seccomp::Sockets::PairsOnly,
+                    (true, true) => seccomp::Sockets::UnixAndTcp,
+                    (true, false) => seccomp::Sockets::UnixOnly,
                 },
             )
             .map_err(|e| Failure::refused(e.to_string()))?,
@@ -320,6 +328,7 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
         argv,
         envp,
         path,
+        proxy_port: config.proxy_port,
     };
     Ok(Prepared {
         plan,

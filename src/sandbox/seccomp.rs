@@ -9,8 +9,11 @@
 //!   the whole mount family (old and new API), chroot, unshare/setns, namespace flags to clone, ptrace and
 //!   cross-process memory access, personality changes;
 //! - ioctl TIOCSTI and TIOCLINUX (terminal injection), comparing only the low 32 bits as the kernel does;
-//! - sockets of any family but AF_UNIX (EAFNOSUPPORT; in degraded mode only AF_UNIX socket pairs), and
-//!   clone3 and openat2 (ENOSYS, so libc falls back to clone and openat, whose arguments we can inspect);
+//! - sockets of any family but AF_UNIX (EAFNOSUPPORT); in degraded mode only AF_UNIX socket pairs; in
+//!   proxy mode also AF_INET/AF_INET6 stream sockets of protocol 0 or TCP (never UDP, raw, MPTCP or another
+//!   family: Landlock's TCP rules would not cover them), which Landlock lets connect to the proxy's port
+//!   only;
+//! - clone3 and openat2 (ENOSYS, so libc falls back to clone and openat, whose arguments we can inspect);
 //! - setuid/setgid bits in any mode argument (chmod family, open/openat/creat, mknod): such a file would
 //!   keep them on the host, outside the sandbox's nosuid mounts.
 //!
@@ -128,7 +131,6 @@ pub struct Filters {
     pub programs: Vec<BpfProgram>,
 }
 
-/// Compiles the filter for a profile's extra refusals.
 /// Which sockets the agent may create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sockets {
@@ -138,8 +140,11 @@ pub enum Sockets {
     /// `socketpair(AF_UNIX)` only: without namespaces (degraded mode) a pathname socket of the host
     /// (docker.sock, D-Bus) would be reachable, and Landlock before ABI 9 does not cover `connect`.
     PairsOnly,
+    /// Proxy mode: AF_UNIX, plus TCP stream sockets (Landlock lets them connect to the proxy's port only).
+    UnixAndTcp,
 }
 
+/// Compiles the filter for a profile's extra refusals and the sockets the agent may create.
 pub fn compile(extra_deny: &[String], sockets: Sockets) -> Result<Filters, SeccompError> {
     let build = |e: seccompiler::BackendError| SeccompError::Build(e.to_string());
     let cond = |arg, len, op, val| Cond::new(arg, len, op, val).map_err(build);
@@ -192,11 +197,34 @@ pub fn compile(extra_deny: &[String], sockets: Sockets) -> Result<Filters, Secco
             libc::AF_UNIX as u64,
         )?])?])
     };
-    let mut afnosupport = BTreeMap::new();
-    let socket_rules = match sockets {
-        Sockets::UnixOnly => not_unix(0)?,
-        Sockets::PairsOnly => Vec::new(),
+    let socket_rules = if sockets == Sockets::UnixAndTcp {
+        // Refused: a family other than unix/inet/inet6; inet(6) that is not SOCK_STREAM (low 4 bits of the
+        // type; the rest are SOCK_NONBLOCK/SOCK_CLOEXEC) or whose protocol is neither 0 nor TCP.
+        let mut v = vec![rule(vec![
+            cond(0, Len::Dword, Op::Ne, libc::AF_UNIX as u64)?,
+            cond(0, Len::Dword, Op::Ne, libc::AF_INET as u64)?,
+            cond(0, Len::Dword, Op::Ne, libc::AF_INET6 as u64)?,
+        ])?];
+        for family in [libc::AF_INET, libc::AF_INET6] {
+            for kind in (0..16u64).filter(|k| *k != libc::SOCK_STREAM as u64) {
+                v.push(rule(vec![
+                    cond(0, Len::Dword, Op::Eq, family as u64)?,
+                    cond(1, Len::Dword, Op::MaskedEq(0xf), kind)?,
+                ])?);
+            }
+            v.push(rule(vec![
+                cond(0, Len::Dword, Op::Eq, family as u64)?,
+                cond(2, Len::Dword, Op::Ne, 0)?,
+                cond(2, Len::Dword, Op::Ne, libc::IPPROTO_TCP as u64)?,
+            ])?);
+        }
+        v
+    } else if sockets == Sockets::PairsOnly {
+        Vec::new()
+    } else {
+        not_unix(0)?
     };
+    let mut afnosupport = BTreeMap::new();
     afnosupport.insert(libc::SYS_socket, socket_rules);
     afnosupport.insert(libc::SYS_socketpair, not_unix(0)?);
 
@@ -305,6 +333,7 @@ mod tests {
     fn compiles_and_refuses_unknown_names() {
         let f = compile(&[], Sockets::UnixOnly).unwrap();
         assert_eq!(f.programs.len(), 4);
+        assert_eq!(compile(&[], Sockets::UnixAndTcp).unwrap().programs.len(), 4);
         assert!(compile(&["memfd_create".into()], Sockets::PairsOnly).is_ok());
         assert!(matches!(
             compile(&["nope".into()], Sockets::UnixOnly),

@@ -1,0 +1,509 @@
+//! Network egress through the mediator's proxy (`network.mode = "proxy"`), end to end with real
+//! sandboxed agents. Loopback only: the upstream servers are threads of this test on 127.0.0.1, and the
+//! test-only resolver override (`ZT_AAS_TEST_RESOLVE`, feature `test-utils`) maps allowlisted names to them.
+//! Every run is bounded in time and killed by pid if it overstays.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const ZT: &str = env!("CARGO_BIN_EXE_zt-aas");
+const SECRET: &str = "zt-test-secret-5f1c2a";
+
+fn zt(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut child = Command::new(ZT)
+        .args(args)
+        .current_dir(dir)
+        .env("XDG_STATE_HOME", dir.join("state"))
+        .env_remove("ZT_AAS_TEST_RESOLVE")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn zt-aas");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("zt-aas {args:?} did not finish in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// An upstream HTTP server on 127.0.0.1: records every request head, answers `upstream-ok`.
+struct Upstream {
+    port: u16,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Upstream {
+    fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                s.lock().unwrap().push(text(&buf));
+                let body = "upstream-ok\n";
+                let _ = conn.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+            }
+        });
+        Upstream { port, seen }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+struct Project {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+impl Project {
+    /// A proxy-mode policy: `allowed.test` (credential injected) and `tunnel.test` allowed,
+    /// `denied.test` listed in both allow and deny; `net.connect` tokens bound to the allowed names.
+    fn new(network: &str) -> Project {
+        let tmp = tempfile::Builder::new()
+            .prefix("zt-egress.")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let dir = tmp.path().canonicalize().expect("canonical");
+        std::fs::create_dir(dir.join("keys")).expect("mkdir keys");
+        assert!(zt(&dir, &["keygen", "--out", "keys/issuer"], &[])
+            .status
+            .success());
+        let policy = format!(
+            "version = 1\nname = \"proj\"\nagent = \"bot\"\n[issuers]\nkeys = [\"keys/issuer.pub\"]\n\
+             [audit]\nlog = \"audit.jsonl\"\nkey = \"keys/audit.key\"\n{network}\n\
+             [[action]]\nname = \"net.connect\"\nbuiltin = \"net.connect\"\n\
+             [[rule]]\neffect = \"allow\"\nactions = [\"net.connect\"]\n"
+        );
+        std::fs::write(dir.join("policy.toml"), policy).expect("policy");
+        Project { _tmp: tmp, dir }
+    }
+
+    fn proxy() -> Project {
+        let p = Project::new(
+            "[network]\nmode = \"proxy\"\n\
+             allow = [\"allowed.test\", \"tunnel.test\", \"denied.test\", \"localhost\", \"xn--bcher-kva.test\", \"*.wild.test\"]\n\
+             deny = [\"denied.test\"]\n\
+             [[network.credentials]]\nhost = \"allowed.test\"\nheader = \"X-Api-Key\"\nvalue_env = \"ZT_TEST_SECRET\"\n",
+        );
+        p.token(
+            "t.tok",
+            &["--arg", r"host=^(allowed|tunnel|denied)\.test$|^localhost$"],
+        );
+        p
+    }
+
+    fn token(&self, out: &str, extra: &[&str]) {
+        let mut args = vec![
+            "token",
+            "issue",
+            "--policy",
+            "policy.toml",
+            "--key",
+            "keys/issuer.key",
+            "--agent",
+            "bot",
+            "--action",
+            "net.connect",
+            "--ttl",
+            "10m",
+            "--out",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        let o = zt(&self.dir, &args, &[]);
+        assert!(o.status.success(), "token issue: {}", text(&o.stderr));
+    }
+
+    fn run(&self, upstream: &Upstream, script: &str) -> Output {
+        let resolve = format!(
+            "allowed.test=127.0.0.1:{0},tunnel.test=127.0.0.1:{0},denied.test=127.0.0.1:{0},\
+             xn--bcher-kva.test=127.0.0.1:{0}",
+            upstream.port
+        );
+        zt(
+            &self.dir,
+            &[
+                "run",
+                "--policy",
+                "policy.toml",
+                "--token",
+                "t.tok",
+                "--workspace",
+                ".",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ],
+            &[
+                ("ZT_AAS_TEST_RESOLVE", resolve.as_str()),
+                ("ZT_TEST_SECRET", SECRET),
+            ],
+        )
+    }
+
+    fn records(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json record"))
+            .collect()
+    }
+
+    fn verify(&self) {
+        let o = zt(
+            &self.dir,
+            &["audit", "verify", "audit.jsonl", "--key", "keys/audit.pub"],
+            &[],
+        );
+        assert!(o.status.success(), "audit verify: {}", text(&o.stdout));
+    }
+}
+
+fn net_records<'a>(records: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    records
+        .iter()
+        .filter(|r| r["kind"] == kind && r["action"] == "net.connect")
+        .collect()
+}
+
+/// A python3 snippet that sends raw requests to the proxy and prints each status line.
+fn raw_requests(requests: &[String]) -> String {
+    let list = requests
+        .iter()
+        .map(|r| format!("{r:?}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    format!(
+        "python3 -c '\nimport socket\nfor r in [{list}]:\n    s = socket.create_connection((\"127.0.0.1\", 3128), timeout=20)\n    s.sendall(r.encode())\n    data = b\"\"\n    while True:\n        c = s.recv(65536)\n        if not c: break\n        data += c\n    print(\"STATUS\", data.split(b\"\\r\\n\")[0].decode())\n'"
+    )
+}
+
+#[test]
+fn allowed_host_works_from_curl_and_python_with_the_credential_injected_outside() {
+    let up = Upstream::start();
+    let p = Project::proxy();
+    let curl = if Path::new("/usr/bin/curl").exists() {
+        "curl -sS http://allowed.test/from-curl && echo CURL-DONE;"
+    } else {
+        ""
+    };
+    let out = p.run(
+        &up,
+        &format!(
+            "{curl} python3 -c 'import urllib.request; print(urllib.request.urlopen(\"http://allowed.test/from-python\").read().decode())'; \
+             env; S={head}; S=\"$S{tail}\"; \
+             grep -r -l \"$S\" . /tmp 2>/dev/null && echo SECRET-IN-FILES; \
+             grep -l \"$S\" /proc/*/environ 2>/dev/null && echo SECRET-IN-ENVIRON; true",
+            head = &SECRET[..8],
+            tail = &SECRET[8..],
+        ),
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", text(&out.stderr));
+    assert!(stdout.contains("upstream-ok"), "{stdout}");
+    assert!(
+        stdout.contains("HTTP_PROXY=http://127.0.0.1:3128"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains(SECRET),
+        "the secret reached the agent: {stdout}"
+    );
+    assert!(!stdout.contains("SECRET-IN-"), "{stdout}");
+    let seen = up.seen();
+    let py = seen
+        .iter()
+        .find(|h| h.starts_with("GET /from-python HTTP/1.1"))
+        .unwrap_or_else(|| panic!("upstream saw no python request: {seen:?}"));
+    assert!(py.contains(&format!("X-Api-Key: {SECRET}\r\n")), "{py}");
+    assert!(py.contains("Host: allowed.test\r\n"), "{py}");
+    assert!(py.contains("Connection: close\r\n"), "{py}");
+    if !curl.is_empty() {
+        assert!(stdout.contains("CURL-DONE"), "{stdout}");
+        assert!(seen.iter().any(|h| h.starts_with("GET /from-curl ")
+            && h.contains(&format!("X-Api-Key: {SECRET}"))
+            && !h.contains("Proxy-Connection")));
+    }
+    let records = p.records();
+    let decisions = net_records(&records, "decision");
+    let results = net_records(&records, "result");
+    assert!(decisions.iter().all(|d| d["decision"] == "allow"));
+    assert!(decisions
+        .iter()
+        .all(|d| d["args"]["host"] == "allowed.test" && d["args"]["method"] == "GET"));
+    assert_eq!(decisions.len(), results.len(), "{records:?}");
+    assert!(results.iter().all(|r| r["ok"] == true
+        && r["bytes_down"].as_u64() > Some(0)
+        && r["duration_ms"].is_u64()));
+    let log = std::fs::read_to_string(p.dir.join("audit.jsonl")).unwrap();
+    assert!(!log.contains(SECRET), "the secret is in the audit log");
+    p.verify();
+}
+
+#[test]
+fn denied_and_unlisted_hosts_get_403_and_a_deny_record() {
+    let up = Upstream::start();
+    let p = Project::proxy();
+    let out = p.run(
+        &up,
+        "python3 - <<'EOF'\nimport urllib.request, urllib.error\nfor url in ['http://denied.test/', 'http://unlisted.test/', 'http://localhost/']:\n    try:\n        urllib.request.urlopen(url)\n        print('OPENED', url)\n    except urllib.error.HTTPError as e:\n        print('HTTP', e.code, url, e.read().decode().strip())\nEOF",
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", text(&out.stderr));
+    assert!(!stdout.contains("OPENED"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "HTTP 403 http://denied.test/ zt-aas: denied.test:80 is denied by [network] deny"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "HTTP 403 http://unlisted.test/ zt-aas: unlisted.test:80 is not in [network] allow"
+        ),
+        "{stdout}"
+    );
+    // localhost is allowed by name but resolves (for real: no test mapping) to loopback.
+    assert!(
+        stdout.contains("HTTP 403 http://localhost/ zt-aas: localhost resolves to"),
+        "{stdout}"
+    );
+    assert!(up.seen().is_empty(), "{:?}", up.seen());
+    let records = p.records();
+    let checks: Vec<&str> = net_records(&records, "decision")
+        .iter()
+        .filter(|d| d["decision"] == "deny")
+        .filter_map(|d| d["check"].as_str())
+        .collect();
+    assert_eq!(
+        checks,
+        ["network_deny", "network_not_allowed", "private_address"],
+        "{records:?}"
+    );
+    assert!(net_records(&records, "result").is_empty());
+    p.verify();
+}
+
+#[test]
+fn target_tricks_are_refused_and_the_proxy_stays_up() {
+    let up = Upstream::start();
+    let p = Project::proxy();
+    let port = up.port;
+    let mut requests: Vec<String> = [
+        format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"),
+        "CONNECT [::1]:443 HTTP/1.1\r\n\r\n".into(),
+        "CONNECT tunnel.test:443 HTTP/1.1\r\nHost: other.test:443\r\n\r\n".into(),
+        "GET http://allowed.test/ HTTP/1.1\r\nHost: denied.test\r\n\r\n".into(),
+        "CONNECT allowed%2etest:443 HTTP/1.1\r\n\r\n".into(),
+        "GET http://allowed%2etest/ HTTP/1.1\r\nHost: allowed%2etest\r\n\r\n".into(),
+        "CONNECT allowed.test.:443 HTTP/1.1\r\n\r\n".into(),
+        "CONNECT Allowed.Test:443 HTTP/1.1\r\n\r\n".into(),
+        "GET http://ALLOWED.TEST/ HTTP/1.1\r\nHost: ALLOWED.TEST\r\n\r\n".into(),
+        "CONNECT xn--mnchen-3ya.wild.test:443 HTTP/1.1\r\n\r\n".into(),
+        "CONNECT user@allowed.test:443 HTTP/1.1\r\n\r\n".into(),
+        "CONNECT allowed.test:8443 HTTP/1.1\r\n\r\n".into(),
+        "CONNECT allowed.test:0443 HTTP/1.1\r\n\r\n".into(),
+        "CONNECT 2130706433:443 HTTP/1.1\r\n\r\n".into(),
+        "garbage\r\n\r\n".into(),
+        format!("GET http://allowed.test/{} HTTP/1.1\r\n\r\n", "a".repeat(20_000)),
+        "GET http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\nTransfer-Encoding: chunked\r\n\r\n".into(),
+    ]
+    .into();
+    let refused = requests.len();
+    // After all that, the proxy still serves: CONNECT (a tunnel, here to a plain HTTP server) and an
+    // exactly listed punycode name.
+    requests.push(
+        "CONNECT tunnel.test:443 HTTP/1.1\r\nHost: tunnel.test:443\r\n\r\nGET /through-tunnel HTTP/1.1\r\nHost: tunnel.test\r\n\r\n".into(),
+    );
+    let out = p.run(&up, &raw_requests(&requests));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", text(&out.stderr));
+    let statuses: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("STATUS "))
+        .collect();
+    assert_eq!(statuses.len(), requests.len(), "{stdout}");
+    for (i, s) in statuses[..refused].iter().enumerate() {
+        assert!(
+            s.starts_with("HTTP/1.1 40")
+                || s.starts_with("HTTP/1.1 43")
+                || s.starts_with("HTTP/1.1 501"),
+            "request {i} {:?} was not refused: {s}",
+            requests[i]
+        );
+    }
+    assert_eq!(
+        statuses[refused], "HTTP/1.1 200 Connection established",
+        "{stdout}"
+    );
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1, "only the tunnel reached upstream: {seen:?}");
+    assert!(seen[0].starts_with("GET /through-tunnel "), "{seen:?}");
+    // The tunnel is not intercepted: no credential in it (CONNECT carries no injected header).
+    assert!(!seen[0].contains(SECRET));
+    let records = p.records();
+    let decisions = net_records(&records, "decision");
+    assert_eq!(
+        decisions.len(),
+        requests.len(),
+        "every connection is recorded"
+    );
+    assert_eq!(
+        decisions
+            .iter()
+            .filter(|d| d["decision"] == "allow")
+            .count(),
+        1
+    );
+    p.verify();
+}
+
+#[test]
+fn a_token_bound_to_other_hosts_does_not_open_an_allowlisted_one() {
+    let up = Upstream::start();
+    let p = Project::proxy();
+    // The policy allows xn--bcher-kva.test (listed exactly) but the token's host constraint does not.
+    let out = p.run(
+        &up,
+        &raw_requests(&["CONNECT xn--bcher-kva.test:443 HTTP/1.1\r\n\r\n".to_string()]),
+    );
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("STATUS HTTP/1.1 403"), "{stdout}");
+    let records = p.records();
+    let d = net_records(&records, "decision");
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0]["check"], "argument_outside_constraint", "{:?}", d[0]);
+    assert!(up.seen().is_empty());
+}
+
+#[test]
+fn direct_sockets_are_still_refused_in_proxy_mode() {
+    let up = Upstream::start();
+    let p = Project::proxy();
+    let port = up.port;
+    let out = p.run(
+        &up,
+        &format!(
+            "python3 - <<'EOF'\nimport socket, errno\ndef t(name, f):\n    try:\n        f()\n        print(name, 'OK')\n    except OSError as e:\n        print(name, errno.errorcode.get(e.errno, e.errno))\nt('tcp-direct', lambda: socket.create_connection(('127.0.0.1', {port}), timeout=5))\nt('tcp-other-port', lambda: socket.create_connection(('127.0.0.1', 80), timeout=5))\nt('udp', lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))\nt('udp6', lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM))\nt('raw', lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, 1))\nt('mptcp', lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262))\nt('packet', lambda: socket.socket(17, socket.SOCK_RAW, 0))\nt('netlink', lambda: socket.socket(16, socket.SOCK_RAW, 0))\nt('bind', lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM).bind(('127.0.0.1', 4444)))\nt('proxy-port', lambda: socket.create_connection(('127.0.0.1', 3128), timeout=5))\nEOF"
+        ),
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", text(&out.stderr));
+    for expected in [
+        "tcp-direct EACCES",
+        "tcp-other-port EACCES",
+        "udp EAFNOSUPPORT",
+        "udp6 EAFNOSUPPORT",
+        "raw EAFNOSUPPORT",
+        "mptcp EAFNOSUPPORT",
+        "packet EAFNOSUPPORT",
+        "netlink EAFNOSUPPORT",
+        "bind EACCES",
+        "proxy-port OK",
+    ] {
+        assert!(stdout.contains(expected), "missing `{expected}`: {stdout}");
+    }
+    assert!(up.seen().is_empty());
+}
+
+#[test]
+fn mode_none_still_refuses_inet_sockets_and_sets_no_proxy() {
+    let up = Upstream::start();
+    let p = Project::new("");
+    p.token("t.tok", &[]);
+    let out = p.run(
+        &up,
+        "env | grep -i _proxy; python3 -c '\nimport socket, errno\ntry:\n    socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n    print(\"INET-OK\")\nexcept OSError as e:\n    print(\"INET\", errno.errorcode[e.errno])\n'",
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", text(&out.stderr));
+    assert!(stdout.contains("INET EAFNOSUPPORT"), "{stdout}");
+    assert!(!stdout.to_lowercase().contains("http_proxy"), "{stdout}");
+}
+
+#[test]
+fn a_missing_credential_variable_refuses_the_run() {
+    let p = Project::proxy();
+    let o = zt(
+        &p.dir,
+        &[
+            "run",
+            "--policy",
+            "policy.toml",
+            "--workspace",
+            ".",
+            "--",
+            "true",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("ZT_TEST_SECRET"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn proxy_mode_is_refused_without_a_network_namespace() {
+    let p = Project::proxy();
+    let o = zt(
+        &p.dir,
+        &[
+            "run",
+            "--policy",
+            "policy.toml",
+            "--allow-degraded",
+            "--workspace",
+            ".",
+            "--",
+            "true",
+        ],
+        &[
+            ("ZT_AAS_TEST_DISABLE", "userns"),
+            ("ZT_TEST_SECRET", SECRET),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("needs the sandbox's own network namespace"),
+        "{}",
+        text(&o.stderr)
+    );
+}

@@ -238,6 +238,7 @@ pub fn run(args: &RunArgs) -> CmdResult {
         },
         proxy_port: proxy.then_some(crate::mediator::proxy::PROXY_PORT),
     };
+    let git_before = sandbox::persistence::snapshot(&workspace);
     let prepared = sandbox::prepare(&config)?;
     if prepared.layers.degraded {
         eprintln!(
@@ -340,10 +341,14 @@ pub fn run(args: &RunArgs) -> CmdResult {
         eprintln!("zt-aas: {m}");
     }
     let code = exit.code();
+    let quarantined = sandbox::persistence::quarantine_changes(&git_before, &session);
+    for line in &quarantined {
+        eprintln!("zt-aas: WARNING: {line}");
+    }
     seal(
         mediator,
         code,
-        &json!({"end": format!("{exit:?}")}),
+        &json!({"end": format!("{exit:?}"), "quarantined": quarantined}),
         head_out.as_mut(),
         args.quiet,
         &log_path,

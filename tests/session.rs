@@ -772,3 +772,74 @@ fn a_finishing_run_never_removes_placeholders_another_run_relies_on() {
         assert!(!ws.join(p).exists(), "{p} left behind after the last run");
     }
 }
+
+/// Runs `git ARGS` on the host in `dir` (a real user's git after the session), bounded.
+fn host_git(dir: &Path, args: &[&str]) -> Output {
+    let child = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("git");
+    wait_bounded(child, args)
+}
+
+#[test]
+fn git_redirection_planted_by_the_agent_is_quarantined_before_the_users_git_runs() {
+    let (_t, ws) = plain_workspace();
+    assert!(host_git(&ws, &["init", "-q"]).status.success());
+    let pwned = ws.with_extension("pwned");
+    let script = format!(
+        "mkdir -p evil && cp -r .git/objects .git/refs .git/HEAD evil/; \
+         printf '[core]\\n\\trepositoryformatversion = 0\\n\\tfsmonitor = \"touch {} ; false\"\\n' > evil/config; \
+         echo ../evil > .git/commondir",
+        pwned.display()
+    );
+    let out = zt(&ws, &["run", "-q", "--", "sh", "-c", &script]);
+    assert!(
+        text(&out.stderr).contains("quarantine"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!ws.join(".git/commondir").exists());
+    let _ = host_git(&ws, &["status"]);
+    assert!(!pwned.exists(), "the user's git ran the agent's fsmonitor");
+}
+
+#[test]
+fn a_repository_made_by_the_agent_keeps_plain_config_and_loses_executable_config() {
+    let (_t, ws) = plain_workspace();
+    let out = zt(
+        &ws,
+        &[
+            "run",
+            "-q",
+            "--",
+            "sh",
+            "-c",
+            "git init -q && git -c user.name=a -c user.email=b commit -q --allow-empty -m ok",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        host_git(&ws, &["log", "--oneline"]).status.success(),
+        "the agent's plain repository is usable"
+    );
+    let (_t2, ws2) = plain_workspace();
+    let pwned = ws2.with_extension("pwned");
+    let script = format!(
+        "git init -q && printf '[core]\\n\\tfsmonitor = \"touch {} ; false\"\\n' >> .git/config",
+        pwned.display()
+    );
+    let out = zt(&ws2, &["run", "-q", "--", "sh", "-c", &script]);
+    assert!(
+        text(&out.stderr).contains("quarantine"),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = host_git(&ws2, &["status"]);
+    assert!(!pwned.exists(), "the user's git ran the agent's fsmonitor");
+}

@@ -15,6 +15,7 @@ pub mod landlock;
 pub mod launch;
 pub mod limits;
 pub mod mounts;
+pub mod persistence;
 pub mod placeholders;
 pub mod plan;
 pub mod privileges;

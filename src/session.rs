@@ -307,7 +307,19 @@ pub fn run(args: &RunArgs) -> CmdResult {
     drop(theirs);
     let (writer, _) = SessionWriter::start(log, start).map_err(refused)?;
     let audit_paths = Some((log_path.clone(), key_path.clone()));
-    let mut mediator = Mediator::new(ours, policy, agent, tokens, writer, audit_paths);
+    // The brokered file actions run outside the mounts that protect these: they get the list instead.
+    let no_write: Vec<PathBuf> = prepared
+        .layers
+        .protected
+        .iter()
+        .map(PathBuf::from)
+        .chain(config.guarded.read_only.iter().cloned())
+        .chain(config.guarded.hidden.iter().cloned())
+        .collect();
+    let shield = crate::mediator::actions::Shield::new(&no_write, &config.guarded.hidden);
+    let mut mediator = Mediator::new(ours, policy, agent, tokens, writer, audit_paths)
+        .with_shield(shield)
+        .with_deadline(config.wall.map(|w| std::time::Instant::now() + w));
     let exit = match pending.release() {
         Ok(mut sb) => {
             let started = match sb.proxy_listener.take() {

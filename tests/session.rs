@@ -843,3 +843,98 @@ fn a_repository_made_by_the_agent_keeps_plain_config_and_loses_executable_config
     let _ = host_git(&ws2, &["status"]);
     assert!(!pwned.exists(), "the user's git ran the agent's fsmonitor");
 }
+
+const FS_ACTIONS: &str = "[[action]]\nname = \"fs.read\"\nbuiltin = \"fs.read\"\nroot = \".\"\n\
+    [[action]]\nname = \"fs.write\"\nbuiltin = \"fs.write\"\nroot = \".\"\n\
+    [[rule]]\neffect = \"allow\"\nactions = [\"fs.*\"]\n";
+
+#[test]
+fn brokered_file_actions_cannot_touch_what_the_sandbox_protects() {
+    let p = Project::new(FS_ACTIONS);
+    std::fs::create_dir_all(p.dir.join(".git/hooks")).unwrap();
+    p.token("all.tok", &["--action", "fs.read", "--action", "fs.write"]);
+    let policy_before = std::fs::read(p.dir.join("policy.toml")).unwrap();
+    let out = p.run(
+        &["--token", "all.tok"],
+        "for f in policy.toml .git/hooks/pre-commit keys/issuer.key revoked.txt audit.jsonl .envrc; do \
+           zt-aas call fs.write path=$f content=PWNED >/dev/null 2>&1; echo write-$f=$?; done; \
+         for f in keys/issuer.key keys/audit.key; do zt-aas call fs.read path=$f 2>/dev/null; echo read-$f=$?; done; \
+         zt-aas call fs.write path=notes.txt content=fine >/dev/null; echo write-notes=$?",
+    );
+    let stdout = text(&out.stdout);
+    for f in [
+        "policy.toml",
+        ".git/hooks/pre-commit",
+        "keys/issuer.key",
+        "revoked.txt",
+        "audit.jsonl",
+        ".envrc",
+    ] {
+        assert!(stdout.contains(&format!("write-{f}=3")), "{f}: {stdout}");
+    }
+    for f in ["keys/issuer.key", "keys/audit.key"] {
+        assert!(stdout.contains(&format!("read-{f}=3")), "{f}: {stdout}");
+    }
+    assert!(
+        !stdout.contains("ed25519-secret"),
+        "a private key was returned: {stdout}"
+    );
+    assert!(stdout.contains("write-notes=0"), "{stdout}");
+    assert_eq!(
+        std::fs::read(p.dir.join("policy.toml")).unwrap(),
+        policy_before
+    );
+    assert!(!p.dir.join(".git/hooks/pre-commit").exists());
+}
+
+#[test]
+fn a_path_constraint_means_what_it_says() {
+    let p = Project::new(FS_ACTIONS);
+    std::fs::create_dir_all(p.dir.join("public")).unwrap();
+    std::fs::write(p.dir.join("public/a.txt"), "public\n").unwrap();
+    std::fs::write(p.dir.join("secret.txt"), "SECRET\n").unwrap();
+    p.token(
+        "pub.tok",
+        &["--action", "fs.read", "--arg", "path=public/.*"],
+    );
+    let out = p.run(
+        &["--token", "pub.tok"],
+        "for f in public/../secret.txt ./public/a.txt public//a.txt public/./../secret.txt; do \
+           zt-aas call fs.read path=$f 2>/dev/null; echo rc-$f=$?; done; zt-aas call fs.read path=public/a.txt",
+    );
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains("SECRET"), "{stdout}");
+    for f in [
+        "public/../secret.txt",
+        "./public/a.txt",
+        "public//a.txt",
+        "public/./../secret.txt",
+    ] {
+        assert!(stdout.contains(&format!("rc-{f}=3")), "{f}: {stdout}");
+    }
+    assert!(
+        stdout.contains("public\\n"),
+        "the plain path still works: {stdout}"
+    );
+}
+
+#[test]
+fn queued_brokered_commands_cannot_hold_the_session_past_its_wall_clock() {
+    // With the bug, five queued 30 s commands kept the session alive for 150 s: the bounded wait of
+    // this test's helper (60 s) fails it. Nothing here measures time.
+    let p = Project::new(
+        "[[action]]\nname = \"slow\"\nrun = [\"/bin/sleep\", \"30\"]\n\
+         [[rule]]\neffect = \"allow\"\nactions = [\"slow\"]\n[sandbox.limits]\nwall = \"2s\"\n",
+    );
+    p.token("t.tok", &["--action", "slow"]);
+    let out = p.run(
+        &["--token", "t.tok"],
+        "for i in 1 2 3 4 5; do zt-aas call slow >/dev/null 2>&1 & done; wait",
+    );
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("wall-clock limit"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -32,6 +32,109 @@ pub struct Outcome {
     pub result: Value,
 }
 
+/// What the sandbox's mounts protect, for the file actions the supervisor performs outside those mounts:
+/// files and directories no brokered write may touch (protected workspace files, the policy, revocation
+/// list, audit log, use counts, keys) and files no brokered read may return (keys, and the other files
+/// hidden inside). Compared by (device, inode), so no spelling of a path gets around it.
+#[derive(Debug, Default, Clone)]
+pub struct Shield {
+    no_write: std::collections::HashSet<(u64, u64)>,
+    no_read: std::collections::HashSet<(u64, u64)>,
+}
+
+fn inode(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+impl Shield {
+    pub fn new(no_write: &[PathBuf], no_read: &[PathBuf]) -> Shield {
+        let set = |paths: &[PathBuf]| {
+            paths
+                .iter()
+                .filter_map(|p| std::fs::metadata(p).ok())
+                .map(|m| inode(&m))
+                .collect()
+        };
+        Shield {
+            no_write: set(no_write),
+            no_read: set(no_read),
+        }
+    }
+
+    /// Refuses when `dir` or any directory above it, up to `root`, is protected (or when `dir` is no
+    /// longer beneath `root`: it was moved away after it was opened).
+    fn check_dir(&self, dir: &OwnedFd, root: &Path) -> Result<(), Refusal> {
+        let root_id = std::fs::metadata(root)
+            .map(|m| inode(&m))
+            .map_err(|e| refuse("root_unavailable", e.to_string()))?;
+        let mut cur = dir
+            .try_clone()
+            .map_err(|e| refuse("path_refused", e.to_string()))?;
+        for _ in 0..4096 {
+            let meta = File::from(
+                cur.try_clone()
+                    .map_err(|e| refuse("path_refused", e.to_string()))?,
+            )
+            .metadata()
+            .map_err(|e| refuse("path_refused", e.to_string()))?;
+            let id = inode(&meta);
+            if self.no_write.contains(&id) {
+                return Err(refuse(
+                    "protected_path",
+                    "the path lies in a protected directory",
+                ));
+            }
+            if id == root_id {
+                return Ok(());
+            }
+            // SAFETY: openat of ".." relative to a directory fd we own; the result is checked.
+            let up = unsafe {
+                libc::openat(
+                    cur.as_raw_fd(),
+                    c"..".as_ptr(),
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                )
+            };
+            if up < 0 {
+                return Err(refuse(
+                    "path_refused",
+                    std::io::Error::last_os_error().to_string(),
+                ));
+            }
+            // SAFETY: a descriptor openat just returned to us.
+            let up = unsafe { OwnedFd::from_raw_fd(up) };
+            let up_id = File::from(
+                up.try_clone()
+                    .map_err(|e| refuse("path_refused", e.to_string()))?,
+            )
+            .metadata()
+            .map(|m| inode(&m))
+            .map_err(|e| refuse("path_refused", e.to_string()))?;
+            if up_id == id {
+                break; // reached `/` without meeting the root
+            }
+            cur = up;
+        }
+        Err(refuse(
+            "path_outside_root",
+            "the directory is no longer beneath the action's root",
+        ))
+    }
+
+    fn check_file(&self, meta: &std::fs::Metadata, write: bool) -> Result<(), Refusal> {
+        use std::os::unix::fs::MetadataExt;
+        let id = inode(meta);
+        if self.no_read.contains(&id) || (write && self.no_write.contains(&id)) {
+            return Err(refuse("protected_path", "the file is protected"));
+        }
+        if write && meta.nlink() > 1 {
+            return Err(refuse("path_refused", "the file has other hard links"));
+        }
+        Ok(())
+    }
+}
+
 /// Work resolved before the decision is recorded (the held descriptor of a file action).
 pub enum Prepared {
     Command {
@@ -48,11 +151,21 @@ pub enum Prepared {
         dir: OwnedFd,
         name: CString,
         content: Vec<u8>,
+        shield: Shield,
     },
     List {
         dir: OwnedFd,
     },
     Ping,
+}
+
+impl Prepared {
+    /// A command never runs longer than `max` (the session's remaining wall-clock time).
+    pub fn cap_timeout(&mut self, max: Duration) {
+        if let Prepared::Command { timeout, .. } = self {
+            *timeout = (*timeout).min(max);
+        }
+    }
 }
 
 /// Why an allowed call cannot go ahead (it becomes a denial with this check code).
@@ -75,6 +188,7 @@ pub fn prepare(
     args: &BTreeMap<String, String>,
     default_timeout: u64,
     dir: &Path,
+    shield: &Shield,
 ) -> Result<Prepared, Refusal> {
     match &action.kind {
         ActionKind::Command {
@@ -112,6 +226,7 @@ pub fn prepare(
                     format!("`{path}` is not a regular file"),
                 ));
             }
+            shield.check_file(&meta, false)?;
             Ok(Prepared::Read {
                 file,
                 max: *max_bytes,
@@ -128,7 +243,31 @@ pub fn prepare(
             }
             let (parent, name) = split_last(path)?;
             let dir = open_beneath(root, parent, libc::O_RDONLY | libc::O_DIRECTORY)?;
-            Ok(Prepared::Write { dir, name, content })
+            shield.check_dir(&dir, root)?;
+            // An existing target is checked now (it may be protected); a new one cannot be.
+            // SAFETY: fstatat relative to the directory we hold, not following a symlink.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            let rc = unsafe {
+                libc::fstatat(
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    &mut st,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            };
+            if rc == 0 {
+                let target = open_beneath(root, path, libc::O_PATH)?;
+                let meta = File::from(target)
+                    .metadata()
+                    .map_err(|e| refuse("path_refused", e.to_string()))?;
+                shield.check_file(&meta, true)?;
+            }
+            Ok(Prepared::Write {
+                dir,
+                name,
+                content,
+                shield: shield.clone(),
+            })
         }
         ActionKind::Builtin(Builtin::FsList { root }) => {
             let path = args.get("path").map(String::as_str).unwrap_or(".");
@@ -230,7 +369,12 @@ pub fn execute(prepared: Prepared, output_cap: u64, audit: Option<(&Path, &Path)
             cwd,
         } => run_command(&argv, sandbox.as_deref(), timeout, &cwd, output_cap, audit),
         Prepared::Read { file, max } => read_file(file, max),
-        Prepared::Write { dir, name, content } => write_file(&dir, &name, &content),
+        Prepared::Write {
+            dir,
+            name,
+            content,
+            shield,
+        } => write_file(&dir, &name, &content, &shield),
         Prepared::List { dir } => list_dir(dir),
     }
 }
@@ -262,7 +406,7 @@ fn read_file(mut file: File, max: u64) -> Outcome {
     Outcome { ok: true, result }
 }
 
-fn write_file(dir: &OwnedFd, name: &CString, content: &[u8]) -> Outcome {
+fn write_file(dir: &OwnedFd, name: &CString, content: &[u8], shield: &Shield) -> Outcome {
     let flags =
         libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
     // SAFETY: openat relative to a directory we hold, with a single-component name.
@@ -273,7 +417,12 @@ fn write_file(dir: &OwnedFd, name: &CString, content: &[u8]) -> Outcome {
     // SAFETY: a descriptor we just opened.
     let mut file = unsafe { File::from_raw_fd(fd) };
     match file.metadata() {
-        Ok(m) if m.is_file() => {}
+        // Checked again on the descriptor that will be written, before anything is truncated.
+        Ok(m) if m.is_file() => {
+            if let Err(r) = shield.check_file(&m, true) {
+                return failed(r.reason);
+            }
+        }
         _ => return failed("the target is not a regular file"),
     }
     if let Err(e) = file.set_len(0).and_then(|_| file.write_all(content)) {
@@ -363,7 +512,23 @@ fn run_command(
         // SAFETY: kill the command's own process group (it was made its leader by process_group(0)).
         unsafe { libc::kill(-pid, libc::SIGKILL) };
     }
-    let status = child.wait();
+    // The command may have closed its output and still run: its exit is waited for within the same
+    // deadline (plus a grace second), then its process group is killed.
+    let hard_deadline = started + timeout + Duration::from_secs(1);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) if Instant::now() < hard_deadline => {
+                std::thread::sleep(Duration::from_millis(2))
+            }
+            Ok(None) => {
+                // SAFETY: kill the command's own process group (its leader is our child).
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+                break child.wait();
+            }
+            Err(e) => break Err(e),
+        }
+    };
     // Leave nothing of it behind (daemons it spawned in its group).
     // SAFETY: as above.
     unsafe { libc::kill(-pid, libc::SIGKILL) };

@@ -63,6 +63,10 @@ pub struct Mediator {
     now: fn() -> u64,
     /// The egress proxy (`network.mode = "proxy"`), once started.
     proxy: Option<proxy::Proxy>,
+    /// What brokered file actions must not touch (see [`actions::Shield`]).
+    shield: actions::Shield,
+    /// The session's wall-clock deadline: no brokered command runs past it.
+    deadline: Option<Instant>,
 }
 
 /// Unix time in seconds.
@@ -74,6 +78,18 @@ pub fn unix_now() -> u64 {
 }
 
 impl Mediator {
+    /// Sets the session's wall-clock deadline (brokered commands are cut to it).
+    pub fn with_deadline(mut self, deadline: Option<Instant>) -> Mediator {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Sets what brokered file actions must not touch.
+    pub fn with_shield(mut self, shield: actions::Shield) -> Mediator {
+        self.shield = shield;
+        self
+    }
+
     pub fn new(
         socket: OwnedFd,
         policy: Policy,
@@ -83,6 +99,8 @@ impl Mediator {
         audit_paths: Option<(PathBuf, PathBuf)>,
     ) -> Mediator {
         Mediator {
+            deadline: None,
+            shield: actions::Shield::default(),
             socket,
             policy,
             agent,
@@ -305,6 +323,7 @@ impl Mediator {
                 &req.args,
                 self.policy.mediator.timeout,
                 &self.policy.dir,
+                &self.shield,
             ),
             _ => Err(actions::Refusal {
                 check: "",
@@ -379,6 +398,10 @@ impl Mediator {
             }
         }
         drop(counts);
+        let mut prepared = prepared;
+        if let Some(deadline) = self.deadline {
+            prepared.cap_timeout(deadline.saturating_duration_since(Instant::now()));
+        }
         let audit = self
             .audit_paths
             .as_ref()
@@ -628,24 +651,18 @@ impl Events for Mediator {
     }
 
     fn on_readable(&mut self) -> Option<String> {
-        // Serve what is queued, but come back to the loop regularly (signals, child exit).
-        for _ in 0..64 {
-            let mut probe = [0u8; 1];
-            let pending = nix::sys::socket::recv(
-                self.socket.as_raw_fd(),
-                &mut probe,
-                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
-            );
-            match pending {
-                Ok(0) if peer_closed(self.socket.as_fd()) => return None,
-                Ok(_) => {
-                    if let Some(end) = self.serve_one() {
-                        return Some(end);
-                    }
-                }
-                Err(_) => return None,
-            }
+        // One request per turn of the loop: the wall clock, signals and the child's exit are looked at
+        // between any two requests (poll reports the socket readable again while more are queued).
+        let mut probe = [0u8; 1];
+        let pending = nix::sys::socket::recv(
+            self.socket.as_raw_fd(),
+            &mut probe,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        );
+        match pending {
+            Ok(0) if peer_closed(self.socket.as_fd()) => None,
+            Ok(_) => self.serve_one(),
+            Err(_) => None,
         }
-        None
     }
 }

@@ -31,9 +31,15 @@ impl LockedCounts {
             .write(true)
             .create(true)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(path)
             .map_err(|e| err(path, e))?;
+        // Never read (or block on) a FIFO or device planted at the path.
+        match file.metadata() {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => return Err(err(path, "not a regular file")),
+            Err(e) => return Err(err(path, e)),
+        }
         let mut file = crate::lock::exclusive(file).map_err(|e| err(path, e))?;
         let mut text = String::new();
         file.read_to_string(&mut text).map_err(|e| err(path, e))?;

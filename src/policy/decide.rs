@@ -318,6 +318,14 @@ fn check_args(action: &Action, args: &BTreeMap<String, String>) -> Result<(), De
                 action.name
             )));
         }
+        if param == "path" && is_fs_action(action) && !is_plain_relative_path(value) {
+            return Err(bad(format!(
+                "argument `path` of action {} must be a plain relative path (no `.` or `..` \
+                 component, no empty component, no leading or trailing `/`): rules and token \
+                 constraints match it as written, so it must name the file it opens",
+                action.name
+            )));
+        }
     }
     if let Some(missing) = action.required.iter().find(|p| !args.contains_key(*p)) {
         return Err(Decision::deny(
@@ -328,6 +336,28 @@ fn check_args(action: &Action, args: &BTreeMap<String, String>) -> Result<(), De
         ));
     }
     Ok(())
+}
+
+fn is_fs_action(action: &Action) -> bool {
+    matches!(
+        action.kind,
+        crate::policy::ActionKind::Builtin(
+            crate::policy::Builtin::FsRead { .. }
+                | crate::policy::Builtin::FsWrite { .. }
+                | crate::policy::Builtin::FsList { .. }
+        )
+    )
+}
+
+/// `a/b/c` (or `.`, the root itself): no `.`/`..`/empty component, no leading or trailing `/`, no NUL.
+/// Text matching (rules, token constraints) and path resolution then agree on what the path names.
+pub fn is_plain_relative_path(path: &str) -> bool {
+    path == "."
+        || (!path.is_empty()
+            && !path.contains('\0')
+            && path
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".."))
 }
 
 /// The rule steps (1–4) alone: `Ok(allow rule id)` when only a capability is missing. `policy explain`

@@ -88,3 +88,49 @@ fn every_shipped_profile_runs_a_command() {
         );
     }
 }
+
+/// README's first command: the demo tells the whole story and exits 0 (it checks each step itself).
+#[test]
+fn the_demo_runs_and_tells_deny_policy_allow_audit() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_zt-aas"))
+        .arg("demo")
+        .env("XDG_STATE_HOME", state.path())
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("demo");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the demo did not finish in 120 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for step in [
+        "[1/6]",
+        "[2/6]",
+        "[3/6]",
+        "[4/6]",
+        "[5/6]",
+        "[6/6]",
+        "Hello, World!",
+        "Done.",
+    ] {
+        assert!(stdout.contains(step), "missing `{step}` in:\n{stdout}");
+    }
+    assert!(
+        !stdout.contains('\u{1b}'),
+        "colour codes without a terminal"
+    );
+}

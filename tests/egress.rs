@@ -507,3 +507,46 @@ fn proxy_mode_is_refused_without_a_network_namespace() {
         text(&o.stderr)
     );
 }
+
+#[test]
+fn methods_per_host_are_enforced() {
+    let up = Upstream::start();
+    let p = Project::new(
+        "[network]\nmode = \"proxy\"\nallow = [\"allowed.test\", \"tunnel.test\"]\n\
+         methods = { \"allowed.test\" = [\"GET\"], \"tunnel.test\" = [\"POST\"] }\n",
+    );
+    p.token("t.tok", &["--arg", r"host=^(allowed|tunnel)\.test$"]);
+    let out = p.run(
+        &up,
+        "python3 - <<'EOF'\nimport urllib.request, urllib.error\n\
+for url, data in [('http://allowed.test/get', None), ('http://allowed.test/post', b'x'), ('http://tunnel.test/get', None)]:\n    \
+try:\n        urllib.request.urlopen(urllib.request.Request(url, data=data))\n        print('OPENED', url)\n    \
+except urllib.error.HTTPError as e:\n        print('HTTP', e.code, url)\nEOF",
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("OPENED http://allowed.test/get"),
+        "{stdout} {}",
+        text(&out.stderr)
+    );
+    assert!(
+        stdout.contains("HTTP 403 http://allowed.test/post"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("HTTP 403 http://tunnel.test/get"),
+        "{stdout}"
+    );
+    let seen = up.seen();
+    assert_eq!(
+        seen.len(),
+        1,
+        "only the allowed GET reached upstream: {seen:?}"
+    );
+    let records = p.records();
+    let methods_denied = net_records(&records, "decision")
+        .iter()
+        .filter(|d| d["check"] == "network_method")
+        .count();
+    assert_eq!(methods_denied, 2, "{records:?}");
+}

@@ -86,6 +86,7 @@ pub struct Config {
     allow: Vec<String>,
     deny: Vec<String>,
     allow_private: Vec<String>,
+    methods: Vec<(String, Vec<String>)>,
     /// (host, header, value): values read from the supervisor's environment at start.
     credentials: Vec<(String, String, String)>,
     /// Test-only resolver override (`ZT_AAS_TEST_RESOLVE`, feature `test-utils`).
@@ -115,6 +116,7 @@ impl Config {
             allow: net.allow.clone(),
             deny: net.deny.clone(),
             allow_private: net.allow_private.clone(),
+            methods: net.methods.clone(),
             credentials,
             test_resolve: test_resolve()?,
         })
@@ -540,15 +542,7 @@ pub fn check_lists(
     allow: &[String],
     deny: &[String],
 ) -> Result<(), Refused> {
-    let name_matches = |pattern: &str, exact_only: bool| match pattern.strip_prefix("*.") {
-        Some(suffix) => {
-            !exact_only
-                && host.len() > suffix.len() + 1
-                && host.ends_with(suffix)
-                && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
-        }
-        None => pattern == host,
-    };
+    let name_matches = |pattern: &str, exact_only: bool| host_matches(pattern, host, exact_only);
     let split = |entry: &str| -> (String, Option<u16>) {
         match entry.rsplit_once(':') {
             Some((n, p)) => (n.to_string(), p.parse().ok()),
@@ -584,6 +578,45 @@ pub fn check_lists(
             format!("{host}:{port} is not in [network] allow")
         },
     })
+}
+
+/// `pattern` (`name` or `*.suffix`, no port) covers `host`; `*.suffix` needs at least one more label and
+/// never covers punycode (`exact_only`).
+fn host_matches(pattern: &str, host: &str, exact_only: bool) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => {
+            !exact_only
+                && host.len() > suffix.len() + 1
+                && host.ends_with(suffix)
+                && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+        }
+        None => pattern == host,
+    }
+}
+
+/// `[network] methods`: the entry for `host` (an exact name before any `*.suffix`, the longest suffix
+/// first) must list `method`; a host no entry covers may use any method.
+pub fn check_method(
+    host: &str,
+    method: &str,
+    punycode: bool,
+    methods: &[(String, Vec<String>)],
+) -> Result<(), Refused> {
+    let entry = methods
+        .iter()
+        .filter(|(pattern, _)| host_matches(pattern, host, punycode))
+        .max_by_key(|(pattern, _)| (!pattern.starts_with("*."), pattern.len()));
+    match entry {
+        Some((pattern, allowed)) if !allowed.iter().any(|m| m == method) => Err(Refused {
+            status: 403,
+            check: "network_method",
+            reason: format!(
+                "{method} to {host} is not allowed: [network] methods `{pattern}` allows {}",
+                allowed.join(", ")
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Whether the proxy may connect to `ip` for a host not named in `allow_private`.
@@ -739,6 +772,12 @@ fn serve(mut client: TcpStream, shared: &Shared) {
             head.punycode,
             &shared.config.allow,
             &shared.config.deny,
+        )?;
+        check_method(
+            &head.host,
+            &head.method,
+            head.punycode,
+            &shared.config.methods,
         )?;
         let addrs = resolve(&head.host, head.port, &shared.config)?;
         Ok((head, rest, addrs))
@@ -1043,6 +1082,30 @@ mod tests {
             ],
             &["bad.example.net".into()],
         )
+    }
+
+    #[test]
+    fn methods_follow_the_most_specific_entry() {
+        let m = vec![
+            (
+                "*.example.com".to_string(),
+                vec!["GET".to_string(), "CONNECT".to_string()],
+            ),
+            ("api.example.com".to_string(), vec!["POST".to_string()]),
+        ];
+        assert!(check_method("api.example.com", "POST", false, &m).is_ok());
+        assert_eq!(
+            check_method("api.example.com", "GET", false, &m)
+                .unwrap_err()
+                .check,
+            "network_method"
+        );
+        assert!(check_method("www.example.com", "CONNECT", false, &m).is_ok());
+        assert!(check_method("www.example.com", "DELETE", false, &m).is_err());
+        assert!(
+            check_method("other.org", "DELETE", false, &m).is_ok(),
+            "no entry: any method"
+        );
     }
 
     #[test]

@@ -124,6 +124,9 @@ pub struct NetworkSettings {
     pub credentials: Vec<Credential>,
     /// Hosts (exact, also in `allow`) that may resolve to private, loopback or link-local addresses.
     pub allow_private: Vec<String>,
+    /// Allowed HTTP methods by host pattern (`[network] methods`); a host no entry matches may use any.
+    /// TLS goes through `CONNECT`: list it for hosts reached over HTTPS.
+    pub methods: Vec<(String, Vec<String>)>,
 }
 
 /// A secret the proxy adds to requests for `host`, read from the supervisor's environment variable

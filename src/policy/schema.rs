@@ -78,6 +78,8 @@ struct RawNetwork {
     credentials: Vec<Spanned<RawCredential>>,
     #[serde(default)]
     allow_private: Vec<Spanned<String>>,
+    #[serde(default)]
+    methods: BTreeMap<String, Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -649,6 +651,40 @@ fn network_settings(src: &Source, raw: &RawNetwork) -> Result<NetworkSettings, P
             ));
         }
     }
+    const METHODS: [&str; 8] = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT",
+    ];
+    let mut methods = Vec::new();
+    for (host, list) in &raw.methods {
+        let problem = if mode == NetworkMode::None {
+            Some("methods mean nothing with mode = \"none\"; set mode = \"proxy\"".to_string())
+        } else if !is_host_pattern(host) || host.contains(':') {
+            Some(format!(
+                "`{}` is not a host name pattern (lowercase name, optional leading `*.`, no port)",
+                host.escape_debug()
+            ))
+        } else if list.get_ref().is_empty() {
+            Some(format!(
+                "`{}`: an empty list allows nothing: deny the host instead",
+                host.escape_debug()
+            ))
+        } else {
+            list.get_ref()
+                .iter()
+                .find(|m| !METHODS.contains(&m.as_str()))
+                .map(|m| {
+                    format!(
+                        "`{}` is not one of {}",
+                        m.escape_debug(),
+                        METHODS.join(", ")
+                    )
+                })
+        };
+        if let Some(problem) = problem {
+            return Err(src.at(list, "methods", problem));
+        }
+        methods.push((host.clone(), list.get_ref().clone()));
+    }
     let mut credentials = Vec::new();
     for c in &raw.credentials {
         let cred = c.get_ref();
@@ -695,6 +731,7 @@ fn network_settings(src: &Source, raw: &RawNetwork) -> Result<NetworkSettings, P
         deny,
         credentials,
         allow_private,
+        methods,
     })
 }
 

@@ -187,40 +187,16 @@ impl Mediator {
                 extra.insert("check".into(), json!(check));
                 Decision::deny(Check::Malformed, reason)
             }
-            None => {
-                let mut locked = Ok(());
-                if let Some(path) = self.policy.mediator.use_counts.clone() {
-                    match uses::LockedCounts::open(&path) {
-                        Ok((lock, current)) => {
-                            self.uses = current;
-                            counts = Some(lock);
-                        }
-                        Err(e) => locked = Err(format!("denied: {e}")),
-                    }
+            None => match self.lock_counts() {
+                Ok(lock) => {
+                    counts = lock;
+                    self.decide(&req, (self.now)(), &mut extra, &mut end)
                 }
-                match locked {
-                    Ok(()) => self.decide(&req, (self.now)(), &mut extra, &mut end),
-                    Err(reason) => Decision::deny(Check::Malformed, reason),
-                }
-            }
+                Err(reason) => Decision::deny(Check::Malformed, reason),
+            },
         };
-        let mut body = RecordBody::new("", Kind::Decision, self.agent.clone());
-        body.action = Some(req.action.clone());
-        body.args = json!(req.args);
-        body.token = decision.token.clone();
-        body.decision = Some(decision.verdict().into());
-        body.reason = Some(decision.reason.clone());
-        extra
-            .entry("check")
-            .or_insert_with(|| json!(decision.check.code()));
         extra.insert("via".into(), json!("proxy"));
-        if let Some(rule) = &decision.rule {
-            extra.insert("rule".into(), json!(rule));
-        }
-        if let Some(cap) = decision.capability {
-            extra.insert("capability".into(), json!(cap));
-        }
-        body.extra = extra;
+        let body = self.decision_body(&req, &decision, extra);
         let mut verdict = proxy::Verdict {
             allowed: decision.allowed,
             reason: decision.reason.clone(),
@@ -232,14 +208,9 @@ impl Mediator {
                 format!("denied: the decision could not be recorded ({e}); no record, no action");
         }
         if verdict.allowed {
-            if let (Some(t), Some(i)) = (&decision.token, decision.capability) {
-                *self.uses.entry((t.clone(), i)).or_insert(0) += 1;
-                if let Some(lock) = counts.as_mut() {
-                    if let Err(e) = lock.write(&self.uses) {
-                        verdict.allowed = false;
-                        verdict.reason = format!("denied: the use count could not be saved ({e})");
-                    }
-                }
+            if let Err(reason) = self.count_use(&decision, counts.as_mut()) {
+                verdict.allowed = false;
+                verdict.reason = reason;
             }
         }
         if verdict.allowed {
@@ -299,23 +270,16 @@ impl Mediator {
         let mut end = None;
         let mut extra = Map::new();
         // With persistent counts, hold their lock from the read that feeds the decision to the new count.
-        let mut counts = None;
-        if let Some(path) = self.policy.mediator.use_counts.clone() {
-            match uses::LockedCounts::open(&path) {
-                Ok((lock, current)) => {
-                    self.uses = current;
-                    counts = Some(lock);
-                }
-                Err(e) => {
-                    self.stats.denied += 1;
-                    let reason = format!("denied: {e}");
-                    return (
-                        protocol::response(&req.id, "deny", &reason, Value::Null),
-                        None,
-                    );
-                }
+        let mut counts = match self.lock_counts() {
+            Ok(lock) => lock,
+            Err(reason) => {
+                self.stats.denied += 1;
+                return (
+                    protocol::response(&req.id, "deny", &reason, Value::Null),
+                    None,
+                );
             }
-        }
+        };
         let decision = self.decide(&req, now, &mut extra, &mut end);
         let prepared = match (&decision, self.policy.action(&req.action)) {
             (d, Some(action)) if d.allowed => actions::prepare(
@@ -341,32 +305,7 @@ impl Mediator {
             Err(_) => (decision, None),
         };
         // The decision record, durably, before anything happens.
-        let mut body = RecordBody::new("", Kind::Decision, self.agent.clone());
-        body.action = Some(req.action.clone());
-        body.args = json!(req.args);
-        body.token = decision.token.clone();
-        body.decision = Some(decision.verdict().into());
-        body.reason = Some(decision.reason.clone());
-        extra
-            .entry("check")
-            .or_insert_with(|| json!(decision.check.code()));
-        if let Some(rule) = &decision.rule {
-            extra.insert("rule".into(), json!(rule));
-        }
-        if let Some(cap) = decision.capability {
-            extra.insert("capability".into(), json!(cap));
-        }
-        if let Some(t) = presented_body(req.token.as_deref()) {
-            // Without its signature: a log the agent can read must never hold a usable token.
-            extra.insert("token_body".into(), json!(t));
-        }
-        if !req.spoofed.is_empty() {
-            extra.insert(
-                "ignored_identity".into(),
-                Value::Object(req.spoofed.clone()),
-            );
-        }
-        body.extra = extra;
+        let body = self.decision_body(&req, &decision, extra);
         if let Err(e) = self.record(body) {
             self.stats.denied += 1;
             let reason =
@@ -384,18 +323,12 @@ impl Mediator {
             );
         };
         self.stats.allowed += 1;
-        if let (Some(t), Some(i)) = (&decision.token, decision.capability) {
-            *self.uses.entry((t.clone(), i)).or_insert(0) += 1;
-            if let Some(lock) = counts.as_mut() {
-                if let Err(e) = lock.write(&self.uses) {
-                    // The use is recorded in the audit log; refuse to act on a count we could not keep.
-                    let reason = format!("denied: the use count could not be saved ({e})");
-                    return (
-                        protocol::response(&req.id, "deny", &reason, Value::Null),
-                        end,
-                    );
-                }
-            }
+        if let Err(reason) = self.count_use(&decision, counts.as_mut()) {
+            // The use is recorded in the audit log; refuse to act on a count we could not keep.
+            return (
+                protocol::response(&req.id, "deny", &reason, Value::Null),
+                end,
+            );
         }
         drop(counts);
         let mut prepared = prepared;
@@ -544,6 +477,70 @@ impl Mediator {
             }
         }
         Ok(())
+    }
+
+    /// With persistent counts (`[mediator] use_counts`): lock them and load them into `self.uses`; the
+    /// lock is held from the read that feeds the decision to the write of the new count.
+    fn lock_counts(&mut self) -> Result<Option<uses::LockedCounts>, String> {
+        let Some(path) = self.policy.mediator.use_counts.clone() else {
+            return Ok(None);
+        };
+        let (lock, current) =
+            uses::LockedCounts::open(&path).map_err(|e| format!("denied: {e}"))?;
+        self.uses = current;
+        Ok(Some(lock))
+    }
+
+    /// Counts the use of the capability that allowed `decision` (and saves it when counts persist).
+    fn count_use(
+        &mut self,
+        decision: &Decision,
+        counts: Option<&mut uses::LockedCounts>,
+    ) -> Result<(), String> {
+        if let (Some(t), Some(i)) = (&decision.token, decision.capability) {
+            *self.uses.entry((t.clone(), i)).or_insert(0) += 1;
+            if let Some(lock) = counts {
+                lock.write(&self.uses)
+                    .map_err(|e| format!("denied: the use count could not be saved ({e})"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The decision record of a request (fd 3 or proxy): what was asked, what was decided and why.
+    fn decision_body(
+        &self,
+        req: &protocol::Request,
+        decision: &Decision,
+        mut extra: Map<String, Value>,
+    ) -> RecordBody {
+        let mut body = RecordBody::new("", Kind::Decision, self.agent.clone());
+        body.action = Some(req.action.clone());
+        body.args = json!(req.args);
+        body.token = decision.token.clone();
+        body.decision = Some(decision.verdict().into());
+        body.reason = Some(decision.reason.clone());
+        extra
+            .entry("check")
+            .or_insert_with(|| json!(decision.check.code()));
+        if let Some(rule) = &decision.rule {
+            extra.insert("rule".into(), json!(rule));
+        }
+        if let Some(cap) = decision.capability {
+            extra.insert("capability".into(), json!(cap));
+        }
+        if let Some(t) = presented_body(req.token.as_deref()) {
+            // Without its signature: a log the agent can read must never hold a usable token.
+            extra.insert("token_body".into(), json!(t));
+        }
+        if !req.spoofed.is_empty() {
+            extra.insert(
+                "ignored_identity".into(),
+                Value::Object(req.spoofed.clone()),
+            );
+        }
+        body.extra = extra;
+        body
     }
 
     fn record(&mut self, body: RecordBody) -> Result<(), String> {

@@ -343,6 +343,11 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// The methods the proxy serves at all (`[network] methods` may narrow them per host).
+pub const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT",
+];
+
 /// Parses a request head (without the final blank line).
 pub fn parse_head(text: &str) -> Result<Head, Refused> {
     let mut lines = text.split("\r\n");
@@ -353,6 +358,15 @@ pub fn parse_head(text: &str) -> Result<Head, Refused> {
     };
     if method.is_empty() || method.len() > 16 || !method.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(bad("malformed method"));
+    }
+    // Only these are proxied: TRACE (and unknown methods an upstream may echo) would reflect an injected
+    // credential back to the agent.
+    if !METHODS.contains(&method) {
+        return Err(Refused {
+            status: 405,
+            check: "network_method",
+            reason: format!("{method} is not proxied (only {})", METHODS.join(", ")),
+        });
     }
     if version != "HTTP/1.1" && version != "HTTP/1.0" {
         return Err(bad("only HTTP/1.1 and HTTP/1.0 are served"));
@@ -533,12 +547,13 @@ pub fn check_authority(
     Ok((host.to_string(), port, punycode))
 }
 
-/// `[network] deny`, then `allow`. Without a port an `allow` entry covers 80 and 443, a `deny` entry
-/// every port. `*.suffix` matches names with at least one more label; punycode only matches exactly.
+/// `[network] deny`, then `allow`. Without a port an `allow` entry covers 443 for CONNECT and 80 for
+/// plain HTTP; a `deny` entry every port. `*.suffix` matches names with at least one more label; punycode only matches exactly.
 pub fn check_lists(
     host: &str,
     port: u16,
     punycode: bool,
+    tunnel: bool,
     allow: &[String],
     deny: &[String],
 ) -> Result<(), Refused> {
@@ -563,7 +578,9 @@ pub fn check_lists(
         let (name, p) = split(entry);
         let port_ok = match p {
             Some(p) => p == port,
-            None => port == 80 || port == 443,
+            // Without a port: CONNECT to 443 (TLS), plain HTTP to 80. A CONNECT to 80 would be a raw
+            // tunnel past the per-request checks (methods, Host) of plain HTTP.
+            None => port == if tunnel { 443 } else { 80 },
         };
         if name_matches(&name, punycode) && port_ok {
             return Ok(());
@@ -770,6 +787,7 @@ fn serve(mut client: TcpStream, shared: &Shared) {
             &head.host,
             head.port,
             head.punycode,
+            head.method == "CONNECT",
             &shared.config.allow,
             &shared.config.deny,
         )?;
@@ -891,10 +909,11 @@ fn forward(
         };
     }
     // Plain HTTP: a new head, hop-by-hop headers dropped, the credential added, Connection: close.
-    let credential = config
-        .credentials
-        .iter()
-        .find(|(h, _, _)| *h == head.host || *h == format!("{}:{}", head.host, head.port));
+    let credential = config.credentials.iter().find(|(h, _, _)| {
+        // A credential for `host` goes to that host's plain-HTTP port only; another port may be
+        // another service. An entry `host:port` names its port.
+        (*h == head.host && head.port == 80) || *h == format!("{}:{}", head.host, head.port)
+    });
     let mut out = format!("{} {} HTTP/1.1\r\n", head.method, head.path);
     const HOP: &[&str] = &[
         "connection",
@@ -1074,6 +1093,7 @@ mod tests {
             &h,
             p,
             puny,
+            p == 443, // the tests ask 443 as a tunnel, every other port as plain HTTP
             &[
                 "api.example.com".into(),
                 "*.pythonhosted.org:443".into(),
@@ -1082,6 +1102,29 @@ mod tests {
             ],
             &["bad.example.net".into()],
         )
+    }
+
+    #[test]
+    fn no_raw_tunnel_to_port_80_and_no_trace() {
+        let allow = ["api.example.com".to_string()];
+        assert!(check_lists("api.example.com", 443, false, true, &allow, &[]).is_ok());
+        assert!(check_lists("api.example.com", 80, false, false, &allow, &[]).is_ok());
+        assert_eq!(
+            check_lists("api.example.com", 80, false, true, &allow, &[])
+                .unwrap_err()
+                .check,
+            "network_not_allowed",
+            "CONNECT to :80 without the port listed"
+        );
+        assert!(check_lists("api.example.com", 443, false, false, &allow, &[]).is_err());
+        for m in ["TRACE", "FOO", "PROPFIND"] {
+            let head = format!("{m} http://api.example.com/ HTTP/1.1\r\nHost: api.example.com");
+            assert_eq!(
+                parse_head(&head).unwrap_err().check,
+                "network_method",
+                "{m}"
+            );
+        }
     }
 
     #[test]

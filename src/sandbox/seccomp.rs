@@ -226,6 +226,25 @@ pub fn compile(extra_deny: &[String], sockets: Sockets) -> Result<Filters, Secco
     };
     let mut afnosupport = BTreeMap::new();
     afnosupport.insert(libc::SYS_socket, socket_rules);
+    if sockets == Sockets::UnixAndTcp {
+        // TCP Fast Open sends connect without connect(2), past Landlock's connect rule.
+        const MSG_FASTOPEN: u64 = 0x2000_0000;
+        for (nr, flags_arg) in [
+            (libc::SYS_sendto, 3),
+            (libc::SYS_sendmsg, 2),
+            (libc::SYS_sendmmsg, 3),
+        ] {
+            eperm.insert(
+                nr,
+                vec![rule(vec![cond(
+                    flags_arg,
+                    Len::Dword,
+                    Op::MaskedEq(MSG_FASTOPEN),
+                    MSG_FASTOPEN,
+                )?])?],
+            );
+        }
+    }
     afnosupport.insert(libc::SYS_socketpair, not_unix(0)?);
 
     // No setuid/setgid file can be made: on the host (outside our nosuid mounts) it would run with its

@@ -1,6 +1,8 @@
 //! `zt-aas audit ...` from the command line, on logs written through the real `AuditLog` API, and the
 //! independent Python verifier (scripts/verify_audit.py) agreeing with `audit verify` on each of them.
 
+mod common;
+
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -8,7 +10,8 @@ use zt_aas::audit::{
     keys, load_or_create_key, AuditLog, Durability, Kind, RecordBody, SessionWriter,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_zt-aas");
+use common::ZT as BIN;
+
 const PY_VERIFIER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/verify_audit.py");
 
 struct Fixture {

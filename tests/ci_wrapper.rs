@@ -1,10 +1,12 @@
 //! `scripts/zt-ci.sh`: a CI step runs under zt-aas, its exit status comes back, its audit log and head land
 //! in the artifacts directory and verify; a log that does not verify fails the step with 125.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const ZT_AAS: &str = env!("CARGO_BIN_EXE_zt-aas");
+use common::ZT as ZT_AAS;
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)

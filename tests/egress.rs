@@ -3,42 +3,22 @@
 //! test-only resolver override (`ZT_AAS_TEST_RESOLVE`, feature `test-utils`) maps allowlisted names to them.
 //! Every run is bounded in time and killed by pid if it overstays.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const ZT: &str = env!("CARGO_BIN_EXE_zt-aas");
+use common::text;
+
 const SECRET: &str = "zt-test-secret-5f1c2a";
 
+/// `zt-aas ARGS` in `dir`, bounded; the caller's `ZT_AAS_TEST_RESOLVE` never leaks in, `env` is set.
 fn zt(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut child = Command::new(ZT)
-        .args(args)
-        .current_dir(dir)
-        .env("XDG_STATE_HOME", dir.join("state"))
-        .env_remove("ZT_AAS_TEST_RESOLVE")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn zt-aas");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("zt-aas {args:?} did not finish in 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().expect("output")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    common::zt_with(dir, args, &["ZT_AAS_TEST_RESOLVE"], env)
 }
 
 /// An upstream HTTP server on 127.0.0.1: records every request head, answers `upstream-ok`.
@@ -93,15 +73,7 @@ impl Project {
     /// A proxy-mode policy: `allowed.test` (credential injected) and `tunnel.test` allowed,
     /// `denied.test` listed in both allow and deny; `net.connect` tokens bound to the allowed names.
     fn new(network: &str) -> Project {
-        let tmp = tempfile::Builder::new()
-            .prefix("zt-egress.")
-            .tempdir_in("/tmp")
-            .expect("tempdir");
-        let dir = tmp.path().canonicalize().expect("canonical");
-        std::fs::create_dir(dir.join("keys")).expect("mkdir keys");
-        assert!(zt(&dir, &["keygen", "--out", "keys/issuer"], &[])
-            .status
-            .success());
+        let (tmp, dir) = common::issuer_dir("zt-egress.", |d, a| zt(d, a, &[]));
         let policy = format!(
             "version = 1\nname = \"proj\"\nagent = \"bot\"\n[issuers]\nkeys = [\"keys/issuer.pub\"]\n\
              [audit]\nlog = \"audit.jsonl\"\nkey = \"keys/audit.key\"\n{network}\n\
@@ -127,25 +99,7 @@ impl Project {
     }
 
     fn token(&self, out: &str, extra: &[&str]) {
-        let mut args = vec![
-            "token",
-            "issue",
-            "--policy",
-            "policy.toml",
-            "--key",
-            "keys/issuer.key",
-            "--agent",
-            "bot",
-            "--action",
-            "net.connect",
-            "--ttl",
-            "10m",
-            "--out",
-            out,
-        ];
-        args.extend_from_slice(extra);
-        let o = zt(&self.dir, &args, &[]);
-        assert!(o.status.success(), "token issue: {}", text(&o.stderr));
+        common::issue_bot_token(|d, a| zt(d, a, &[]), &self.dir, "net.connect", out, extra);
     }
 
     fn run(&self, upstream: &Upstream, script: &str) -> Output {

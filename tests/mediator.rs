@@ -4,6 +4,8 @@
 //!
 //! Every run is bounded: the child is killed by pid at its deadline and the test fails.
 
+mod common;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -14,7 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_zt-aas");
+use common::{show, text, ZT as BIN};
+
 /// Deadline of an ordinary run (generous: debug build, two shared cores).
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
@@ -117,19 +120,6 @@ impl Running {
 
 fn bounded(cmd: Command, limit: Duration) -> Output {
     spawn(cmd).wait(limit)
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    )
 }
 
 #[track_caller]

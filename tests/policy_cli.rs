@@ -1,15 +1,13 @@
 //! `zt-aas policy check`: a good policy is summarised; a bad one is refused with file, line and key.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
 fn check(dir: &Path, policy: &str) -> Output {
     std::fs::write(dir.join("policy.toml"), policy).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_zt-aas"))
-        .args(["policy", "check", "policy.toml"])
-        .current_dir(dir)
-        .output()
-        .expect("run zt-aas")
+    common::zt_output(dir, &["policy", "check", "policy.toml"])
 }
 
 const GOOD: &str = r#"version = 1
@@ -133,14 +131,10 @@ fn incoherent_policies_are_refused() {
 #[test]
 fn missing_file_and_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_zt-aas"))
-        .args(["policy", "check", "nope.toml"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let out = common::zt_output(dir.path(), &["policy", "check", "nope.toml"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.toml: cannot read"));
-    let out = Command::new(env!("CARGO_BIN_EXE_zt-aas"))
+    let out = Command::new(common::ZT)
         .args(["policy", "check"])
         .output()
         .unwrap();

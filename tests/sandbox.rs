@@ -5,6 +5,8 @@
 //! Run with `cargo test --features test-utils --test sandbox`. Every run is bounded by a timeout and every
 //! process a test starts is stopped by pid. Syscall-level attacks use /usr/bin/python3 (ctypes) inside.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -15,10 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_zt-aas");
+use common::{is_root, show as describe, text, ZT as BIN};
+
 /// Upper bound of one sandboxed run (debug build, two shared cores, tests in parallel).
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
-const NOBODY: u32 = 65534;
 
 const EPERM: i64 = libc::EPERM as i64;
 const ENOENT: i64 = libc::ENOENT as i64;
@@ -35,11 +37,6 @@ enum User {
     Caller,
     /// uid/gid 65534 through `setpriv` when the test runs as root (else the caller: already unprivileged).
     Nobody,
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// A unique token for names (markers, abstract sockets).
@@ -81,7 +78,7 @@ impl Ctx {
             std::fs::set_permissions(ctx.root.path(), std::fs::Permissions::from_mode(0o755))
                 .unwrap();
             for p in [ctx.ws.clone(), ctx.root.path().join("state")] {
-                std::os::unix::fs::chown(&p, Some(NOBODY), Some(NOBODY)).unwrap();
+                std::os::unix::fs::chown(&p, Some(common::NOBODY), Some(common::NOBODY)).unwrap();
             }
         }
         ctx
@@ -105,10 +102,7 @@ impl Ctx {
         let dir = self.root.path().join("bin");
         let copy = dir.join("zt-aas");
         if !copy.exists() {
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-            std::fs::copy(&bin, &copy).unwrap();
-            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+            return common::copy_binary_into(&dir);
         }
         copy
     }
@@ -143,14 +137,7 @@ struct Opts<'a> {
 fn zt_command(ctx: &Ctx, opts: &Opts, cmd: &[&str]) -> Command {
     let bin = ctx.binary();
     let mut c = if ctx.setpriv() {
-        let mut c = Command::new("setpriv");
-        c.args([
-            &format!("--reuid={NOBODY}"),
-            &format!("--regid={NOBODY}"),
-            "--clear-groups",
-        ])
-        .arg(&bin);
-        c
+        common::setpriv_nobody(&bin)
     } else {
         Command::new(&bin)
     };
@@ -296,19 +283,6 @@ def out(k, v):
 fn run_python(ctx: &Ctx, code: &str) -> Output {
     let program = format!("{PY_PRELUDE}\n{code}");
     run_with(ctx, &Opts::default(), &["/usr/bin/python3", "-c", &program])
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn describe(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        text(&o.stdout),
-        text(&o.stderr)
-    )
 }
 
 /// Asserts a run exited 0 and returns its stdout.

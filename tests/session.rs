@@ -3,48 +3,13 @@
 //! workspace; `max_uses` counts can outlive a session; the sealed head anchors the log; an independent
 //! verifier agrees with `audit verify` on a real session's log.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const ZT: &str = env!("CARGO_BIN_EXE_zt-aas");
-
-/// Runs `zt-aas ARGS` in `dir`, killing it (by pid) if it outlives 60 s.
-fn zt(dir: &Path, args: &[&str]) -> Output {
-    zt_env(dir, args, &[])
-}
-
-fn zt_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let child = Command::new(ZT)
-        .args(args)
-        .current_dir(dir)
-        .env("XDG_STATE_HOME", dir.join("state"))
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn zt-aas");
-    wait_bounded(child, args)
-}
-
-/// Waits for `child` at most 60 s (then kills it, by pid, and fails the test).
-fn wait_bounded(mut child: std::process::Child, args: &[&str]) -> Output {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("zt-aas {args:?} did not finish in 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().expect("output")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::{as_nobody, is_root, text, wait_bounded, zt, zt_env, ZT};
 
 /// A project directory that is also the workspace: policy, keys, revocation list and audit log inside.
 struct Project {
@@ -54,15 +19,7 @@ struct Project {
 
 impl Project {
     fn new(extra: &str) -> Project {
-        let tmp = tempfile::Builder::new()
-            .prefix("zt-session.")
-            .tempdir_in("/tmp")
-            .expect("tempdir");
-        let dir = tmp.path().canonicalize().expect("canonical");
-        std::fs::create_dir(dir.join("keys")).expect("mkdir keys");
-        assert!(zt(&dir, &["keygen", "--out", "keys/issuer"])
-            .status
-            .success());
+        let (tmp, dir) = common::issuer_dir("zt-session.", zt);
         let policy = format!(
             "version = 1\nname = \"proj\"\nagent = \"bot\"\n[issuers]\nkeys = [\"keys/issuer.pub\"]\n\
              [audit]\nlog = \"audit.jsonl\"\nkey = \"keys/audit.key\"\n[revocation]\nlist = \"revoked.txt\"\n\
@@ -74,25 +31,7 @@ impl Project {
     }
 
     fn token(&self, out: &str, extra: &[&str]) {
-        let mut args = vec![
-            "token",
-            "issue",
-            "--policy",
-            "policy.toml",
-            "--key",
-            "keys/issuer.key",
-            "--agent",
-            "bot",
-            "--action",
-            "sys.ping",
-            "--ttl",
-            "10m",
-            "--out",
-            out,
-        ];
-        args.extend_from_slice(extra);
-        let o = zt(&self.dir, &args);
-        assert!(o.status.success(), "token issue: {}", text(&o.stderr));
+        common::issue_bot_token(zt, &self.dir, "sys.ping", out, extra);
     }
 
     fn run(&self, extra: &[&str], script: &str) -> Output {
@@ -329,35 +268,6 @@ fn independent_python_verifier_agrees_on_a_real_session_log() {
     let py = python("tampered.jsonl");
     assert_eq!(rust.status.code(), Some(1));
     assert_eq!(py.status.code(), Some(1), "{}", text(&py.stdout));
-}
-
-/// Runs `zt-aas ARGS` as uid/gid 65534 (when we are root), with a copy of the binary it can execute.
-fn as_nobody(dir: &Path, args: &[&str]) -> Output {
-    let bin_dir = tempfile::Builder::new()
-        .prefix("zt-bin.")
-        .tempdir_in("/tmp")
-        .expect("tempdir");
-    let bin = bin_dir.path().join("zt-aas");
-    std::fs::copy(ZT, &bin).expect("copy binary");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let child = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&bin)
-        .args(args)
-        .current_dir(dir)
-        .env("XDG_STATE_HOME", dir.join("state"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("setpriv");
-    wait_bounded(child, args)
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
 }
 
 /// A workspace (owned by nobody when we are root) with a policy that sets `limits`.

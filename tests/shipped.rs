@@ -2,11 +2,13 @@
 //! and every profile in `profiles/` runs a command. Both iterate their directory, so a new file is covered
 //! without touching this test.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn zt_aas() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_zt-aas"))
+    Command::new(common::ZT)
 }
 
 /// The `*.toml` files of a directory of the repository, sorted; fails if there are none.
@@ -93,7 +95,7 @@ fn every_shipped_profile_runs_a_command() {
 #[test]
 fn the_demo_runs_and_tells_deny_policy_allow_audit() {
     let state = tempfile::tempdir().expect("tempdir");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_zt-aas"))
+    let mut child = zt_aas()
         .arg("demo")
         .env("XDG_STATE_HOME", state.path())
         .env("NO_COLOR", "1")

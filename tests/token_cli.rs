@@ -1,6 +1,8 @@
 //! `zt-aas keygen` and `zt-aas token issue|inspect|revoke`, run as a user would, plus `policy explain`
 //! with tokens (the use-time checks as the command line shows them).
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -8,13 +10,7 @@ use std::process::{Command, Output};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
-fn zt(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zt-aas"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run zt-aas")
-}
+use common::zt_output as zt;
 
 fn text(out: &Output) -> (String, String) {
     (
@@ -673,7 +669,7 @@ fn revoke_needs_a_revocation_list_and_is_atomic_under_concurrency() {
     let children: Vec<_> = ids
         .iter()
         .map(|id| {
-            Command::new(env!("CARGO_BIN_EXE_zt-aas"))
+            Command::new(common::ZT)
                 .args(["token", "revoke", "--policy", "policy.toml", id])
                 .current_dir(dir.path())
                 .stdout(std::process::Stdio::null())

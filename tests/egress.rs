@@ -504,3 +504,44 @@ except urllib.error.HTTPError as e:\n        print('HTTP', e.code, url)\nEOF",
         .count();
     assert_eq!(methods_denied, 2, "{records:?}");
 }
+
+#[test]
+fn no_trace_no_raw_tunnel_to_80_no_credential_on_other_ports_no_fast_open() {
+    let up = Upstream::start();
+    let p = Project::new(
+        "[network]\nmode = \"proxy\"\nallow = [\"allowed.test\", \"allowed.test:8080\"]\n\
+         [[network.credentials]]\nhost = \"allowed.test\"\nheader = \"X-Api-Key\"\nvalue_env = \"ZT_TEST_SECRET\"\n",
+    );
+    p.token("t.tok", &["--arg", r"host=^allowed\.test$"]);
+    let script = "python3 - <<'EOF'\n\
+import socket\n\
+def ask(raw):\n    s = socket.create_connection(('127.0.0.1', 3128), timeout=10)\n    s.sendall(raw)\n    \
+out = s.recv(200).split(b'\\r\\n')[0].decode()\n    s.close()\n    return out\n\
+print('TRACE', ask(b'TRACE http://allowed.test/t HTTP/1.1\\r\\nHost: allowed.test\\r\\n\\r\\n'))\n\
+print('CONNECT80', ask(b'CONNECT allowed.test:80 HTTP/1.1\\r\\nHost: allowed.test:80\\r\\n\\r\\n'))\n\
+print('PORT8080', ask(b'GET http://allowed.test:8080/other-port HTTP/1.1\\r\\nHost: allowed.test:8080\\r\\n\\r\\n'))\n\
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n\
+try:\n    s.sendto(b'x', socket.MSG_FASTOPEN, ('127.0.0.1', 3128))\n    print('FASTOPEN sent')\n\
+except OSError as e:\n    print('FASTOPEN refused', e.errno)\n\
+EOF";
+    let out = p.run(&up, script);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("TRACE HTTP/1.1 405"),
+        "{stdout} {}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("CONNECT80 HTTP/1.1 403"), "{stdout}");
+    assert!(stdout.contains("PORT8080 HTTP/1.1 200"), "{stdout}");
+    assert!(stdout.contains("FASTOPEN refused 1"), "{stdout}");
+    let seen = up.seen();
+    let other = seen
+        .iter()
+        .find(|h| h.starts_with("GET /other-port "))
+        .expect("the :8080 request arrived");
+    assert!(
+        !other.contains(SECRET),
+        "the credential went to another port: {other}"
+    );
+    assert!(!seen.iter().any(|h| h.starts_with("TRACE")), "{seen:?}");
+}

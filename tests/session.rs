@@ -848,3 +848,126 @@ fn queued_brokered_commands_cannot_hold_the_session_past_its_wall_clock() {
         text(&out.stderr)
     );
 }
+
+/// Runs `script` in the sandbox; when it creates `ready` in the workspace, revokes `token_file` on the
+/// host, then creates `go` for the script to go on. Bounded: the run is killed (by pid) after 60 s.
+fn run_revoking_midway(p: &Project, run_args: &[&str], script: &str, token_file: &str) -> Output {
+    let mut args = vec!["run", "--policy", "policy.toml", "--workspace", "."];
+    args.extend_from_slice(run_args);
+    args.extend(["--", "sh", "-c", script]);
+    let child = Command::new(ZT)
+        .args(&args)
+        .current_dir(&p.dir)
+        .env("XDG_STATE_HOME", p.dir.join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !p.dir.join("ready").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let revoke = zt(
+        &p.dir,
+        &["token", "revoke", "--policy", "policy.toml", token_file],
+    );
+    std::fs::write(p.dir.join("go"), "").unwrap();
+    assert!(revoke.status.success(), "{}", text(&revoke.stderr));
+    wait_bounded(child, &args)
+}
+
+const WAIT_FOR_GO: &str =
+    "touch ready; i=0; while [ ! -e go ] && [ $i -lt 3000 ]; do i=$((i+1)); sleep 0.01; done; ";
+
+#[test]
+fn end_on_revocation_ends_the_session_at_the_next_call() {
+    let p = Project::new("[mediator]\nend_on_revocation = true\n");
+    p.token("t.tok", &[]);
+    // Without the setting the agent would sleep 300 s and this test's bounded wait (60 s) would fail it.
+    let script = format!(
+        "zt-aas call sys.ping >/dev/null; echo first=$?; {WAIT_FOR_GO} zt-aas call sys.ping >/dev/null; \
+         echo second=$?; sleep 300"
+    );
+    let out = run_revoking_midway(&p, &["--token", "t.tok"], &script, "t.tok");
+    assert!(
+        text(&out.stdout).contains("first=0"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("revoked"),
+        "{}",
+        text(&out.stderr)
+    );
+    let log = std::fs::read_to_string(p.dir.join("audit.jsonl")).unwrap();
+    assert!(log.contains("\"kind\":\"revocation\"") && log.contains("\"kind\":\"session.end\""));
+}
+
+#[test]
+fn a_request_token_verified_once_is_still_refused_once_revoked() {
+    // The mediator caches the signature check of a token presented with requests; every use-time check,
+    // revocation included, must still run at each call.
+    let p = Project::new("");
+    p.token("t.tok", &[]);
+    let script = format!(
+        "zt-aas call --token t.tok sys.ping >/dev/null; echo first=$?; {WAIT_FOR_GO} \
+         zt-aas call --token t.tok sys.ping; echo second=$?"
+    );
+    let out = run_revoking_midway(&p, &[], &script, "t.tok");
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("first=0"), "{stdout} {}", text(&out.stderr));
+    assert!(stdout.contains("second=3"), "{stdout}");
+    assert!(
+        text(&out.stderr).contains("revoked"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn call_limits_are_explicit_denials() {
+    let p = Project::new("[mediator]\ncalls_per_session = 3\n");
+    p.token("t.tok", &[]);
+    let out = p.run(
+        &["--token", "t.tok"],
+        "for i in 1 2 3 4 5; do zt-aas call sys.ping >/dev/null 2>&1; echo -n $?; done",
+    );
+    assert_eq!(text(&out.stdout), "00033", "{}", text(&out.stderr));
+    let log = std::fs::read_to_string(p.dir.join("audit.jsonl")).unwrap();
+    assert_eq!(log.matches("\"check\":\"rate_limited\"").count(), 2);
+
+    // Per second: 8 calls as fast as the agent can make them, at most one a second allowed. However the
+    // calls fall across second boundaries, most of them are refused.
+    let p = Project::new("[mediator]\ncalls_per_second = 1\n");
+    p.token("t.tok", &[]);
+    let out = p.run(
+        &["--token", "t.tok"],
+        "for i in 1 2 3 4 5 6 7 8; do zt-aas call sys.ping >/dev/null 2>&1; echo -n $?; done",
+    );
+    let denied = text(&out.stdout).matches('3').count();
+    assert!(denied >= 4, "{}", text(&out.stdout));
+}
+
+#[test]
+fn the_agent_cannot_read_the_sandbox_init_s_memory_or_environment() {
+    // The sandbox's pid 1 is a copy of the supervisor (it holds the audit key in memory): it is made
+    // non-dumpable, so the agent (same uid, same Landlock domain) cannot read it through /proc.
+    let (_t, ws) = plain_workspace();
+    let out = zt(
+        &ws,
+        &["run", "-q", "--", "python3", "-c", "import os\n\
+for f in ('/proc/1/environ', '/proc/1/mem', '/proc/1/maps'):\n    try:\n        \
+fd = os.open(f, os.O_RDONLY); print('opened', f, len(os.read(fd, 64)))\n    except OSError as e:\n        \
+print('refused', f, e.errno)"],
+    );
+    let stdout = text(&out.stdout);
+    for f in ["/proc/1/environ", "/proc/1/mem", "/proc/1/maps"] {
+        assert!(
+            stdout.contains(&format!("refused {f}")),
+            "{stdout} {}",
+            text(&out.stderr)
+        );
+    }
+}

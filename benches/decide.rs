@@ -45,66 +45,45 @@ fn bench(rules: usize) {
     args.insert("x".to_string(), "abc".to_string());
     let revoked = HashSet::new();
     let uses = HashMap::new();
+    let decide_one = |verified: &Token| {
+        let d = decide(
+            &policy,
+            &Request {
+                agent: "bot",
+                action: &target,
+                args: &args,
+            },
+            std::slice::from_ref(verified),
+            &UseState {
+                revoked: &revoked,
+                uses: &uses,
+            },
+            now,
+        );
+        assert!(d.allowed, "{}", d.reason);
+    };
+    measure(rules, "verify+decide (a token presented once)", || {
+        decide_one(&Token::verify(&token.raw, &policy.issuers).expect("verify"))
+    });
+    // The mediator's path for the session's tokens (and for a request token it has seen before): the
+    // signature was checked once; every use-time check runs in `decide`.
+    let verified = Token::verify(&token.raw, &policy.issuers).expect("verify");
+    measure(rules, "decide (token verified before)", || {
+        decide_one(&verified)
+    });
+}
+
+/// Times `call` 20,000 times and prints p50, p99 and calls per second.
+fn measure(rules: usize, what: &str, mut call: impl FnMut()) {
     let n = 20_000;
     let mut samples = Vec::with_capacity(n);
     let started = Instant::now();
     for _ in 0..n {
         let t0 = Instant::now();
-        let verified = Token::verify(&token.raw, &policy.issuers).expect("verify");
-        let d = decide(
-            &policy,
-            &Request {
-                agent: "bot",
-                action: &target,
-                args: &args,
-            },
-            std::slice::from_ref(&verified),
-            &UseState {
-                revoked: &revoked,
-                uses: &uses,
-            },
-            now,
-        );
-        assert!(d.allowed, "{}", d.reason);
+        call();
         samples.push(t0.elapsed().as_nanos() as u64);
     }
-    report(
-        rules,
-        "verify+decide (a token presented once)",
-        &mut samples,
-        started.elapsed(),
-    );
-
-    // The mediator's path for the session's tokens (and for a request token it has seen before): the
-    // signature was checked once; every use-time check runs in `decide`.
-    let verified = Token::verify(&token.raw, &policy.issuers).expect("verify");
-    let mut samples = Vec::with_capacity(n);
-    let started = Instant::now();
-    for _ in 0..n {
-        let t0 = Instant::now();
-        let d = decide(
-            &policy,
-            &Request {
-                agent: "bot",
-                action: &target,
-                args: &args,
-            },
-            std::slice::from_ref(&verified),
-            &UseState {
-                revoked: &revoked,
-                uses: &uses,
-            },
-            now,
-        );
-        assert!(d.allowed, "{}", d.reason);
-        samples.push(t0.elapsed().as_nanos() as u64);
-    }
-    report(
-        rules,
-        "decide (token verified before)",
-        &mut samples,
-        started.elapsed(),
-    );
+    report(rules, what, &mut samples, started.elapsed());
 }
 
 fn report(rules: usize, what: &str, samples: &mut [u64], total: std::time::Duration) {

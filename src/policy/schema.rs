@@ -424,41 +424,40 @@ fn principal(src: &Source, value: &Spanned<String>, key: &str) -> Result<String,
     Ok(value.get_ref().clone())
 }
 
-fn duration(src: &Source, value: &Value, key: &str) -> Result<u64, PolicyError> {
-    match value.get_ref() {
-        toml::Value::Integer(n) => {
+/// A non-negative integer, or text read by `parse` (`None`: integers only); `expected` says what fits.
+fn number(
+    src: &Source,
+    value: &Value,
+    key: &str,
+    parse: Option<fn(&str) -> Result<u64, String>>,
+    expected: &str,
+) -> Result<u64, PolicyError> {
+    match (value.get_ref(), parse) {
+        (toml::Value::Integer(n), _) => {
             u64::try_from(*n).map_err(|_| src.at(value, key, "must not be negative"))
         }
-        toml::Value::String(s) => parse_duration(s).map_err(|p| src.at(value, key, p)),
-        _ => Err(src.at(
-            value,
-            key,
-            "expected a duration such as \"30s\", \"10m\", \"2h\", \"1d\" (or seconds)",
-        )),
+        (toml::Value::String(s), Some(parse)) => parse(s).map_err(|p| src.at(value, key, p)),
+        _ => Err(src.at(value, key, expected)),
     }
+}
+
+fn duration(src: &Source, value: &Value, key: &str) -> Result<u64, PolicyError> {
+    let expected = "expected a duration such as \"30s\", \"10m\", \"2h\", \"1d\" (or seconds)";
+    number(src, value, key, Some(parse_duration), expected)
 }
 
 fn size(src: &Source, value: &Value, key: &str) -> Result<u64, PolicyError> {
-    match value.get_ref() {
-        toml::Value::Integer(n) => {
-            u64::try_from(*n).map_err(|_| src.at(value, key, "must not be negative"))
-        }
-        toml::Value::String(s) => parse_size(s).map_err(|p| src.at(value, key, p)),
-        _ => Err(src.at(
-            value,
-            key,
-            "expected a size such as \"512MiB\", \"2GiB\" (or bytes)",
-        )),
-    }
+    number(
+        src,
+        value,
+        key,
+        Some(parse_size),
+        "expected a size such as \"512MiB\", \"2GiB\" (or bytes)",
+    )
 }
 
 fn count(src: &Source, value: &Value, key: &str) -> Result<u64, PolicyError> {
-    match value.get_ref() {
-        toml::Value::Integer(n) => {
-            u64::try_from(*n).map_err(|_| src.at(value, key, "must not be negative"))
-        }
-        _ => Err(src.at(value, key, "expected an integer")),
-    }
+    number(src, value, key, None, "expected an integer")
 }
 
 fn positive(src: &Source, value: &Value, key: &str, n: u64) -> Result<u64, PolicyError> {

@@ -424,12 +424,15 @@ fn principal(src: &Source, value: &Spanned<String>, key: &str) -> Result<String,
     Ok(value.get_ref().clone())
 }
 
+/// Reads a value written as text (`30s`, `512MiB`).
+type TextReader = fn(&str) -> Result<u64, String>;
+
 /// A non-negative integer, or text read by `parse` (`None`: integers only); `expected` says what fits.
 fn number(
     src: &Source,
     value: &Value,
     key: &str,
-    parse: Option<fn(&str) -> Result<u64, String>>,
+    parse: Option<TextReader>,
     expected: &str,
 ) -> Result<u64, PolicyError> {
     match (value.get_ref(), parse) {

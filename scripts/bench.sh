@@ -16,7 +16,8 @@ export ZT_AAS="$PWD/target/release/zt-aas"
 
 case "$what" in
   launch)   python3 scripts/bench_launch.py ;;
-  mediator) python3 scripts/bench_mediator.py ;;
+  mediator) cargo build --release --quiet --example ping_agent
+            ZT_AAS_PING_AGENT="$PWD/target/release/examples/ping_agent" python3 scripts/bench_mediator.py ;;
   egress)   python3 scripts/bench_egress.py ;;
   decide)   cargo bench --quiet --bench decide ;;
   audit)    cargo bench --quiet --bench audit ;;

@@ -1,8 +1,12 @@
 """Mediator benchmark: sys.ping round trips from inside a real sandbox, p50/p99 and calls/s, with the audit
-log fsynced per record and in the relaxed mode ([audit] fsync = false). Prints; asserts nothing."""
+log fsynced per record and in the relaxed mode ([audit] fsync = false), each with a Python agent and with
+the same loop compiled (examples/ping_agent.rs: the round trip without an interpreter's share).
+Prints; asserts nothing."""
 import os, shutil, subprocess, tempfile, textwrap
 
 ZT = os.environ["ZT_AAS"]
+# examples/ping_agent.rs: the same loop compiled (the round trip without an interpreter's share).
+NATIVE = os.environ["ZT_AAS_PING_AGENT"]
 N = int(os.environ.get("BENCH_N", "5000"))
 AGENT = textwrap.dedent(f"""
     import json, socket, time
@@ -46,10 +50,12 @@ def run(fsync):
     subprocess.run([ZT, "token", "issue", "--policy", f"{d}/policy.toml", "--key", f"{d}/keys/issuer.key",
                     "--agent", "bot", "--action", "sys.ping", "--out", f"{d}/t.tok"], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    out = subprocess.run([ZT, "run", "-q", "--policy", f"{d}/policy.toml", "--token", f"{d}/t.tok",
-                          "--workspace", f"{d}/ws", "--", "python3", "-c", AGENT], capture_output=True, text=True)
+    shutil.copy(NATIVE, f"{d}/ws/ping_agent")
     label = "fsync per record" if fsync else "relaxed (no fsync)"
-    print(f"mediator sys.ping x{N} {label:<20} {out.stdout.strip() or out.stderr.strip()}")
+    for client, agent in (("python3", ["python3", "-c", AGENT]), ("compiled", [f"{d}/ws/ping_agent", str(N)])):
+        out = subprocess.run([ZT, "run", "-q", "--policy", f"{d}/policy.toml", "--token", f"{d}/t.tok",
+                              "--workspace", f"{d}/ws", "--", *agent], capture_output=True, text=True)
+        print(f"mediator sys.ping x{N} {label:<20} {client:<9} {out.stdout.strip() or out.stderr.strip()}")
     shutil.rmtree(d, ignore_errors=True)
 
 run(True)

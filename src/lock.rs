@@ -6,6 +6,7 @@
 //! and the caller fails closed (a call is denied, a revocation reports it could not be written).
 
 use std::fs::File;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -24,25 +25,58 @@ pub fn shared(file: File) -> std::io::Result<Flock<File>> {
     acquire(file, FlockArg::LockSharedNonblock)
 }
 
+/// An exclusive lock on a descriptor the caller keeps open (no duplicate to make and close per lock, which
+/// showed in the mediator's per-call profile); unlocked on drop.
+pub struct Held<'fd> {
+    fd: BorrowedFd<'fd>,
+}
+
+/// Locks `fd` exclusively, waiting at most [`WAIT`].
+pub fn exclusive_fd(fd: BorrowedFd<'_>) -> std::io::Result<Held<'_>> {
+    bounded(|| {
+        // SAFETY: flock on a descriptor that `fd` keeps open; no memory is involved.
+        Errno::result(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) })
+            .map(drop)
+    })?;
+    Ok(Held { fd })
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        // SAFETY: as above. Closing the descriptor would unlock it too; an error here leaves nothing to do.
+        unsafe { libc::flock(self.fd.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
 fn acquire(file: File, how: FlockArg) -> std::io::Result<Flock<File>> {
+    let mut file = Some(file);
+    bounded(|| {
+        let f = file.take().ok_or(Errno::EBADF)?;
+        Flock::lock(f, how).map_err(|(f, e)| {
+            file = Some(f);
+            e
+        })
+    })
+}
+
+/// Retries `try_lock` while it reports EWOULDBLOCK, backing off, until [`WAIT`] has passed.
+fn bounded<T>(mut try_lock: impl FnMut() -> Result<T, Errno>) -> std::io::Result<T> {
     let deadline = Instant::now() + WAIT;
-    let mut file = file;
     let mut pause = Duration::from_micros(100);
     loop {
-        match Flock::lock(file, how) {
+        match try_lock() {
             Ok(locked) => return Ok(locked),
-            Err((f, Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
-                file = f;
+            Err(Errno::EWOULDBLOCK) if Instant::now() < deadline => {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(20));
             }
-            Err((_, Errno::EWOULDBLOCK)) => {
+            Err(Errno::EWOULDBLOCK) => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!("still locked by another process after {} s", WAIT.as_secs()),
                 ))
             }
-            Err((_, e)) => return Err(e.into()),
+            Err(e) => return Err(e.into()),
         }
     }
 }

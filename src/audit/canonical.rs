@@ -35,8 +35,7 @@ pub fn encode_object_and_without(
     map: &serde_json::Map<String, Value>,
     skip: &[&str],
 ) -> Result<(Vec<u8>, Vec<u8>), CanonicalError> {
-    let mut members: Vec<(&String, &Value)> = map.iter().collect();
-    members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+    let members = sorted(map);
     let mut full = String::with_capacity(512);
     let mut without = String::with_capacity(512);
     let mut member = String::with_capacity(256);
@@ -61,6 +60,91 @@ pub fn encode_object_and_without(
     full.push('}');
     without.push('}');
     Ok((full.into_bytes(), without.into_bytes()))
+}
+
+/// An object encoded once, member by member, so that the same bytes can be joined with more members
+/// spliced in at their sorted places: an audit line is its hash preimage plus `hash` and `sig`.
+pub struct Members<'a> {
+    buf: String,
+    /// Each member's name and the range of `"name":value` in `buf`, in canonical order.
+    spans: Vec<(&'a str, std::ops::Range<usize>)>,
+}
+
+impl<'a> Members<'a> {
+    pub fn encode(map: &'a serde_json::Map<String, Value>) -> Result<Members<'a>, CanonicalError> {
+        let mut buf = String::with_capacity(512);
+        let mut spans = Vec::with_capacity(map.len() + 2);
+        for (name, item) in sorted(map) {
+            let start = buf.len();
+            write_string(&mut buf, name);
+            buf.push(':');
+            write_value(&mut buf, item)?;
+            spans.push((name.as_str(), start..buf.len()));
+        }
+        Ok(Members { buf, spans })
+    }
+
+    /// The object with these members only.
+    pub fn object(&self) -> Vec<u8> {
+        self.object_with(&[])
+    }
+
+    /// The object with string members `extra` (names absent from it) added at their sorted places.
+    pub fn object_with(&self, extra: &[(&str, &str)]) -> Vec<u8> {
+        let mut extra: Vec<(&str, String)> = extra
+            .iter()
+            .map(|(name, value)| {
+                let mut m = String::new();
+                write_string(&mut m, name);
+                m.push(':');
+                write_string(&mut m, value);
+                (*name, m)
+            })
+            .collect();
+        extra.sort_by(|a, b| utf16_cmp(a.0, b.0));
+        let mut out = Vec::with_capacity(self.buf.len() + 2 * self.spans.len() + 256);
+        out.push(b'{');
+        let mut pending = extra.iter().peekable();
+        for (name, span) in &self.spans {
+            while let Some((_, m)) = pending.next_if(|(n, _)| utf16_cmp(n, name).is_lt()) {
+                push_member(&mut out, m.as_bytes());
+            }
+            push_member(&mut out, &self.buf.as_bytes()[span.clone()]);
+        }
+        for (_, m) in pending {
+            push_member(&mut out, m.as_bytes());
+        }
+        out.push(b'}');
+        out
+    }
+}
+
+fn push_member(out: &mut Vec<u8>, member: &[u8]) {
+    if out.len() > 1 {
+        out.push(b',');
+    }
+    out.extend_from_slice(member);
+}
+
+/// Orders names by their UTF-16 code units (RFC 8785).
+fn utf16_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    a.encode_utf16().cmp(b.encode_utf16())
+}
+
+/// The members of `map` in canonical order. Byte (= code point) order is UTF-16 order unless a name holds
+/// a character at or above U+E000 (UTF-8 lead byte 0xEE and up); serde_json's map usually iterates in
+/// byte order already, so the UTF-16 sort is only paid when one of those does not hold.
+fn sorted(map: &serde_json::Map<String, Value>) -> Vec<(&String, &Value)> {
+    let mut members: Vec<(&String, &Value)> = map.iter().collect();
+    let in_byte_order = members.windows(2).all(|w| w[0].0 < w[1].0);
+    if !in_byte_order
+        || members
+            .iter()
+            .any(|(name, _)| name.bytes().any(|b| b >= 0xEE))
+    {
+        members.sort_by(|a, b| utf16_cmp(a.0, b.0));
+    }
+    members
 }
 
 fn write_value(out: &mut String, value: &Value) -> Result<(), CanonicalError> {
@@ -94,8 +178,7 @@ fn write_value(out: &mut String, value: &Value) -> Result<(), CanonicalError> {
             out.push(']');
         }
         Value::Object(map) => {
-            let mut members: Vec<(&String, &Value)> = map.iter().collect();
-            members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+            let members = sorted(map);
             out.push('{');
             for (i, (name, item)) in members.into_iter().enumerate() {
                 if i > 0 {
@@ -161,6 +244,32 @@ mod tests {
         // but before it in code point / UTF-8 order.
         let v = json!({"\u{fb01}": 1, "\u{1f600}": 2, "a": 0});
         assert_eq!(enc(v), "{\"a\":0,\"\u{1f600}\":2,\"\u{fb01}\":1}");
+    }
+
+    #[test]
+    fn members_splice_in_sorted_places_like_a_whole_encoding() {
+        let v = json!({"b": [1, {"y": null, "x": "\u{1}"}], "kind": "x", "z": true, "\u{fb01}": 0});
+        let Value::Object(map) = &v else {
+            unreachable!()
+        };
+        let m = Members::encode(map).unwrap();
+        assert_eq!(m.object(), encode(&v).unwrap());
+        let mut whole = map.clone();
+        for (k, val) in [
+            ("hash", "h\\"),
+            ("sig", "s"),
+            ("a", "first"),
+            ("\u{1f600}", "e"),
+        ] {
+            whole.insert(k.into(), json!(val));
+        }
+        let spliced = m.object_with(&[
+            ("sig", "s"),
+            ("hash", "h\\"),
+            ("a", "first"),
+            ("\u{1f600}", "e"),
+        ]);
+        assert_eq!(spliced, encode(&Value::Object(whole)).unwrap());
     }
 
     #[test]

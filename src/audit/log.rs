@@ -11,11 +11,11 @@
 use super::record::{self, ChainPoint, Kind, RecordBody};
 use super::AuditError;
 use ed25519_dalek::SigningKey;
-use nix::fcntl::Flock;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
 use std::io::Write as _;
+use std::os::fd::AsFd as _;
 use std::os::unix::fs::{DirBuilderExt as _, FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
@@ -105,7 +105,7 @@ impl AuditLog {
     ) -> Result<AuditLog, AuditError> {
         let log = Self::open_file(path, key, durability, false)?;
         let guard = log.lock()?;
-        let len = guard.metadata().map_err(|e| log.io(e))?.len();
+        let len = log.file.metadata().map_err(|e| log.io(e))?.len();
         log.read_tail(len)?.into_error(&log.path)?;
         drop(guard);
         Ok(log)
@@ -205,16 +205,16 @@ impl AuditLog {
         AuditError::io(&self.path, e)
     }
 
-    fn lock(&self) -> Result<Flock<File>, AuditError> {
-        // flock locks the open file description, which the duplicate shares; dropping the guard unlocks.
-        let dup = self.file.try_clone().map_err(|e| self.io(e))?;
-        crate::lock::exclusive(dup).map_err(|e| self.io(e))
+    fn lock(&self) -> Result<crate::lock::Held<'_>, AuditError> {
+        crate::lock::exclusive_fd(self.file.as_fd()).map_err(|e| self.io(e))
     }
 
     /// Under the lock: read the tail, recover or refuse a torn line, then append `body` if given.
     fn write_locked(&mut self, body: Option<&RecordBody>) -> Result<Option<Appended>, AuditError> {
-        let guard = self.lock()?;
-        let len = guard.metadata().map_err(|e| self.io(e))?.len();
+        // Borrow only the file (not all of self) so the tail cache can be updated under the lock.
+        let guard = crate::lock::exclusive_fd(self.file.as_fd())
+            .map_err(|e| AuditError::io(&self.path, e))?;
+        let len = self.file.metadata().map_err(|e| self.io(e))?.len();
         let mut buf = Vec::new();
         let mut last = None;
         let cached = match &self.after_last_write {

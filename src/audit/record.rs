@@ -242,19 +242,12 @@ pub fn seal(
         let pk = base64::engine::general_purpose::STANDARD.encode(verifying.as_bytes());
         rec.insert("pubkey".into(), Value::String(pk));
     }
-    let mut value = Value::Object(rec);
-    let unsigned = canonical::encode(&value)?;
-    let hash = record_hash(&prev_raw, &unsigned);
+    let members = canonical::Members::encode(&rec)?;
+    let hash = record_hash(&prev_raw, &members.object());
     let sig = key.sign(&signature_message(&hash));
     let hash_hex = hex::encode(hash);
-    if let Value::Object(rec) = &mut value {
-        rec.insert("hash".into(), Value::String(hash_hex.clone()));
-        rec.insert(
-            "sig".into(),
-            Value::String(base64::engine::general_purpose::STANDARD.encode(sig.to_bytes())),
-        );
-    }
-    let mut line = canonical::encode(&value)?;
+    let sig_b64 = base64::engine::general_purpose::STANDARD.encode(sig.to_bytes());
+    let mut line = members.object_with(&[("hash", &hash_hex), ("sig", &sig_b64)]);
     line.push(b'\n');
     Ok(Sealed {
         line,

@@ -8,7 +8,8 @@
 //!    resolve and open its path beneath the root (a refusal there is a denial too);
 //! 5. write the decision record durably — if that fails the call is denied and the agent told why:
 //!    no record, no action;
-//! 6. only if allowed: count the use, execute, write the result record, answer.
+//! 6. only if allowed: count the use, execute, answer, then write the result record (before the next
+//!    request is read, so the log keeps the calls' order; the agent does not wait for that signature).
 //!
 //! The actor is always the session's agent; identity fields in a request are recorded, never used.
 
@@ -241,8 +242,15 @@ impl Mediator {
         let _ = self.record(body);
     }
 
-    /// Handles one frame; returns the response bytes and whether the session must end (and why).
-    fn handle(&mut self, frame: &[u8], truncated: bool) -> (Vec<u8>, Option<String>) {
+    /// Handles one frame; returns the response bytes, whether the session must end (and why), and the
+    /// result record of an executed action. The caller answers first and writes that record right after:
+    /// the decision record was durable before anything happened, and the agent need not wait for the
+    /// second signature (the supervisor serves nothing else in between, so the log keeps its order).
+    fn handle(
+        &mut self,
+        frame: &[u8],
+        truncated: bool,
+    ) -> (Vec<u8>, Option<String>, Option<RecordBody>) {
         let req = if truncated {
             Err(protocol::ProtocolError {
                 id: Value::Null,
@@ -263,6 +271,7 @@ impl Mediator {
                 return (
                     protocol::response(&e.id, "error", &e.reason, Value::Null),
                     None,
+                    None,
                 );
             }
         };
@@ -276,6 +285,7 @@ impl Mediator {
                 self.stats.denied += 1;
                 return (
                     protocol::response(&req.id, "deny", &reason, Value::Null),
+                    None,
                     None,
                 );
             }
@@ -313,6 +323,7 @@ impl Mediator {
             return (
                 protocol::response(&req.id, "deny", &reason, Value::Null),
                 end,
+                None,
             );
         }
         let Some(prepared) = prepared.filter(|_| decision.allowed) else {
@@ -320,6 +331,7 @@ impl Mediator {
             return (
                 protocol::response(&req.id, "deny", &decision.reason, Value::Null),
                 end,
+                None,
             );
         };
         self.stats.allowed += 1;
@@ -328,6 +340,7 @@ impl Mediator {
             return (
                 protocol::response(&req.id, "deny", &reason, Value::Null),
                 end,
+                None,
             );
         }
         drop(counts);
@@ -366,7 +379,6 @@ impl Mediator {
                 body.extra.insert(key.into(), v.clone());
             }
         }
-        let _ = self.record(body);
         let reason = if outcome.ok {
             "allowed"
         } else {
@@ -375,6 +387,7 @@ impl Mediator {
         (
             protocol::response(&req.id, "allow", reason, outcome.result),
             end,
+            Some(body),
         )
     }
 
@@ -594,7 +607,8 @@ impl Mediator {
         if len == 0 && reply_fd.is_none() && peer_closed(self.socket.as_fd()) {
             return None; // EOF: the agent closed its end (an empty message is answered below)
         }
-        let (response, end) = self.handle(&buf[..len.min(protocol::MAX_REQUEST)], truncated);
+        let (response, end, result) =
+            self.handle(&buf[..len.min(protocol::MAX_REQUEST)], truncated);
         self.frame = buf;
         let target = reply_fd
             .as_ref()
@@ -608,6 +622,10 @@ impl Mediator {
             MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
             None,
         );
+        if let Some(body) = result {
+            // A failure marks the log broken: the next call is denied and told why.
+            let _ = self.record(body);
+        }
         end
     }
 }
@@ -650,16 +668,6 @@ impl Events for Mediator {
     fn on_readable(&mut self) -> Option<String> {
         // One request per turn of the loop: the wall clock, signals and the child's exit are looked at
         // between any two requests (poll reports the socket readable again while more are queued).
-        let mut probe = [0u8; 1];
-        let pending = nix::sys::socket::recv(
-            self.socket.as_raw_fd(),
-            &mut probe,
-            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
-        );
-        match pending {
-            Ok(0) if peer_closed(self.socket.as_fd()) => None,
-            Ok(_) => self.serve_one(),
-            Err(_) => None,
-        }
+        self.serve_one()
     }
 }

@@ -29,39 +29,6 @@ pub fn encode(value: &Value) -> Result<Vec<u8>, CanonicalError> {
     Ok(out.into_bytes())
 }
 
-/// Encodes the object `map` twice in one pass: whole, and without the top-level members named in `skip`
-/// (the hash preimage leaves out `hash` and `sig`; the stored line has them).
-pub fn encode_object_and_without(
-    map: &serde_json::Map<String, Value>,
-    skip: &[&str],
-) -> Result<(Vec<u8>, Vec<u8>), CanonicalError> {
-    let members = sorted(map);
-    let mut full = String::with_capacity(512);
-    let mut without = String::with_capacity(512);
-    let mut member = String::with_capacity(256);
-    full.push('{');
-    without.push('{');
-    for (name, item) in members {
-        member.clear();
-        write_string(&mut member, name);
-        member.push(':');
-        write_value(&mut member, item)?;
-        if full.len() > 1 {
-            full.push(',');
-        }
-        full.push_str(&member);
-        if !skip.contains(&name.as_str()) {
-            if without.len() > 1 {
-                without.push(',');
-            }
-            without.push_str(&member);
-        }
-    }
-    full.push('}');
-    without.push('}');
-    Ok((full.into_bytes(), without.into_bytes()))
-}
-
 /// An object encoded once, member by member, so that the same bytes can be joined with more members
 /// spliced in at their sorted places: an audit line is its hash preimage plus `hash` and `sig`.
 pub struct Members<'a> {
@@ -87,6 +54,41 @@ impl<'a> Members<'a> {
     /// The object with these members only.
     pub fn object(&self) -> Vec<u8> {
         self.object_with(&[])
+    }
+
+    /// The object without the members named in `skip` (the hash preimage leaves out `hash` and `sig`).
+    pub fn object_without(&self, skip: &[&str]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.buf.len() + self.spans.len() + 2);
+        out.push(b'{');
+        for (name, span) in &self.spans {
+            if !skip.contains(name) {
+                push_member(&mut out, &self.buf.as_bytes()[span.clone()]);
+            }
+        }
+        out.push(b'}');
+        out
+    }
+
+    /// Whether `bytes` is exactly this object's encoding (compared in place, nothing copied).
+    pub fn is_encoding_of(&self, bytes: &[u8]) -> bool {
+        let buf = self.buf.as_bytes();
+        let mut rest = match bytes.strip_prefix(b"{").and_then(|b| b.strip_suffix(b"}")) {
+            Some(inner) => inner,
+            None => return false,
+        };
+        for (i, (_, span)) in self.spans.iter().enumerate() {
+            if i > 0 {
+                match rest.strip_prefix(b",") {
+                    Some(r) => rest = r,
+                    None => return false,
+                }
+            }
+            match rest.strip_prefix(&buf[span.clone()]) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        }
+        rest.is_empty()
     }
 
     /// The object with string members `extra` (names absent from it) added at their sorted places.
@@ -283,16 +285,30 @@ mod tests {
     #[test]
     fn encodes_an_object_with_and_without_members() {
         let v = json!({"sig": "s", "b": 1, "hash": "h", "a": {"sig": 2}});
-        let (full, without) =
-            encode_object_and_without(v.as_object().unwrap(), &["hash", "sig"]).unwrap();
-        assert_eq!(full, encode(&v).unwrap());
+        let m = Members::encode(v.as_object().unwrap()).unwrap();
+        let full = encode(&v).unwrap();
+        assert!(m.is_encoding_of(&full));
         assert_eq!(
-            String::from_utf8(without).unwrap(),
+            String::from_utf8(m.object_without(&["hash", "sig"])).unwrap(),
             r#"{"a":{"sig":2},"b":1}"#
         );
-        let (_, only) =
-            encode_object_and_without(json!({"sig": 1}).as_object().unwrap(), &["sig"]).unwrap();
-        assert_eq!(only, b"{}");
+        // Anything else is not its encoding: a space, a member more or less, reordered, trailing bytes.
+        for other in [
+            r#"{"a":{"sig":2}, "b":1,"hash":"h","sig":"s"}"#,
+            r#"{"a":{"sig":2},"b":1,"hash":"h"}"#,
+            r#"{"a":{"sig":2},"b":1,"hash":"h","sig":"s","z":0}"#,
+            r#"{"b":1,"a":{"sig":2},"hash":"h","sig":"s"}"#,
+            r#"{"a":{"sig":2},"b":1,"hash":"h","sig":"s"}x"#,
+            r#"{"a":{"sig":2},"b":1,"hash":"h","sig":"s""#,
+            "",
+        ] {
+            assert!(!m.is_encoding_of(other.as_bytes()), "{other}");
+        }
+        let (sig_only, nothing) = (json!({"sig": 1}), json!({}));
+        let only = Members::encode(sig_only.as_object().unwrap()).unwrap();
+        assert_eq!(only.object_without(&["sig"]), b"{}");
+        let empty = Members::encode(nothing.as_object().unwrap()).unwrap();
+        assert!(empty.is_encoding_of(b"{}"));
     }
 
     #[test]

@@ -229,16 +229,16 @@ fn parse_line(bytes: &[u8]) -> Parsed {
     let Value::Object(map) = value else {
         return Err((Problem::Garbage, "not a JSON object".into()));
     };
-    let (canon, unsigned) = canonical::encode_object_and_without(&map, &["hash", "sig"])
-        .map_err(|e| (Problem::NotCanonical, e.to_string()))?;
-    if canon != bytes {
+    let members =
+        canonical::Members::encode(&map).map_err(|e| (Problem::NotCanonical, e.to_string()))?;
+    if !members.is_encoding_of(bytes) {
         return Err((
             Problem::NotCanonical,
             "the line is not in canonical form (edited by hand or by another tool)".into(),
         ));
     }
     let rec = fields(&map).map_err(|what| (Problem::BadField, what))?;
-    let computed = record::record_hash(&rec.prev, &unsigned);
+    let computed = record::record_hash(&rec.prev, &members.object_without(&["hash", "sig"]));
     Ok(Rec {
         hash_ok: computed == rec.hash,
         ..rec
@@ -251,16 +251,15 @@ fn fields(m: &Map<String, Value>) -> Result<Rec, String> {
         m.get(name)
             .ok_or_else(|| format!("field `{name}` is missing"))
     };
-    let string = |name: &str| -> Result<String, String> {
+    let string = |name: &str| -> Result<&str, String> {
         get(name)?
             .as_str()
-            .map(str::to_string)
             .ok_or_else(|| format!("field `{name}` is not a string"))
     };
-    let opt_string = |name: &str| -> Result<Option<String>, String> {
+    let opt_string = |name: &str| -> Result<Option<&str>, String> {
         match get(name)? {
             Value::Null => Ok(None),
-            Value::String(s) => Ok(Some(s.clone())),
+            Value::String(s) => Ok(Some(s)),
             _ => Err(format!("field `{name}` is neither a string nor null")),
         }
     };
@@ -270,7 +269,7 @@ fn fields(m: &Map<String, Value>) -> Result<Rec, String> {
             .ok_or_else(|| format!("field `{name}` is not a non-negative integer"))
     };
     let hash = |name: &str| -> Result<[u8; 32], String> {
-        record::parse_hash(&string(name)?)
+        record::parse_hash(string(name)?)
             .ok_or_else(|| format!("field `{name}` is not 64 lowercase hex digits"))
     };
     if get("v")?.as_u64() != Some(FORMAT_VERSION) {
@@ -279,12 +278,12 @@ fn fields(m: &Map<String, Value>) -> Result<Rec, String> {
         ));
     }
     let seq = uint("seq")?;
-    if !is_rfc3339_utc(&string("ts")?) {
+    if !is_rfc3339_utc(string("ts")?) {
         return Err("field `ts` is not an RFC 3339 UTC time (YYYY-MM-DDTHH:MM:SS[.fff]Z)".into());
     }
     let session = string("session")?;
     let kind_name = string("kind")?;
-    let kind = Kind::parse(&kind_name).ok_or_else(|| format!("unknown kind `{kind_name}`"))?;
+    let kind = Kind::parse(kind_name).ok_or_else(|| format!("unknown kind `{kind_name}`"))?;
     string("actor")?;
     opt_string("action")?;
     if !matches!(get("args")?, Value::Null | Value::Object(_)) {
@@ -292,7 +291,7 @@ fn fields(m: &Map<String, Value>) -> Result<Rec, String> {
     }
     opt_string("token")?;
     if let Some(d) = opt_string("decision")? {
-        if !matches!(d.as_str(), "allow" | "deny" | "error") {
+        if !matches!(d, "allow" | "deny" | "error") {
             return Err(format!("decision `{d}` is not allow, deny or error"));
         }
     }
@@ -339,21 +338,21 @@ fn fields(m: &Map<String, Value>) -> Result<Rec, String> {
     };
     let torn = if kind == Kind::Recovery {
         let sha = string("torn_sha256")?;
-        if record::parse_hash(&sha).is_none() {
+        if record::parse_hash(sha).is_none() {
             return Err("field `torn_sha256` is not 64 lowercase hex digits".into());
         }
-        Some((uint("torn_offset")?, uint("torn_length")?, sha))
+        Some((uint("torn_offset")?, uint("torn_length")?, sha.to_string()))
     } else {
         None
     };
     Ok(Rec {
         seq,
-        session,
+        session: session.to_string(),
         kind,
         prev,
         hash: stated,
         hash_ok: false,
-        key,
+        key: key.to_string(),
         sig: Signature::from_bytes(&sig_arr),
         pubkey,
         end_records,

@@ -34,6 +34,14 @@ with open(os.path.join(os.path.dirname(__file__), "..", "profiles", "minimal.tom
 with open(nomem, "w") as f:
     f.write(text)
 cases["zt-aas run (all layers, no memory cgroup)"] = [ZT, "run", "-q", "--profile", nomem, "--workspace", ws, "--", "/bin/true"]
+# ...and without any cgroup (no pids limit either): what the launch costs where no cgroup can be joined
+# (an unprivileged user on a host without a delegated cgroup v2 subtree). rlimits still apply.
+nocg = os.path.join(state, "minimal-no-cgroup.toml")
+with open(nomem) as f:
+    text = "".join(l for l in f if not l.startswith("pids ="))
+with open(nocg, "w") as f:
+    f.write(text)
+cases["zt-aas run (all layers, no cgroup)"] = [ZT, "run", "-q", "--profile", nocg, "--workspace", ws, "--", "/bin/true"]
 degraded_env = dict(env, ZT_AAS_TEST_DISABLE="userns")
 times = {k: [] for k in cases}
 for _ in range(N):
@@ -51,6 +59,7 @@ for k, v in med.items():
 if "bwrap --unshare-all" in med:
     print(f"  ratio zt-aas / bwrap                        {med['zt-aas run (all layers)'] / med['bwrap --unshare-all']:8.2f}x")
     print(f"  ratio zt-aas (no memory cgroup) / bwrap     {med['zt-aas run (all layers, no memory cgroup)'] / med['bwrap --unshare-all']:8.2f}x")
+    print(f"  ratio zt-aas (no cgroup) / bwrap            {med['zt-aas run (all layers, no cgroup)'] / med['bwrap --unshare-all']:8.2f}x")
 print(f"  degraded - bare                             {med['zt-aas run --allow-degraded (no userns)'] - med['bare /bin/true']:8.2f} ms")
 print("  (degraded = user namespaces made unavailable with ZT_AAS_TEST_DISABLE=userns, a test-utils hook)")
 shutil.rmtree(ws, ignore_errors=True); shutil.rmtree(state, ignore_errors=True)

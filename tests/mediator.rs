@@ -928,6 +928,22 @@ print("OK", ok)
     assert_status(&out, 0);
     assert!(text(&out.stdout).contains("OK 20000"), "{}", show(&out));
     assert_eq!(fx.decisions("sys.ping").len(), 20_000);
+    // The agent is answered before its result record is written; that record must still land, right
+    // after its own decision and before the next call's (back-to-back calls are where it would slip).
+    let kinds: Vec<String> = fx
+        .records()
+        .into_iter()
+        .filter(|r| r["action"] == "sys.ping")
+        .map(|r| r["kind"].as_str().unwrap_or("?").to_string())
+        .collect();
+    assert_eq!(kinds.len(), 40_000, "a decision and a result per call");
+    for (i, pair) in kinds.chunks(2).enumerate() {
+        assert_eq!(
+            pair,
+            ["decision", "result"],
+            "call {i}: records out of order"
+        );
+    }
     let verify = bounded(
         {
             let mut c = Command::new(BIN);

@@ -373,7 +373,7 @@ fn wall_clock_limit_kills_the_agent_and_the_session_is_sealed() {
 #[test]
 fn memory_limit_applies_where_a_cgroup_can_be_made_and_the_record_says_so() {
     let (_t, dir) = limits_project("memory = \"64MiB\"");
-    let hog = "b = bytearray(256 * 1024 * 1024)\nprint('allocated', len(b))";
+    let hog = "print('started', flush=True)\nb = bytearray(256 * 1024 * 1024)\nprint('allocated', len(b))";
     let out = zt(
         &dir,
         &[
@@ -392,6 +392,8 @@ fn memory_limit_applies_where_a_cgroup_can_be_made_and_the_record_says_so() {
     let log = std::fs::read_to_string(dir.join("state/audit.jsonl")).unwrap();
     let start: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
     let applied = start["sandbox"]["limits"].to_string();
+    // The agent really ran (a launch failure must not pass for the limit).
+    assert!(text(&out.stdout).contains("started"), "{}", text(&out.stderr));
     if applied.contains("memory") {
         assert!(
             !text(&out.stdout).contains("allocated"),

@@ -4,17 +4,18 @@
 //! child). It ends by becoming the sandbox's init (see `init.rs`), under the same restrictions as the agent,
 //! and never returns.
 //!
-//! 1. PR_SET_PDEATHSIG(SIGKILL), then check the supervisor is still there (its go pipe is open).
+//! 1. PR_SET_PDEATHSIG(SIGKILL), then check the supervisor is still there (its go pipe is open); join the
+//!    session's cgroups (`limits::join`).
 //! 2. uid/gid maps (setgroups denied first; the caller's ids map to themselves, never to 0 when not 0).
 //! 3. setsid (no controlling terminal), hostname.
 //! 4. The root file system (`mounts.rs`), then the working directory.
-//! 5. rlimits (the supervisor joins us to the session's cgroup meanwhile).
+//! 5. rlimits.
 //! 6. File descriptors: the mediator socket becomes fd 3; everything else but 0-2 and the report and go
 //!    pipes (close-on-exec) is closed.
 //! 7. Capabilities: all five sets cleared, securebits locked, no_new_privs.
 //! 8. Landlock.
 //! 9. seccomp, last: it refuses what the steps above need.
-//! 10. Report ready; wait for the supervisor's go (cgroup joined, `session.start` durable; EOF: exit);
+//! 10. Report ready; wait for the supervisor's go (`session.start` durable; EOF: exit);
 //!     fork the agent, which execs (an exec failure is reported to the supervisor, exit 126/127).
 
 use std::ffi::CString;
@@ -56,6 +57,8 @@ pub struct ChildFds {
     pub mediator: RawFd,
     /// Proxy mode: a unix socket on which the child sends the listening socket to the supervisor.
     pub handoff: Option<RawFd>,
+    /// The session's cgroup membership files (`limits::Cgroup::membership_files`).
+    pub cgroup: Vec<RawFd>,
 }
 
 /// Report pipe messages (one line each, atomic: shorter than PIPE_BUF).
@@ -80,8 +83,7 @@ pub fn main(plan: ChildPlan, mut fds: ChildFds) -> ! {
     match setup(&plan, &mut fds) {
         Ok(enforced) => {
             report(fds.report, &format!("{MSG_READY} {enforced}"));
-            // Wait for the go: the supervisor has joined us to the cgroup and made the session's start
-            // record durable. EOF means it gave up (or died): the agent never starts.
+            // Wait for the go: the supervisor has made the session's start record durable. EOF means it gave up (or died): the agent never starts.
             let mut byte = [0u8; 1];
             // SAFETY: reading one byte into a stack buffer from our go pipe.
             let n = unsafe { libc::read(fds.go, byte.as_mut_ptr().cast(), 1) };
@@ -124,6 +126,7 @@ fn setup(plan: &ChildPlan, fds: &mut ChildFds) -> Result<String, String> {
     if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 && pfd.revents & libc::POLLHUP != 0 {
         return Err("the supervisor went away before the launch".into());
     }
+    limits::join(&fds.cgroup)?;
 
     // 2. Identity inside the user namespace: ourselves.
     if plan.namespaces {

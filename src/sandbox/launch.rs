@@ -130,8 +130,8 @@ fn supervisor_signals() -> SigSet {
     set
 }
 
-/// Clones the sandbox's first process (in new namespaces when `plan.namespaces`) and joins it to `cgroup`
-/// while it sets itself up. The agent starts only when the returned [`Pending`] is released.
+/// Clones the sandbox's first process (in new namespaces when `plan.namespaces`), which joins `cgroup`
+/// first thing and then sets itself up. The agent starts only when the returned [`Pending`] is released.
 pub fn spawn(
     plan: &ChildPlan,
     mediator: &OwnedFd,
@@ -164,6 +164,9 @@ pub fn spawn(
     } else {
         None
     };
+    let cgroup_files = cgroup
+        .membership_files()
+        .map_err(|e| LaunchError::Setup(format!("cannot open the session's cgroup: {e}")))?;
     let set = supervisor_signals();
     set.thread_block().map_err(|e| LaunchError::Io {
         what: "sigprocmask",
@@ -196,6 +199,7 @@ pub fn spawn(
         report: rep_w.as_raw_fd(),
         mediator: mediator.as_raw_fd(),
         handoff: handoff.as_ref().map(|(_, theirs)| theirs.as_raw_fd()),
+        cgroup: cgroup_files.iter().map(AsRawFd::as_raw_fd).collect(),
     };
     // SAFETY: a fork-like clone (no CLONE_VM, no new stack): the child continues on a copy of our stack.
     // The supervisor is single-threaded here, so the copy holds no lock owned by another thread.
@@ -211,14 +215,8 @@ pub fn spawn(
     drop(go_r);
     drop(rep_w);
     let handoff = handoff.map(|(ours, _theirs)| ours);
+    drop(cgroup_files);
     let report = BufReader::new(File::from(rep_r));
-    if let Err(e) = cgroup.add(pid.as_raw()) {
-        let _ = kill(pid, Signal::SIGKILL);
-        let _ = waitpid(pid, None);
-        return Err(LaunchError::Setup(format!(
-            "cannot join the session's cgroup: {e}"
-        )));
-    }
     Ok(Pending {
         reap_all: !plan.namespaces,
         pid,

@@ -7,8 +7,15 @@
 //!
 //! Cgroups: v2 when our own cgroup is delegated to us (we can create a child with the controllers), else
 //! the v1 `pids` and `memory` hierarchies when writable (root on hosts that mount them, as here).
+//!
+//! Joining: the supervisor opens the membership files before `clone()` and the sandbox's first process
+//! writes `0` ("myself") into them before anything else. In v1 that is the `tasks` file: moving the
+//! calling thread (the child is single-threaded then; its descendants inherit the cgroups) does not take
+//! the kernel's global `cgroup_threadgroup_rwsem` for writing, whose RCU grace period made a write of the
+//! child's pid into `cgroup.procs` from outside cost 8-20 ms on this kind of host.
 
 use std::fs;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use nix::sys::resource::{setrlimit, Resource};
@@ -18,7 +25,8 @@ use super::profile::Limits;
 /// A cgroup made for one session; removed (after its processes are gone) by [`Cgroup::remove`].
 #[derive(Debug, Default)]
 pub struct Cgroup {
-    dirs: Vec<PathBuf>,
+    /// Each directory with the file a process writes itself into (`cgroup.procs` in v2, `tasks` in v1).
+    dirs: Vec<(PathBuf, &'static str)>,
     /// Human-readable list of what applied, e.g. `pids.max=512 (cgroup v1)`.
     pub applied: Vec<String>,
 }
@@ -48,7 +56,7 @@ impl Cgroup {
                     );
                     let _ = fs::write(dir.join("memory.swap.max"), "0");
                 }
-                cg.dirs.push(dir);
+                cg.dirs.push((dir, "cgroup.procs"));
                 if ok {
                     return cg;
                 }
@@ -67,7 +75,7 @@ impl Cgroup {
                 continue;
             }
             if write(&dir.join(file), value, file, "v1", &mut cg.applied) {
-                cg.dirs.push(dir);
+                cg.dirs.push((dir, "tasks"));
             } else {
                 let _ = fs::remove_dir(&dir);
             }
@@ -75,12 +83,22 @@ impl Cgroup {
         cg
     }
 
-    /// Moves `pid` into every cgroup of the session.
-    pub fn add(&self, pid: i32) -> std::io::Result<()> {
-        for dir in &self.dirs {
-            fs::write(dir.join("cgroup.procs"), pid.to_string())?;
-        }
-        Ok(())
+    /// Opens (close-on-exec, write-only) the file of every cgroup of the session into which a process
+    /// moves itself by writing `0`: see [`join`]. Opened by the supervisor, so the kernel checks the
+    /// supervisor's credentials, not those of the child in its new user namespace.
+    pub fn membership_files(&self) -> std::io::Result<Vec<OwnedFd>> {
+        self.dirs
+            .iter()
+            .map(|(dir, file)| {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(dir.join(file))
+                    .map(OwnedFd::from)
+                    .map_err(|e| {
+                        std::io::Error::new(e.kind(), format!("{}: {e}", dir.join(file).display()))
+                    })
+            })
+            .collect()
     }
 
     pub fn limits_pids(&self) -> bool {
@@ -89,7 +107,7 @@ impl Cgroup {
 
     /// Removes the cgroup directories (call once no process is left in them).
     pub fn remove(&mut self) {
-        for dir in self.dirs.drain(..) {
+        for (dir, _) in self.dirs.drain(..) {
             // The kernel may take a moment to release a just-reaped process's cgroup membership.
             for _ in 0..50 {
                 if fs::remove_dir(&dir).is_ok() {
@@ -113,6 +131,21 @@ fn write(path: &Path, value: u64, key: &str, version: &str, applied: &mut Vec<St
         applied.push(format!("{key}={value} (cgroup {version})"));
     }
     ok
+}
+
+/// Moves the calling (single-threaded) process into the cgroups whose membership files are `fds`.
+/// Async-signal-safe: runs in the child of `clone()`.
+pub fn join(fds: &[std::os::fd::RawFd]) -> Result<(), String> {
+    for &fd in fds {
+        // SAFETY: writing one byte from a static buffer to a descriptor the supervisor opened for us.
+        if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
+            return Err(format!(
+                "cannot join the session's cgroup: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Our own cgroup v2 directory, when it is delegated to us with the pids or memory controller.

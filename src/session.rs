@@ -348,7 +348,6 @@ pub fn run(args: &RunArgs) -> CmdResult {
             return Err(failure);
         }
     };
-    drop(prepared);
     if let Some(m) = exit.message() {
         eprintln!("zt-aas: {m}");
     }
@@ -357,14 +356,22 @@ pub fn run(args: &RunArgs) -> CmdResult {
     for line in &quarantined {
         eprintln!("zt-aas: WARNING: {line}");
     }
-    seal(
-        mediator,
-        code,
-        &json!({"end": format!("{exit:?}"), "quarantined": quarantined}),
-        head_out.as_mut(),
-        args.quiet,
-        &log_path,
-    )?;
+    // The sandbox's placeholders and cgroup are removed (an rmdir can take a fraction of a millisecond)
+    // while the session is sealed; both are done when `run` returns.
+    std::thread::scope(|scope| {
+        // Should no thread be available, the closure (and the sandbox with it) is dropped here instead.
+        let _ = std::thread::Builder::new()
+            .name("zt-aas-cleanup".into())
+            .spawn_scoped(scope, move || drop(prepared));
+        seal(
+            mediator,
+            code,
+            &json!({"end": format!("{exit:?}"), "quarantined": quarantined}),
+            head_out.as_mut(),
+            args.quiet,
+            &log_path,
+        )
+    })?;
     Ok(code)
 }
 

@@ -1335,8 +1335,10 @@ fn without_userns_run_refuses_unless_degraded_is_allowed() {
     };
     let program = format!(
         "{PY_PRELUDE}\nout('secret', err(lambda: open({:?}).read()))\n\
-         out('inet', err(socket.socket, socket.AF_INET, socket.SOCK_STREAM))\nout('ran', 1)",
-        secret.to_str().unwrap()
+         out('inet', err(socket.socket, socket.AF_INET, socket.SOCK_STREAM))\n\
+         out('placeholder', int(os.path.exists({:?})))\nout('ran', 1)",
+        secret.to_str().unwrap(),
+        ctx.ws.join(".git").to_str().unwrap()
     );
     let o = run_with(&ctx, &opts, &["/usr/bin/python3", "-c", &program]);
     let m = kv(&o);
@@ -1347,11 +1349,61 @@ fn without_userns_run_refuses_unless_degraded_is_allowed() {
         "Landlock must hide the host file: {m:?}"
     );
     assert_eq!(num(&m, "inet"), EAFNOSUPPORT, "{m:?}");
+    assert_eq!(num(&m, "placeholder"), 0, "a placeholder was made: {m:?}");
     assert!(
         text(&o.stderr).to_lowercase().contains("degraded"),
         "degraded mode must be reported on stderr: {}",
         describe(&o)
     );
+    // Without a mount namespace nothing can be bound read-only: the user is told which workspace files
+    // the agent can write (also those that do not exist yet), and no placeholder is made for them.
+    assert!(
+        text(&o.stderr).contains(&format!(
+            "NOT read-only for the agent: {}",
+            ctx.ws.join(".git/hooks").display()
+        )),
+        "{}",
+        describe(&o)
+    );
+    let left: Vec<String> = std::fs::read_dir(&ctx.ws)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "degraded run left {left:?} in the workspace"
+    );
+}
+
+/// `zt-aas doctor --json` as the given user (outside any sandbox).
+fn doctor_outside(ctx: &Ctx) -> serde_json::Value {
+    let bin = ctx.binary();
+    let mut c = if ctx.setpriv() {
+        common::setpriv_nobody(&bin)
+    } else {
+        Command::new(&bin)
+    };
+    let o = c.args(["doctor", "--json"]).output().unwrap();
+    assert!(o.status.success(), "{}", describe(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn doctor_tries_user_namespaces_for_real() {
+    // This host has every layer, for root and for an unprivileged user.
+    for user in [User::Caller, User::Nobody] {
+        let report = doctor_outside(&Ctx::as_user(user));
+        assert_eq!(report["userns"], true, "{report}");
+        assert_eq!(report["landlock"], true, "{report}");
+        assert_eq!(report["seccomp"], true, "{report}");
+    }
+    // Inside a sandbox, seccomp refuses a clone with CLONE_NEWUSER: the probe really tries it and says no.
+    let ctx = Ctx::new();
+    let o = run_in_sandbox(&ctx, "zt-aas doctor --json");
+    assert!(o.status.success(), "{}", describe(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["userns"], false, "{report}");
+    assert_eq!(report["full_sandbox"], false, "{report}");
 }
 
 #[test]

@@ -393,7 +393,11 @@ fn memory_limit_applies_where_a_cgroup_can_be_made_and_the_record_says_so() {
     let start: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
     let applied = start["sandbox"]["limits"].to_string();
     // The agent really ran (a launch failure must not pass for the limit).
-    assert!(text(&out.stdout).contains("started"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("started"),
+        "{}",
+        text(&out.stderr)
+    );
     if applied.contains("memory") {
         assert!(
             !text(&out.stdout).contains("allocated"),

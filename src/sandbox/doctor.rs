@@ -9,19 +9,24 @@ use super::{host_supports, landlock, limits, Layer};
 /// is the one hosts restrict (sysctls, AppArmor, seccomp in containers); the others are created inside it,
 /// and a failure there is reported by the launch itself. The probe stays cheap: no network namespace.
 pub fn userns_works() -> bool {
-    let flags = libc::CLONE_NEWUSER as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
-    // SAFETY: fork-like clone; the child only calls _exit.
-    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
-    if pid == 0 {
-        // SAFETY: _exit in the child.
-        unsafe { libc::_exit(0) };
+    extern "C" fn child(_: *mut libc::c_void) -> libc::c_int {
+        0
     }
+    // The child shares our memory and runs on this small stack while we are suspended (CLONE_VFORK): no
+    // copy of the supervisor's page tables, as a fork would make.
+    let mut stack = vec![0u8; 16 * 1024];
+    let top = (stack.as_mut_ptr() as usize + stack.len()) & !0xf;
+    let flags = libc::CLONE_NEWUSER | libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
+    // SAFETY: `top` is the 16-byte aligned end of `stack`, which outlives the child (we resume only after
+    // it has exited); the child runs a function that touches nothing and returns.
+    let pid = unsafe { libc::clone(child, top as *mut libc::c_void, flags, std::ptr::null_mut()) };
     if pid < 0 {
         return false;
     }
     let mut status = 0;
     // SAFETY: waiting for the child we just created.
-    unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    drop(stack);
     libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
 }
 

@@ -214,6 +214,7 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
         extra_read_write: &config.read_write,
         guarded: &config.guarded,
         self_exe: &self_exe,
+        namespaces,
     };
     // Locked before placeholders are created: a run cleaning up never removes a starting run's.
     let mut placeholders = placeholders::Placeholders::lock(&config.workspace);

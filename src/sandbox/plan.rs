@@ -31,6 +31,9 @@ pub struct PlanInput<'a> {
     pub extra_read_write: &'a [PathBuf],
     pub guarded: &'a Guarded,
     pub self_exe: &'a Path,
+    /// Whether the sandbox gets a mount namespace. Without one (degraded mode) nothing can be bound
+    /// read-only, so no placeholder is created: the missing `protect_always` entries are only listed.
+    pub namespaces: bool,
 }
 
 #[derive(Debug, Default)]
@@ -136,6 +139,11 @@ pub fn build(input: &PlanInput) -> Result<Plan, PlanError> {
         }
     }
     for entry in &input.profile.protect_always {
+        let path = input.workspace.join(&entry.rel);
+        if !input.namespaces && fs::symlink_metadata(&path).is_err() {
+            read_only.push(path);
+            continue;
+        }
         read_only.extend(protect_always(
             input.workspace,
             entry,

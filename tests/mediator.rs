@@ -463,6 +463,70 @@ fn stderr_reason(fx: &Fixture, tag: &str) -> String {
 // ---------------------------------------------------------------------------------------------------
 
 #[test]
+fn a_parameter_cannot_smuggle_an_option_into_a_brokered_command() {
+    // A loose but plausible pattern (file names with dashes and `=`): `--output=FILE` matches it.
+    let extra = r#"
+[[action]]
+name = "sort.file"
+run = ["/usr/bin/sort", "{file}"]
+params = { file = "^[A-Za-z0-9._=/-]{1,64}$" }
+
+[[action]]
+name = "sort.after_dashes"
+run = ["/usr/bin/sort", "--", "{file}"]
+params = { file = "^[A-Za-z0-9._=/-]{1,64}$" }
+
+[[rule]]
+effect = "allow"
+agents = ["hello-bot"]
+actions = ["sort.*"]
+"#;
+    let fx = Fixture::new(extra, &["sort.file", "sort.after_dashes"]);
+    std::fs::write(fx.dir.join("data.txt"), "b\na\n").expect("data");
+    let injected = fx.out.join("injected");
+    let mut script = call(
+        "option",
+        &format!("sort.file file=--output={}", injected.display()),
+    );
+    script += &call("short", "sort.file file=-o/etc/passwd");
+    script += &call("plain", "sort.file file=data.txt");
+    script += &call("dashes", "sort.after_dashes file=--output=x");
+    let out = fx.run(&script);
+    assert_status(&out, 0);
+
+    for tag in ["option", "short"] {
+        let (rc, stdout, stderr) = fx.outcome(tag);
+        assert_eq!(
+            rc, 3,
+            "{tag}: an option-like value was not denied: {stdout}{stderr}"
+        );
+        assert!(stderr.contains("option"), "{tag}: {stderr}");
+    }
+    assert!(
+        !injected.exists(),
+        "sort --output ran: {}",
+        injected.display()
+    );
+    let denied = fx.decisions("sort.file");
+    assert!(
+        denied
+            .iter()
+            .filter(|d| d["decision"] == "deny")
+            .all(|d| d["check"] == "bad_argument"),
+        "{denied:?}"
+    );
+    // The same action with an ordinary value works...
+    let (rc, _, err) = fx.outcome("plain");
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(fx.result("plain")["stdout"], "a\nb\n");
+    // ...and behind `--` the value is an operand, as the policy meant: allowed (sort then finds no such
+    // file, and creates nothing).
+    let dashes = fx.decisions("sort.after_dashes");
+    assert_eq!(dashes[0]["decision"], "allow", "{dashes:?}");
+    assert!(!fx.dir.join("x").exists());
+}
+
+#[test]
 fn parameter_injection_never_reaches_a_shell() {
     let extra = r#"
 [[action]]

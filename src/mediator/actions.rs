@@ -195,6 +195,7 @@ pub fn prepare(
             run,
             sandbox,
             timeout,
+            ..
         } => {
             let argv = render_argv(run, args).map_err(|e| refuse("bad_argument", e))?;
             if argv.is_empty() || argv[0].is_empty() {

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 use super::glob::ActionPattern;
-use super::{Action, Effect, Policy, Rule};
+use super::{Action, ActionKind, Effect, Policy, Rule};
 use crate::capability::{Capability, Token, LEEWAY_SECS};
 
 /// A hypothetical or real call.
@@ -317,6 +317,20 @@ fn check_args(action: &Action, args: &BTreeMap<String, String>) -> Result<(), De
                 quoted(param),
                 action.name
             )));
+        }
+        if let ActionKind::Command {
+            option_position, ..
+        } = &action.kind
+        {
+            if value.starts_with('-') && option_position.contains(param) {
+                return Err(bad(format!(
+                    "argument {} of action {} starts with `-`: where it stands in `run` the program \
+                     would read it as an option. The policy can put a `--` word before it in `run` if \
+                     such values are meant",
+                    quoted(param),
+                    action.name
+                )));
+            }
         }
         if param == "path" && is_fs_action(action) && !is_plain_relative_path(value) {
             return Err(bad(format!(

@@ -185,6 +185,9 @@ pub enum ActionKind {
         sandbox: Option<String>,
         /// Seconds; `None`: `[mediator] timeout`.
         timeout: Option<u64>,
+        /// Parameters that begin an argv word before any `--` word: a value starting with `-` there would
+        /// be read as an option by the program (`--output=FILE`, `-c CMD`), so it is refused.
+        option_position: Vec<String>,
     },
     Builtin(Builtin),
 }

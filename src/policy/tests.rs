@@ -224,6 +224,27 @@ fn rules_must_name_existing_actions() {
 }
 
 #[test]
+fn parameters_that_begin_a_word_before_dashes_are_in_option_position() {
+    let p = Policy::parse(
+        &format!(
+            "{HEAD}[[action]]\nname = \"c\"\n\
+             run = [\"/bin/x\", \"{{a}}\", \"{{b}}.txt\", \"--out={{c}}\", \"x{{d}}\", \"--\", \"{{e}}\", \"{{a}}\"]\n\
+             params = {{ a = \".*\", b = \".*\", c = \".*\", d = \".*\", e = \".*\" }}\n"
+        ),
+        Path::new("/tmp/p.toml"),
+    )
+    .unwrap();
+    let ActionKind::Command {
+        option_position, ..
+    } = &p.action("c").unwrap().kind
+    else {
+        panic!("not a command")
+    };
+    // `{a}` and `{b}.txt` begin a word; `--out={c}` and `x{d}` do not; `{e}` comes after `--`.
+    assert_eq!(option_position, &["a", "b"]);
+}
+
+#[test]
 fn net_connect_builtin_and_allow_private_parse() {
     let p = Policy::parse(
         &format!(

@@ -488,7 +488,12 @@ actions = ["sort.*"]
         "option",
         &format!("sort.file file=--output={}", injected.display()),
     );
-    script += &call("short", "sort.file file=-o/etc/passwd");
+    // (Never a real host file as the target: were the check broken, the test would destroy it.)
+    let injected_short = fx.out.join("injected-short");
+    script += &call(
+        "short",
+        &format!("sort.file file=-o{}", injected_short.display()),
+    );
     script += &call("plain", "sort.file file=data.txt");
     script += &call("dashes", "sort.after_dashes file=--output=x");
     let out = fx.run(&script);
@@ -502,11 +507,9 @@ actions = ["sort.*"]
         );
         assert!(stderr.contains("option"), "{tag}: {stderr}");
     }
-    assert!(
-        !injected.exists(),
-        "sort --output ran: {}",
-        injected.display()
-    );
+    for f in [&injected, &injected_short] {
+        assert!(!f.exists(), "sort --output ran: {}", f.display());
+    }
     let denied = fx.decisions("sort.file");
     assert!(
         denied

@@ -976,6 +976,64 @@ print(json.dumps(out))
 // ---------------------------------------------------------------------------------------------------
 
 #[test]
+fn a_burst_of_calls_with_the_log_fsynced_keeps_every_result_in_order() {
+    // With fsync on, a result waits briefly for the next request so both go out in one write: the last
+    // call's result is then still pending when the agent exits at once, and must land before session.end.
+    let fx = Fixture::with_audit("fsync = true", "", &[]);
+    let program = format!(
+        "{PY_PRELUDE}{}",
+        r#"
+for i in range(300):
+    r = ask(b'{"id":%d,"action":"sys.ping"}' % i)
+    if r.get("decision") != "allow" or r.get("id") != i:
+        print("BAD", i, json.dumps(r))
+        break
+else:
+    # Hang up at once: the last result is then deferred (the hang-up reads as a pending request).
+    s.close()
+    print("OK")
+"#
+    );
+    let out = fx.run_python(&program, Duration::from_secs(120));
+    assert_status(&out, 0);
+    assert!(text(&out.stdout).contains("OK"), "{}", show(&out));
+    let records = fx.records();
+    let kinds: Vec<&str> = records
+        .iter()
+        .filter(|r| r["action"] == "sys.ping")
+        .map(|r| r["kind"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(kinds.len(), 600, "a decision and a result per call");
+    for (i, pair) in kinds.chunks(2).enumerate() {
+        assert_eq!(
+            pair,
+            ["decision", "result"],
+            "call {i}: records out of order"
+        );
+    }
+    let end = records.last().expect("records");
+    assert_eq!(end["kind"], "session.end", "{end}");
+    let session = &end["session"];
+    let in_session = records.iter().filter(|r| &r["session"] == session).count();
+    assert_eq!(end["records"], in_session, "session.end counts its records");
+    let verify = bounded(
+        {
+            let mut c = Command::new(BIN);
+            c.current_dir(&fx.dir).args([
+                "audit",
+                "verify",
+                "audit.jsonl",
+                "--key",
+                "keys/audit.pub",
+            ]);
+            c
+        },
+        Duration::from_secs(120),
+    );
+    assert_status(&verify, 0);
+}
+
+#[test]
 fn twenty_thousand_calls_in_a_row() {
     let fx = Fixture::with_audit("fsync = false", "", &[]);
     let program = format!(

@@ -121,7 +121,7 @@ impl AuditLog {
         durability: Durability,
     ) -> Result<(AuditLog, Option<Appended>), AuditError> {
         let mut log = Self::open_file(path, key, durability, true)?;
-        let recovered = log.write_locked(None)?;
+        let recovered = log.write_locked(&[])?;
         Ok((log, recovered))
     }
 
@@ -176,15 +176,21 @@ impl AuditLog {
 
     /// Appends one record durably (see the module doc for the steps). Returns its seq and hash.
     pub fn append(&mut self, body: RecordBody) -> Result<Appended, AuditError> {
-        if body.kind == Kind::Recovery {
+        self.append_all(&[&body])
+    }
+
+    /// Appends records in order, under one lock, in one write (and one fsync). Returns the last one's
+    /// seq and hash.
+    pub fn append_all(&mut self, bodies: &[&RecordBody]) -> Result<Appended, AuditError> {
+        if bodies.iter().any(|b| b.kind == Kind::Recovery) {
             return Err(AuditError::Misuse(
                 "recovery records are written by the log itself".into(),
             ));
         }
-        match self.write_locked(Some(&body))? {
-            Some(a) => Ok(a),
-            // write_locked always returns the appended record when given a body.
-            None => Err(AuditError::Misuse("no record written".into())),
+        match self.write_locked(bodies)? {
+            Some(a) if !bodies.is_empty() => Ok(a),
+            // write_locked returns the last appended record when given bodies.
+            _ => Err(AuditError::Misuse("no record written".into())),
         }
     }
 
@@ -209,8 +215,8 @@ impl AuditLog {
         crate::lock::exclusive_fd(self.file.as_fd()).map_err(|e| self.io(e))
     }
 
-    /// Under the lock: read the tail, recover or refuse a torn line, then append `body` if given.
-    fn write_locked(&mut self, body: Option<&RecordBody>) -> Result<Option<Appended>, AuditError> {
+    /// Under the lock: read the tail, recover or refuse a torn line, then append `bodies`.
+    fn write_locked(&mut self, bodies: &[&RecordBody]) -> Result<Option<Appended>, AuditError> {
         // Borrow only the file (not all of self) so the tail cache can be updated under the lock.
         let guard = crate::lock::exclusive_fd(self.file.as_fd())
             .map_err(|e| AuditError::io(&self.path, e))?;
@@ -264,7 +270,7 @@ impl AuditLog {
                 }
             }
         };
-        if let Some(body) = body {
+        for body in bodies {
             let sealed = record::seal(body, &point, &now_rfc3339(), &self.key)?;
             buf.extend_from_slice(&sealed.line);
             last = Some(Appended {
@@ -426,6 +432,8 @@ pub struct SessionWriter {
     actor: String,
     records: u64,
     head: Option<String>,
+    /// A record to be written together with the next one (see [`SessionWriter::defer`]).
+    deferred: Option<RecordBody>,
 }
 
 impl SessionWriter {
@@ -447,6 +455,7 @@ impl SessionWriter {
             actor: start.actor,
             records: 1,
             head: Some(appended.hash.clone()),
+            deferred: None,
         };
         Ok((writer, appended))
     }
@@ -463,8 +472,39 @@ impl SessionWriter {
             )));
         }
         body.session = self.session.clone();
-        let appended = self.log.append(body)?;
-        self.records += 1;
+        self.write(body)
+    }
+
+    /// Holds `body` (a record of this session) to be written with the next record, in the same locked
+    /// write and fsync, and before it: the log's order is the order of the calls. Whatever happens next
+    /// writes it first — [`record`](Self::record), [`end`](Self::end), [`flush`](Self::flush), or dropping
+    /// the writer. Only for a record nothing waits on (the mediator's result record, when the next
+    /// request is already queued).
+    pub fn defer(&mut self, mut body: RecordBody) -> Result<(), AuditError> {
+        self.flush()?;
+        body.session = self.session.clone();
+        self.deferred = Some(body);
+        Ok(())
+    }
+
+    /// Writes the deferred record, if any.
+    pub fn flush(&mut self) -> Result<(), AuditError> {
+        match self.deferred.take() {
+            Some(body) => self.write_all(&[&body]).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    fn write(&mut self, body: RecordBody) -> Result<Appended, AuditError> {
+        match self.deferred.take() {
+            Some(first) => self.write_all(&[&first, &body]),
+            None => self.write_all(&[&body]),
+        }
+    }
+
+    fn write_all(&mut self, bodies: &[&RecordBody]) -> Result<Appended, AuditError> {
+        let appended = self.log.append_all(bodies)?;
+        self.records += bodies.len() as u64;
         self.head = Some(appended.hash.clone());
         Ok(appended)
     }
@@ -479,11 +519,10 @@ impl SessionWriter {
         let mut body = RecordBody::new(self.session.clone(), Kind::SessionEnd, self.actor.clone());
         body.extra = extra;
         body.extra.insert("exit".into(), Value::from(exit));
+        let deferred = u64::from(self.deferred.is_some());
         body.extra
-            .insert("records".into(), Value::from(self.records + 1));
-        let appended = self.log.append(body)?;
-        self.head = Some(appended.hash.clone());
-        Ok(appended)
+            .insert("records".into(), Value::from(self.records + deferred + 1));
+        self.write(body)
     }
 
     pub fn session(&self) -> &str {
@@ -503,8 +542,11 @@ impl SessionWriter {
     pub fn log(&self) -> &AuditLog {
         &self.log
     }
+}
 
-    pub fn log_mut(&mut self) -> &mut AuditLog {
-        &mut self.log
+impl Drop for SessionWriter {
+    fn drop(&mut self) {
+        // A session that ends without `end` (an error path) still keeps its deferred record.
+        let _ = self.flush();
     }
 }

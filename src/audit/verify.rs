@@ -863,6 +863,67 @@ mod tests {
     }
 
     #[test]
+    fn deferred_records_keep_their_place_and_are_written_by_end_or_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let body = |kind, n: usize| {
+            let mut b = RecordBody::new("", kind, "bot");
+            b.action = Some(format!("a{n}"));
+            b
+        };
+        for (id, sealed) in [("s1", true), ("s2", false)] {
+            let log = AuditLog::open(&path, key(1), Durability::Fsync).unwrap();
+            let start = RecordBody::new(id, Kind::SessionStart, "bot");
+            let (mut w, _) = SessionWriter::start(log, start).unwrap();
+            w.record(body(Kind::Decision, 0)).unwrap();
+            w.defer(body(Kind::Result, 0)).unwrap();
+            w.record(body(Kind::Decision, 1)).unwrap(); // writes result 0 first
+            w.defer(body(Kind::Result, 1)).unwrap();
+            if sealed {
+                let end = w.end(0, Map::new()).unwrap(); // writes result 1 first, and counts it
+                let text = std::fs::read_to_string(&path).unwrap();
+                let last: serde_json::Value =
+                    serde_json::from_str(text.lines().last().unwrap()).unwrap();
+                assert_eq!(last["hash"], end.hash.as_str());
+                assert_eq!(last["records"], 6);
+            } else {
+                drop(w); // an unsealed session still keeps its deferred record
+            }
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let order: Vec<(String, String)> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|v| (v["kind"].as_str().unwrap().into(), v["action"].to_string()))
+            .collect();
+        let expected: Vec<(String, String)> = [
+            ("decision", "\"a0\""),
+            ("result", "\"a0\""),
+            ("decision", "\"a1\""),
+            ("result", "\"a1\""),
+        ]
+        .iter()
+        .map(|(k, a)| (k.to_string(), a.to_string()))
+        .collect();
+        for (session, rows) in order
+            .split(|(k, _)| k == "session.start")
+            .skip(1)
+            .enumerate()
+        {
+            let rows: Vec<_> = rows
+                .iter()
+                .filter(|(k, _)| k != "session.end")
+                .cloned()
+                .collect();
+            assert_eq!(rows, expected, "session {session}");
+        }
+        // The chain holds; the second session is the unsealed one.
+        let r = verify_log(text.as_bytes(), None, None);
+        let e = r.error.expect("the second session is unsealed");
+        assert_eq!((e.problem, e.line), (Problem::Unsealed, 7), "{text}");
+    }
+
+    #[test]
     fn one_changed_character_is_caught() {
         let (_d, bytes, _) = two_sessions();
         let text = String::from_utf8(bytes).unwrap();

@@ -43,8 +43,7 @@ pub struct Appended {
 pub struct AuditLog {
     file: File,
     path: PathBuf,
-    key: SigningKey,
-    key_id: String,
+    key: record::SealingKey,
     durability: Durability,
     recover: bool,
     /// The file's length and chain point right after our own last append. When the file still has that
@@ -56,7 +55,7 @@ impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditLog")
             .field("path", &self.path)
-            .field("key_id", &self.key_id)
+            .field("key_id", &self.key.key_id())
             .field("durability", &self.durability)
             .finish_non_exhaustive()
     }
@@ -162,12 +161,10 @@ impl AuditLog {
                 }
             }
         }
-        let key_id = record::key_id(&key.verifying_key());
         Ok(AuditLog {
             file,
             path: path.to_path_buf(),
-            key,
-            key_id,
+            key: record::SealingKey::from(&key),
             durability,
             recover,
             after_last_write: None,
@@ -196,7 +193,7 @@ impl AuditLog {
 
     /// Key id of the signing key (first 16 hex of SHA-256 of the public key).
     pub fn key_id(&self) -> &str {
-        &self.key_id
+        self.key.key_id()
     }
 
     pub fn path(&self) -> &Path {

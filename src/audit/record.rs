@@ -5,7 +5,8 @@
 
 use super::canonical::{self, CanonicalError};
 use base64::Engine as _;
-use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::hazmat::ExpandedSecretKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -198,11 +199,51 @@ pub fn parse_hash(s: &str) -> Option<[u8; 32]> {
 /// Seals `body` at `at`: builds the full record, hashes, signs, and returns the canonical line.
 /// `pubkey` is added (base64 public key) to `session.start` and `recovery` records so that a verifier
 /// without a pinned key can still check signatures (and report that the signer was not pinned).
+/// A signing key ready to seal records: the expanded secret (RFC 8032 §5.1.6 step 1, done once rather
+/// than per signature), the public key, and what records name it by.
+pub struct SealingKey {
+    expanded: ExpandedSecretKey,
+    verifying: VerifyingKey,
+    key_id: String,
+    pubkey: String,
+}
+
+impl From<&SigningKey> for SealingKey {
+    fn from(key: &SigningKey) -> SealingKey {
+        let verifying = key.verifying_key();
+        SealingKey {
+            expanded: ExpandedSecretKey::from(key.as_bytes()),
+            key_id: key_id(&verifying),
+            pubkey: base64::engine::general_purpose::STANDARD.encode(verifying.as_bytes()),
+            verifying,
+        }
+    }
+}
+
+impl SealingKey {
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// Pure Ed25519 (RFC 8032): the same signature as `SigningKey::sign` (tested).
+    fn sign(&self, message: &[u8]) -> ed25519_dalek::Signature {
+        ed25519_dalek::hazmat::raw_sign::<sha2::Sha512>(&self.expanded, message, &self.verifying)
+    }
+}
+
+impl std::fmt::Debug for SealingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealingKey")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
 pub fn seal(
     body: &RecordBody,
     at: &ChainPoint,
     ts: &str,
-    key: &SigningKey,
+    key: &SealingKey,
 ) -> Result<Sealed, RecordError> {
     if let Some(name) = body
         .extra
@@ -221,7 +262,6 @@ pub fn seal(
     }
     // `at.prev` comes from our own tail reading, which only accepts well-formed hashes.
     let prev_raw = parse_hash(&at.prev).unwrap_or([0u8; 32]);
-    let verifying = key.verifying_key();
     let opt = |o: &Option<String>| o.clone().map_or(Value::Null, Value::String);
 
     let mut rec = body.extra.clone();
@@ -237,10 +277,9 @@ pub fn seal(
     rec.insert("decision".into(), opt(&body.decision));
     rec.insert("reason".into(), opt(&body.reason));
     rec.insert("prev".into(), Value::String(at.prev.clone()));
-    rec.insert("key".into(), Value::String(key_id(&verifying)));
+    rec.insert("key".into(), Value::String(key.key_id.clone()));
     if matches!(body.kind, Kind::SessionStart | Kind::Recovery) {
-        let pk = base64::engine::general_purpose::STANDARD.encode(verifying.as_bytes());
-        rec.insert("pubkey".into(), Value::String(pk));
+        rec.insert("pubkey".into(), Value::String(key.pubkey.clone()));
     }
     let members = canonical::Members::encode(&rec)?;
     let hash = record_hash(&prev_raw, &members.object());
@@ -283,7 +322,7 @@ mod tests {
             &body,
             &ChainPoint::genesis(),
             "2024-01-01T00:00:00Z",
-            &key(),
+            &(&key()).into(),
         )
         .unwrap();
         assert_eq!(s.line.last(), Some(&b'\n'));
@@ -294,9 +333,14 @@ mod tests {
         assert_eq!(obj["token"], Value::Null);
         assert!(!obj.contains_key("pubkey"));
         obj.remove("hash");
-        obj.remove("sig");
+        let sig = obj.remove("sig").unwrap();
         let expect = record_hash(&[0; 32], &canonical::encode(&v).unwrap());
         assert_eq!(hex::encode(expect), s.hash);
+        // The cached expanded key signs exactly as the plain signing key does.
+        use ed25519_dalek::Signer;
+        let plain = key().sign(&signature_message(&expect));
+        let b64 = base64::engine::general_purpose::STANDARD.encode(plain.to_bytes());
+        assert_eq!(sig, json!(b64));
     }
 
     #[test]
@@ -304,22 +348,22 @@ mod tests {
         let mut body = RecordBody::new("s1", Kind::Decision, "bot");
         body.extra.insert("seq".into(), json!(3));
         assert_eq!(
-            seal(&body, &ChainPoint::genesis(), "t", &key()).unwrap_err(),
+            seal(&body, &ChainPoint::genesis(), "t", &(&key()).into()).unwrap_err(),
             RecordError::ReservedField("seq".into())
         );
         let mut body = RecordBody::new("s1", Kind::Decision, "bot");
         body.args = json!({"n": 1.5});
         assert!(matches!(
-            seal(&body, &ChainPoint::genesis(), "t", &key()),
+            seal(&body, &ChainPoint::genesis(), "t", &(&key()).into()),
             Err(RecordError::Canonical(_))
         ));
         let mut body = RecordBody::new("s1", Kind::Decision, "bot");
         body.decision = Some("maybe".into());
-        assert!(seal(&body, &ChainPoint::genesis(), "t", &key()).is_err());
+        assert!(seal(&body, &ChainPoint::genesis(), "t", &(&key()).into()).is_err());
         let mut body = RecordBody::new("s1", Kind::Decision, "bot");
         body.args = json!([1]);
         assert_eq!(
-            seal(&body, &ChainPoint::genesis(), "t", &key()).unwrap_err(),
+            seal(&body, &ChainPoint::genesis(), "t", &(&key()).into()).unwrap_err(),
             RecordError::ArgsNotObject
         );
     }

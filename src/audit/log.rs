@@ -120,7 +120,7 @@ impl AuditLog {
         durability: Durability,
     ) -> Result<(AuditLog, Option<Appended>), AuditError> {
         let mut log = Self::open_file(path, key, durability, true)?;
-        let recovered = log.write_locked(&[])?;
+        let recovered = log.write_locked(None, &[])?;
         Ok((log, recovered))
     }
 
@@ -173,22 +173,46 @@ impl AuditLog {
 
     /// Appends one record durably (see the module doc for the steps). Returns its seq and hash.
     pub fn append(&mut self, body: RecordBody) -> Result<Appended, AuditError> {
-        self.append_all(&[&body])
+        self.append_all(None, &[&body])
     }
 
-    /// Appends records in order, under one lock, in one write (and one fsync). Returns the last one's
-    /// seq and hash.
-    pub fn append_all(&mut self, bodies: &[&RecordBody]) -> Result<Appended, AuditError> {
-        if bodies.iter().any(|b| b.kind == Kind::Recovery) {
+    /// Appends records in order — `first`, then `bodies` — under one lock, in one write (and one fsync).
+    /// Returns the last one's seq and hash.
+    pub fn append_all(
+        &mut self,
+        first: Option<&Presealed>,
+        bodies: &[&RecordBody],
+    ) -> Result<Appended, AuditError> {
+        let all = first
+            .map(|p| &p.body)
+            .into_iter()
+            .chain(bodies.iter().copied());
+        if all.clone().any(|b| b.kind == Kind::Recovery) {
             return Err(AuditError::Misuse(
                 "recovery records are written by the log itself".into(),
             ));
         }
-        match self.write_locked(bodies)? {
-            Some(a) if !bodies.is_empty() => Ok(a),
-            // write_locked returns the last appended record when given bodies.
+        match self.write_locked(first, bodies)? {
+            Some(a) if all.count() > 0 => Ok(a),
+            // write_locked returns the last appended record when given records.
             _ => Err(AuditError::Misuse("no record written".into())),
         }
+    }
+
+    /// Seals `body` now, without the lock, at the chain point this log's own last write left (signing is
+    /// most of an append's work: done ahead, it overlaps whatever comes before the write). Nothing is
+    /// written: [`append_all`](Self::append_all) uses the seal if the file is still as this log left it,
+    /// and seals the record again at the real end if another writer came in between.
+    pub fn preseal(&self, body: RecordBody) -> Result<Presealed, AuditError> {
+        let sealed = match &self.after_last_write {
+            Some((len, point)) => Some((
+                *len,
+                point.clone(),
+                record::seal(&body, point, &now_rfc3339(), &self.key)?,
+            )),
+            None => None,
+        };
+        Ok(Presealed { body, sealed })
     }
 
     /// Key id of the signing key (first 16 hex of SHA-256 of the public key).
@@ -212,8 +236,12 @@ impl AuditLog {
         crate::lock::exclusive_fd(self.file.as_fd()).map_err(|e| self.io(e))
     }
 
-    /// Under the lock: read the tail, recover or refuse a torn line, then append `bodies`.
-    fn write_locked(&mut self, bodies: &[&RecordBody]) -> Result<Option<Appended>, AuditError> {
+    /// Under the lock: read the tail, recover or refuse a torn line, then append `first` and `bodies`.
+    fn write_locked(
+        &mut self,
+        first: Option<&Presealed>,
+        bodies: &[&RecordBody],
+    ) -> Result<Option<Appended>, AuditError> {
         // Borrow only the file (not all of self) so the tail cache can be updated under the lock.
         let guard = crate::lock::exclusive_fd(self.file.as_fd())
             .map_err(|e| AuditError::io(&self.path, e))?;
@@ -267,6 +295,26 @@ impl AuditLog {
                 }
             }
         };
+        if let Some(pre) = first {
+            let sealed = match &pre.sealed {
+                // Sealed at exactly this end of the file (same length, same chain point, no recovery).
+                Some((at, at_point, sealed))
+                    if *at == len && *at_point == point && buf.is_empty() =>
+                {
+                    sealed.clone()
+                }
+                _ => record::seal(&pre.body, &point, &now_rfc3339(), &self.key)?,
+            };
+            buf.extend_from_slice(&sealed.line);
+            last = Some(Appended {
+                seq: point.seq,
+                hash: sealed.hash.clone(),
+            });
+            point = ChainPoint {
+                seq: point.seq + 1,
+                prev: sealed.hash,
+            };
+        }
         for body in bodies {
             let sealed = record::seal(body, &point, &now_rfc3339(), &self.key)?;
             buf.extend_from_slice(&sealed.line);
@@ -421,6 +469,15 @@ pub fn new_session_id() -> String {
     hex::encode(b)
 }
 
+/// A record sealed ahead of its write ([`AuditLog::preseal`]).
+#[derive(Debug)]
+pub struct Presealed {
+    body: RecordBody,
+    /// The file length and chain point it was sealed at, and the seal; `None` when the log had no end of
+    /// its own to seal at (it is then sealed at the write).
+    sealed: Option<(u64, ChainPoint, record::Sealed)>,
+}
+
 /// A session's writer: stamps its session id on each record, counts them, and seals the session.
 #[derive(Debug)]
 pub struct SessionWriter {
@@ -430,7 +487,7 @@ pub struct SessionWriter {
     records: u64,
     head: Option<String>,
     /// A record to be written together with the next one (see [`SessionWriter::defer`]).
-    deferred: Option<RecordBody>,
+    deferred: Option<Presealed>,
 }
 
 impl SessionWriter {
@@ -480,28 +537,30 @@ impl SessionWriter {
     pub fn defer(&mut self, mut body: RecordBody) -> Result<(), AuditError> {
         self.flush()?;
         body.session = self.session.clone();
-        self.deferred = Some(body);
+        self.deferred = Some(self.log.preseal(body)?);
         Ok(())
     }
 
     /// Writes the deferred record, if any.
     pub fn flush(&mut self) -> Result<(), AuditError> {
         match self.deferred.take() {
-            Some(body) => self.write_all(&[&body]).map(|_| ()),
+            Some(pre) => self.write_all(Some(&pre), &[]).map(|_| ()),
             None => Ok(()),
         }
     }
 
     fn write(&mut self, body: RecordBody) -> Result<Appended, AuditError> {
-        match self.deferred.take() {
-            Some(first) => self.write_all(&[&first, &body]),
-            None => self.write_all(&[&body]),
-        }
+        let first = self.deferred.take();
+        self.write_all(first.as_ref(), &[&body])
     }
 
-    fn write_all(&mut self, bodies: &[&RecordBody]) -> Result<Appended, AuditError> {
-        let appended = self.log.append_all(bodies)?;
-        self.records += bodies.len() as u64;
+    fn write_all(
+        &mut self,
+        first: Option<&Presealed>,
+        bodies: &[&RecordBody],
+    ) -> Result<Appended, AuditError> {
+        let appended = self.log.append_all(first, bodies)?;
+        self.records += u64::from(first.is_some()) + bodies.len() as u64;
         self.head = Some(appended.hash.clone());
         Ok(appended)
     }

@@ -924,6 +924,43 @@ mod tests {
     }
 
     #[test]
+    fn a_record_sealed_ahead_is_sealed_again_when_another_writer_came_in_between() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path, key(1), Durability::Relaxed).unwrap();
+        let (mut a, _) =
+            SessionWriter::start(log, RecordBody::new("a", Kind::SessionStart, "bot")).unwrap();
+        a.record(RecordBody::new("", Kind::Decision, "bot"))
+            .unwrap();
+        a.defer(RecordBody::new("", Kind::Result, "bot")).unwrap(); // sealed at seq 2
+                                                                    // Another session appends to the same file meanwhile: seq 2 is taken.
+        let other = AuditLog::open(&path, key(2), Durability::Relaxed).unwrap();
+        let (b, _) =
+            SessionWriter::start(other, RecordBody::new("b", Kind::SessionStart, "bot")).unwrap();
+        b.end(0, Map::new()).unwrap();
+        a.end(0, Map::new()).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let r = verify_log(text.as_bytes(), None, None);
+        assert!(r.ok, "{r:?}\n{text}");
+        assert_eq!((r.records, r.sessions, r.sealed_sessions), (6, 2, 2));
+        let kinds: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].to_string())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "\"session.start\"",
+                "\"decision\"",
+                "\"session.start\"",
+                "\"session.end\"",
+                "\"result\"",
+                "\"session.end\""
+            ]
+        );
+    }
+
+    #[test]
     fn one_changed_character_is_caught() {
         let (_d, bytes, _) = two_sessions();
         let text = String::from_utf8(bytes).unwrap();

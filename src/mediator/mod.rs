@@ -627,16 +627,20 @@ impl Mediator {
             // When the next request is already queued, the result goes out with its decision record (one
             // locked write, one fsync), first; otherwise now. A failure marks the log broken: the next
             // call is denied and told why.
+            // It is sealed first (the signature is most of the work); meanwhile the agent may send its
+            // next request.
             let window = match self.audit.log().durability() {
                 Durability::Fsync => COALESCE_WINDOW,
                 Durability::Relaxed => std::time::Duration::ZERO,
             };
-            if end.is_none() && request_queued(self.socket.as_fd(), window) {
-                if let Err(e) = self.audit.defer(body) {
-                    self.audit_broken = Some(e.to_string());
+            let deferred = self.audit.defer(body).and_then(|()| {
+                if end.is_some() || !request_queued(self.socket.as_fd(), window) {
+                    self.audit.flush()?;
                 }
-            } else {
-                let _ = self.record(body);
+                Ok(())
+            });
+            if let Err(e) = deferred {
+                self.audit_broken = Some(e.to_string());
             }
         }
         end

@@ -129,7 +129,11 @@ fn push_member(out: &mut Vec<u8>, member: &[u8]) {
 }
 
 /// Orders names by their UTF-16 code units (RFC 8785).
-fn utf16_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+pub(crate) fn utf16_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    // Below U+E000 (UTF-8 lead byte 0xEE) code point order, i.e. byte order, is UTF-16 order.
+    if !a.bytes().chain(b.bytes()).any(|c| c >= 0xEE) {
+        return a.cmp(b);
+    }
     a.encode_utf16().cmp(b.encode_utf16())
 }
 
@@ -196,7 +200,7 @@ fn write_value(out: &mut String, value: &Value) -> Result<(), CanonicalError> {
     Ok(())
 }
 
-fn write_string(out: &mut String, s: &str) {
+pub(crate) fn write_string(out: &mut String, s: &str) {
     out.push('"');
     // Copy runs that need no escaping in one go; only `"`, `\\` and control characters are escaped.
     let mut run_start = 0;

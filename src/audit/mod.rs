@@ -17,6 +17,7 @@ pub mod canonical;
 pub mod commands;
 pub mod export;
 pub mod keys;
+pub mod line;
 pub mod log;
 pub mod record;
 pub mod replay;

@@ -178,6 +178,17 @@ pub fn record_hash(prev: &[u8; 32], canonical_unsigned: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// [`record_hash`] of the canonical encoding given in pieces (joined, they are the encoding).
+pub fn record_hash_of_parts(prev: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(HASH_DOMAIN);
+    h.update(prev);
+    for part in parts {
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
 /// The signed message: SIG_DOMAIN || hash as 32 raw bytes.
 pub fn signature_message(hash: &[u8; 32]) -> [u8; 52] {
     let mut m = [0u8; 52];
@@ -188,17 +199,20 @@ pub fn signature_message(hash: &[u8; 32]) -> [u8; 52] {
 
 /// Decodes a 64-char lowercase hex hash.
 pub fn parse_hash(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return None;
-    }
+    // Lowercase only: the canonical spelling (a verifier reads two of these per record).
+    let nibble = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    let bytes: &[u8; 64] = s.as_bytes().try_into().ok()?;
     let mut out = [0u8; 32];
-    hex::decode_to_slice(s, &mut out).ok()?;
+    for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        *o = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
     Some(out)
 }
 
-/// Seals `body` at `at`: builds the full record, hashes, signs, and returns the canonical line.
-/// `pubkey` is added (base64 public key) to `session.start` and `recovery` records so that a verifier
-/// without a pinned key can still check signatures (and report that the signer was not pinned).
 /// A signing key ready to seal records: the expanded secret (RFC 8032 §5.1.6 step 1, done once rather
 /// than per signature), the public key, and what records name it by.
 pub struct SealingKey {
@@ -239,6 +253,9 @@ impl std::fmt::Debug for SealingKey {
     }
 }
 
+/// Seals `body` at `at`: builds the full record, hashes, signs, and returns the canonical line.
+/// `pubkey` is added (base64 public key) to `session.start` and `recovery` records so that a verifier
+/// without a pinned key can still check signatures (and report that the signer was not pinned).
 pub fn seal(
     body: &RecordBody,
     at: &ChainPoint,

@@ -10,13 +10,13 @@
 //! carries itself (anyone can write such a log). Truncation of whole sessions at the end leaves a valid
 //! log: only `expect_head` (a head kept elsewhere) catches it.
 
-use super::canonical;
+use super::line::{self, Field, LineError};
 use super::record::{self, Kind, FORMAT_VERSION};
 use base64::Engine as _;
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::Serialize;
-use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// What is wrong with a record (or the log).
@@ -92,6 +92,7 @@ pub struct VerifyReport {
 }
 
 /// One record, parsed and hashed (pass 1).
+#[derive(Debug)]
 struct Rec {
     seq: u64,
     session: String,
@@ -120,11 +121,31 @@ pub fn verify_log(
     pinned: Option<&VerifyingKey>,
     expect_head: Option<&str>,
 ) -> VerifyReport {
+    verify(bytes, pinned, expect_head, true)
+}
+
+/// Everything [`verify_log`] checks but the signatures: canonical form, fields, hashes, chain links,
+/// seqs, sessions and the head. It proves the log is intact *if* its last hash is trusted (compared
+/// with a head kept elsewhere); it proves nothing about who wrote it.
+pub fn verify_chain(bytes: &[u8], expect_head: Option<&str>) -> VerifyReport {
+    verify(bytes, None, expect_head, false)
+}
+
+fn verify(
+    bytes: &[u8],
+    pinned: Option<&VerifyingKey>,
+    expect_head: Option<&str>,
+    signatures: bool,
+) -> VerifyReport {
     let lines = split_lines(bytes);
     let parsed = parallel_map(&lines, |l| parse_line(l.bytes));
     let mut walk = Walk::new(pinned);
     let structural = walk.run(&lines, &parsed, expect_head);
-    let bad_sig = first_bad_signature(&walk.sig_jobs, &parsed);
+    let bad_sig = if signatures {
+        first_bad_signature(&walk.sig_jobs, &parsed)
+    } else {
+        None
+    };
 
     let error = match (structural, bad_sig) {
         (Some((_, e)), None) => Some(e),
@@ -219,79 +240,66 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Ve
 }
 
 fn parse_line(bytes: &[u8]) -> Parsed {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-        let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(40)]).into_owned();
-        (
-            Problem::Garbage,
-            format!("not a JSON record ({e}); starts with {shown:?}"),
-        )
+    let members = line::parse(bytes).map_err(|e| match e {
+        LineError::Garbage(m) => (Problem::Garbage, m),
+        LineError::NotCanonical(m) => (Problem::NotCanonical, m),
     })?;
-    let Value::Object(map) = value else {
-        return Err((Problem::Garbage, "not a JSON object".into()));
-    };
-    let members =
-        canonical::Members::encode(&map).map_err(|e| (Problem::NotCanonical, e.to_string()))?;
-    if !members.is_encoding_of(bytes) {
-        return Err((
-            Problem::NotCanonical,
-            "the line is not in canonical form (edited by hand or by another tool)".into(),
-        ));
-    }
-    let rec = fields(&map).map_err(|what| (Problem::BadField, what))?;
-    let computed = record::record_hash(&rec.prev, &members.object_without(&["hash", "sig"]));
+    let rec = fields(&|name| members.get(name)).map_err(|what| (Problem::BadField, what))?;
+    // The line is canonical: its own bytes, less `hash` and `sig`, are the hash preimage.
+    let preimage = members.encoding_without(bytes, &["hash", "sig"]);
+    let computed = record::record_hash_of_parts(&rec.prev, &preimage);
     Ok(Rec {
         hash_ok: computed == rec.hash,
         ..rec
     })
 }
 
-/// Checks the fields' presence and types (docs/audit-format.md, "Fields").
-fn fields(m: &Map<String, Value>) -> Result<Rec, String> {
-    let get = |name: &str| {
-        m.get(name)
-            .ok_or_else(|| format!("field `{name}` is missing"))
-    };
-    let string = |name: &str| -> Result<&str, String> {
-        get(name)?
-            .as_str()
-            .ok_or_else(|| format!("field `{name}` is not a string"))
-    };
-    let opt_string = |name: &str| -> Result<Option<&str>, String> {
+/// Checks the fields' presence and types (docs/audit-format.md, "Fields"), reading each through `get`.
+fn fields<'a>(get: &dyn Fn(&str) -> Option<Field<'a>>) -> Result<Rec, String> {
+    let get = |name: &str| get(name).ok_or_else(|| format!("field `{name}` is missing"));
+    let string = |name: &str| -> Result<Cow<'a, str>, String> {
         match get(name)? {
-            Value::Null => Ok(None),
-            Value::String(s) => Ok(Some(s)),
+            Field::Str(s) => Ok(s),
+            _ => Err(format!("field `{name}` is not a string")),
+        }
+    };
+    let opt_string = |name: &str| -> Result<Option<Cow<'a, str>>, String> {
+        match get(name)? {
+            Field::Null => Ok(None),
+            Field::Str(s) => Ok(Some(s)),
             _ => Err(format!("field `{name}` is neither a string nor null")),
         }
     };
     let uint = |name: &str| -> Result<u64, String> {
-        get(name)?
-            .as_u64()
-            .ok_or_else(|| format!("field `{name}` is not a non-negative integer"))
+        match get(name)? {
+            Field::Int(i) if i >= 0 => Ok(i as u64),
+            _ => Err(format!("field `{name}` is not a non-negative integer")),
+        }
     };
     let hash = |name: &str| -> Result<[u8; 32], String> {
-        record::parse_hash(string(name)?)
+        record::parse_hash(&string(name)?)
             .ok_or_else(|| format!("field `{name}` is not 64 lowercase hex digits"))
     };
-    if get("v")?.as_u64() != Some(FORMAT_VERSION) {
+    if get("v")? != Field::Int(FORMAT_VERSION as i64) {
         return Err(format!(
             "unsupported format version (`v` must be {FORMAT_VERSION})"
         ));
     }
     let seq = uint("seq")?;
-    if !is_rfc3339_utc(string("ts")?) {
+    if !is_rfc3339_utc(&string("ts")?) {
         return Err("field `ts` is not an RFC 3339 UTC time (YYYY-MM-DDTHH:MM:SS[.fff]Z)".into());
     }
     let session = string("session")?;
     let kind_name = string("kind")?;
-    let kind = Kind::parse(kind_name).ok_or_else(|| format!("unknown kind `{kind_name}`"))?;
+    let kind = Kind::parse(&kind_name).ok_or_else(|| format!("unknown kind `{kind_name}`"))?;
     string("actor")?;
     opt_string("action")?;
-    if !matches!(get("args")?, Value::Null | Value::Object(_)) {
+    if !matches!(get("args")?, Field::Null | Field::Object) {
         return Err("field `args` is neither an object nor null".into());
     }
     opt_string("token")?;
     if let Some(d) = opt_string("decision")? {
-        if !matches!(d, "allow" | "deny" | "error") {
+        if !matches!(&*d, "allow" | "deny" | "error") {
             return Err(format!("decision `{d}` is not allow, deny or error"));
         }
     }
@@ -303,7 +311,7 @@ fn fields(m: &Map<String, Value>) -> Result<Rec, String> {
         return Err("field `key` is not 16 lowercase hex digits".into());
     }
     let sig_bytes = base64::engine::general_purpose::STANDARD
-        .decode(string("sig")?)
+        .decode(&*string("sig")?)
         .map_err(|_| "field `sig` is not base64".to_string())?;
     let sig_arr: [u8; 64] = sig_bytes
         .try_into()
@@ -311,7 +319,7 @@ fn fields(m: &Map<String, Value>) -> Result<Rec, String> {
     let pubkey = match kind {
         Kind::SessionStart | Kind::Recovery => {
             let raw = base64::engine::general_purpose::STANDARD
-                .decode(string("pubkey")?)
+                .decode(&*string("pubkey")?)
                 .map_err(|_| "field `pubkey` is not base64".to_string())?;
             let arr: [u8; 32] = raw
                 .try_into()
@@ -323,22 +331,22 @@ fn fields(m: &Map<String, Value>) -> Result<Rec, String> {
             }
             Some(vk)
         }
-        _ if m.contains_key("pubkey") => {
+        _ if get("pubkey").is_ok() => {
             return Err(format!("field `pubkey` is not allowed on {kind} records"));
         }
         _ => None,
     };
     let end_records = if kind == Kind::SessionEnd {
-        get("exit")?
-            .as_i64()
-            .ok_or_else(|| "field `exit` is not an integer".to_string())?;
+        if !matches!(get("exit")?, Field::Int(_)) {
+            return Err("field `exit` is not an integer".into());
+        }
         Some(uint("records")?)
     } else {
         None
     };
     let torn = if kind == Kind::Recovery {
         let sha = string("torn_sha256")?;
-        if record::parse_hash(sha).is_none() {
+        if record::parse_hash(&sha).is_none() {
             return Err("field `torn_sha256` is not 64 lowercase hex digits".into());
         }
         Some((uint("torn_offset")?, uint("torn_length")?, sha.to_string()))
@@ -786,10 +794,12 @@ fn first_bad_signature(jobs: &[SigJob], parsed: &[Parsed]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::canonical;
     use crate::audit::{AuditLog, Durability, RecordBody, SessionWriter};
     use ed25519_dalek::SigningKey;
     use proptest::prelude::*;
     use serde_json::json;
+    use serde_json::{Map, Value};
     use std::path::Path;
 
     fn key(n: u8) -> SigningKey {
@@ -1124,12 +1134,158 @@ mod tests {
         assert!(!is_rfc3339_utc("2024-05-01 12:00:00Z"));
     }
 
+    fn value_field(v: &Value) -> Field<'_> {
+        match v {
+            Value::Null => Field::Null,
+            Value::String(s) => Field::Str(std::borrow::Cow::Borrowed(s)),
+            Value::Number(n) => n.as_i64().map_or(Field::Other, Field::Int),
+            Value::Object(_) => Field::Object,
+            _ => Field::Other,
+        }
+    }
+
+    /// The reading the in-place one replaced: a JSON tree, re-encoded and compared with the line.
+    fn parse_line_reference(bytes: &[u8]) -> Parsed {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| (Problem::Garbage, format!("not a JSON record ({e})")))?;
+        let Value::Object(map) = value else {
+            return Err((Problem::Garbage, "not a JSON object".into()));
+        };
+        let members =
+            canonical::Members::encode(&map).map_err(|e| (Problem::NotCanonical, e.to_string()))?;
+        if !members.is_encoding_of(bytes) {
+            return Err((Problem::NotCanonical, "not canonical".into()));
+        }
+        let rec =
+            fields(&|name| map.get(name).map(value_field)).map_err(|w| (Problem::BadField, w))?;
+        let computed = record::record_hash(&rec.prev, &members.object_without(&["hash", "sig"]));
+        Ok(Rec {
+            hash_ok: computed == rec.hash,
+            ..rec
+        })
+    }
+
+    /// A valid record whose names and strings need escapes and UTF-16 ordering (U+E000 sorts after
+    /// U+10000 in UTF-16, before it in code points).
+    fn tricky_line() -> Vec<u8> {
+        let mut body = RecordBody::new("s\"1", Kind::Decision, "b\\ot");
+        body.args =
+            json!({"\u{e000}": 1, "\u{10000}": "\n\u{1}é", "a": [1, {"z": null, "y": true}]});
+        body.reason = Some("quote \" and \u{7f} and \u{2028}".into());
+        body.extra.insert("\u{e001}x".into(), json!(-42));
+        body.extra.insert("\u{10001}y".into(), json!("tab\there"));
+        body.extra
+            .insert("ctl\u{2}".into(), json!(9007199254740991_i64));
+        let at = record::ChainPoint::genesis();
+        let sealed = record::seal(&body, &at, "2026-01-01T00:00:00Z", &(&key(1)).into()).unwrap();
+        let mut line = sealed.line;
+        line.pop(); // the newline
+        line
+    }
+
+    #[test]
+    fn escapes_and_utf16_order_read_in_place() {
+        let rec = parse_line(&tricky_line()).expect("a valid record");
+        assert!(rec.hash_ok);
+        assert_eq!(rec.session, "s\"1");
+    }
+
+    /// One of a dozen edits of a valid line, at `pos`: the ways a line can stop being canonical or valid.
+    fn mutate(line: &[u8], edit: usize, pos: usize, byte: u8) -> Vec<u8> {
+        let text = String::from_utf8(line.to_vec()).unwrap();
+        // `pos` moved back to a character boundary, for the edits that work on text.
+        let start = (0..=pos.min(text.len()))
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        let replace_at = |from: &str, to: &str| -> Vec<u8> {
+            // The occurrence of `from` nearest after `pos` (or the first one).
+            let at = text[start..]
+                .find(from)
+                .map(|i| i + start)
+                .or_else(|| text.find(from));
+            match at {
+                Some(i) => format!("{}{}{}", &text[..i], to, &text[i + from.len()..]).into_bytes(),
+                None => line.to_vec(),
+            }
+        };
+        match edit {
+            0 => line.to_vec(),
+            1 => {
+                let mut v = line.to_vec();
+                v[pos] = byte;
+                v
+            }
+            2 => {
+                let mut v = line.to_vec();
+                v.insert(pos, b" \t\n\r"[usize::from(byte) % 4]);
+                v
+            }
+            3 => replace_at(",\"", ", \""),
+            4 => replace_at("\"a", "\"\\u0061"),
+            5 => replace_at(":0", ":-0"),
+            6 => replace_at(":1", ":1.0"),
+            7 => replace_at(":1", ":1e0"),
+            8 => replace_at(":", ":9007199254740993,\"zz\":"),
+            9 => {
+                // Swap two neighbouring members.
+                let v: Value = serde_json::from_slice(line).unwrap();
+                let m = v.as_object().unwrap();
+                let mut items: Vec<String> = m
+                    .iter()
+                    .map(|(k, v)| format!("{}:{}", Value::from(k.clone()), v))
+                    .collect();
+                let i = pos % (items.len() - 1);
+                items.swap(i, i + 1);
+                format!("{{{}}}", items.join(",")).into_bytes()
+            }
+            10 => {
+                // Duplicate a member in place.
+                let v: Value = serde_json::from_slice(line).unwrap();
+                let m = v.as_object().unwrap();
+                let mut items: Vec<String> = m
+                    .iter()
+                    .map(|(k, v)| format!("{}:{}", Value::from(k.clone()), v))
+                    .collect();
+                let i = pos % items.len();
+                items.insert(i, items[i].clone());
+                format!("{{{}}}", items.join(",")).into_bytes()
+            }
+            _ => replace_at("\"args\":null", "\"args\":{\"b\":1,\"a\":[2, 3]}"),
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
         #[test]
         fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let r = verify_log(&bytes, None, None);
             prop_assert!(!r.ok);
+        }
+
+        #[test]
+        fn reading_in_place_agrees_with_the_tree_reading(
+            line_no in 0usize..10,
+            edit in 0usize..12,
+            pos in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let (_d, bytes, _) = two_sessions();
+            let mut all = lines(&bytes);
+            all.push(tricky_line());
+            let line = all[line_no % all.len()].clone();
+            let edited = mutate(&line, edit, pos.index(line.len()), byte);
+            let fast = parse_line(&edited);
+            let reference = parse_line_reference(&edited);
+            match (&fast, &reference) {
+                (Ok(a), Ok(b)) => prop_assert_eq!(format!("{a:?}"), format!("{b:?}")),
+                (Err(a), Err(b)) => prop_assert_eq!(a.0, b.0, "{} / {}", a.1, b.1),
+                _ => prop_assert!(
+                    false,
+                    "disagree on {:?}: {fast:?} vs {reference:?}",
+                    String::from_utf8_lossy(&edited)
+                ),
+            }
         }
 
         #[test]

@@ -472,6 +472,11 @@ run = ["/usr/bin/sort", "{file}"]
 params = { file = "^[A-Za-z0-9._=/-]{1,64}$" }
 
 [[action]]
+name = "sort.two"
+run = ["/usr/bin/sort", "{a}{b}"]
+params = { a = "^[A-Za-z0-9._=/-]{0,64}$", b = "^[A-Za-z0-9._=/-]{1,64}$" }
+
+[[action]]
 name = "sort.after_dashes"
 run = ["/usr/bin/sort", "--", "{file}"]
 params = { file = "^[A-Za-z0-9._=/-]{1,64}$" }
@@ -481,7 +486,7 @@ effect = "allow"
 agents = ["hello-bot"]
 actions = ["sort.*"]
 "#;
-    let fx = Fixture::new(extra, &["sort.file", "sort.after_dashes"]);
+    let fx = Fixture::new(extra, &["sort.file", "sort.two", "sort.after_dashes"]);
     std::fs::write(fx.dir.join("data.txt"), "b\na\n").expect("data");
     let injected = fx.out.join("injected");
     let mut script = call(
@@ -494,12 +499,18 @@ actions = ["sort.*"]
         "short",
         &format!("sort.file file=-o{}", injected_short.display()),
     );
+    // The `-` from the second parameter of a word that begins with an empty first one.
+    let injected_two = fx.out.join("injected-two");
+    script += &call(
+        "two",
+        &format!("sort.two a= b=--output={}", injected_two.display()),
+    );
     script += &call("plain", "sort.file file=data.txt");
     script += &call("dashes", "sort.after_dashes file=--output=x");
     let out = fx.run(&script);
     assert_status(&out, 0);
 
-    for tag in ["option", "short"] {
+    for tag in ["option", "short", "two"] {
         let (rc, stdout, stderr) = fx.outcome(tag);
         assert_eq!(
             rc, 3,
@@ -507,7 +518,7 @@ actions = ["sort.*"]
         );
         assert!(stderr.contains("option"), "{tag}: {stderr}");
     }
-    for f in [&injected, &injected_short] {
+    for f in [&injected, &injected_short, &injected_two] {
         assert!(!f.exists(), "sort --output ran: {}", f.display());
     }
     let denied = fx.decisions("sort.file");
@@ -1143,6 +1154,50 @@ fn revocation_takes_effect_at_the_next_call() {
 // ---------------------------------------------------------------------------------------------------
 // 8. Actor spoofing
 // ---------------------------------------------------------------------------------------------------
+
+#[test]
+fn identity_fields_of_any_json_type_cost_no_record() {
+    // A float or a huge integer cannot be encoded in a record: sent right behind a call (whose result
+    // record then waits to go out with this request's decision), it must neither break the log nor take
+    // that result record with it.
+    let fx = Fixture::with_audit("fsync = true", "", &[]);
+    let program = format!(
+        "{PY_PRELUDE}{}",
+        r#"
+s.send(b'{"id":1,"action":"sys.ping"}')
+s.send(b'{"id":2,"action":"sys.ping","agent":1.5,"user":123456789012345678901234}')
+a = json.loads(s.recv(1 << 20))
+b = json.loads(s.recv(1 << 20))
+c = ask(b'{"id":3,"action":"sys.ping"}')
+print(json.dumps([a["decision"], b["decision"], c["decision"]]))
+"#
+    );
+    let out = fx.run_python(&program, RUN_LIMIT);
+    assert_status(&out, 0);
+    assert!(
+        text(&out.stdout).contains(r#"["allow", "allow", "allow"]"#),
+        "{}",
+        show(&out)
+    );
+    let kinds: Vec<String> = fx
+        .records()
+        .into_iter()
+        .filter(|r| r["action"] == "sys.ping")
+        .map(|r| r["kind"].as_str().unwrap_or("?").to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["decision", "result", "decision", "result", "decision", "result"]
+    );
+    let flagged: Vec<Value> = fx
+        .decisions("sys.ping")
+        .into_iter()
+        .filter(|d| !d["ignored_identity"].is_null())
+        .collect();
+    assert_eq!(flagged.len(), 1, "{flagged:?}");
+    assert_eq!(flagged[0]["ignored_identity"]["agent"], "1.5");
+    assert_status(&fx.verify_audit(), 0);
+}
 
 #[test]
 fn identity_fields_are_ignored_and_flagged() {

@@ -551,7 +551,14 @@ impl SessionWriter {
 
     fn write(&mut self, body: RecordBody) -> Result<Appended, AuditError> {
         let first = self.deferred.take();
-        self.write_all(first.as_ref(), &[&body])
+        match self.write_all(first.as_ref(), &[&body]) {
+            // `body` could not be sealed: nothing was written; the deferred record still goes out.
+            Err(e @ AuditError::Record(_)) if first.is_some() => {
+                self.write_all(first.as_ref(), &[])?;
+                Err(e)
+            }
+            other => other,
+        }
     }
 
     fn write_all(

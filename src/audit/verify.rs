@@ -934,6 +934,24 @@ mod tests {
     }
 
     #[test]
+    fn a_record_that_cannot_be_sealed_does_not_take_the_deferred_one_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path, key(1), Durability::Relaxed).unwrap();
+        let (mut w, _) =
+            SessionWriter::start(log, RecordBody::new("a", Kind::SessionStart, "bot")).unwrap();
+        w.defer(RecordBody::new("", Kind::Result, "bot")).unwrap();
+        let mut bad = RecordBody::new("", Kind::Decision, "bot");
+        bad.extra.insert("x".into(), json!(1.5)); // not encodable: integers only
+        assert!(w.record(bad).is_err());
+        w.end(0, Map::new()).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let r = verify_log(text.as_bytes(), None, None);
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.records, 3, "start, the deferred result, end:\n{text}");
+    }
+
+    #[test]
     fn a_record_sealed_ahead_is_sealed_again_when_another_writer_came_in_between() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");

@@ -606,7 +606,12 @@ impl Mediator {
             )
         };
         if len == 0 && reply_fd.is_none() && peer_closed(self.socket.as_fd()) {
-            return None; // EOF: the agent closed its end (an empty message is answered below)
+            // EOF: the agent closed its end (an empty message is answered below). Nothing follows to
+            // carry a deferred result record: write it now.
+            if let Err(e) = self.audit.flush() {
+                self.audit_broken = Some(e.to_string());
+            }
+            return None;
         }
         let (response, end, result) =
             self.handle(&buf[..len.min(protocol::MAX_REQUEST)], truncated);
@@ -659,10 +664,11 @@ fn request_queued(fd: BorrowedFd<'_>, window: std::time::Duration) -> bool {
     use nix::poll::{ppoll, PollFd, PollFlags};
     let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
     let window = nix::sys::time::TimeSpec::from_duration(window);
+    // A hang-up also reads as POLLIN: it is no request to wait for.
     ppoll(&mut fds, Some(window), None).is_ok_and(|n| n > 0)
-        && fds[0]
-            .revents()
-            .is_some_and(|r| r.contains(PollFlags::POLLIN))
+        && fds[0].revents().is_some_and(|r| {
+            r.contains(PollFlags::POLLIN) && !r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)
+        })
 }
 
 /// Whether the other end of the socket is gone (a zero-length read is EOF, not an empty message).

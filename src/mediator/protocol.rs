@@ -88,7 +88,13 @@ pub fn parse_request(frame: &[u8]) -> Result<Request, ProtocolError> {
     let mut spoofed = Map::new();
     for field in IDENTITY_FIELDS {
         if let Some(v) = obj.remove(*field) {
-            spoofed.insert(field.to_string(), v);
+            // Recorded as text: any JSON (a float, a huge integer) must stay recordable, or the call's
+            // decision record could not be written.
+            let text = match v {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            spoofed.insert(field.to_string(), Value::String(text));
         }
     }
     if let Some(unknown) = obj.keys().next() {

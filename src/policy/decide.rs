@@ -318,20 +318,6 @@ fn check_args(action: &Action, args: &BTreeMap<String, String>) -> Result<(), De
                 action.name
             )));
         }
-        if let ActionKind::Command {
-            option_position, ..
-        } = &action.kind
-        {
-            if value.starts_with('-') && option_position.contains(param) {
-                return Err(bad(format!(
-                    "argument {} of action {} starts with `-`: where it stands in `run` the program \
-                     would read it as an option. The policy can put a `--` word before it in `run` if \
-                     such values are meant",
-                    quoted(param),
-                    action.name
-                )));
-            }
-        }
         if param == "path" && is_fs_action(action) && !is_plain_relative_path(value) {
             return Err(bad(format!(
                 "argument `path` of action {} must be a plain relative path (no `.` or `..` \
@@ -339,6 +325,37 @@ fn check_args(action: &Action, args: &BTreeMap<String, String>) -> Result<(), De
                  constraints match it as written, so it must name the file it opens",
                 action.name
             )));
+        }
+    }
+    // A word that begins with a parameter, rendered, must not read as an option (whichever of its
+    // parameters brings the `-`: `{a}{b}` with an empty `a` is caught too).
+    if let ActionKind::Command { option_words, .. } = &action.kind {
+        for word in option_words {
+            let Ok(rendered) = super::render_argv(std::slice::from_ref(word), args) else {
+                continue; // a missing argument: refused just below
+            };
+            if rendered.first().is_some_and(|w| w.starts_with('-')) {
+                let param = super::template_pieces(word)
+                    .ok()
+                    .and_then(|p| match p.first() {
+                        Some(super::TemplatePiece::Param(name)) => Some(name.to_string()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                return Err(Decision::deny(
+                    Check::BadArgument {
+                        param: param.clone(),
+                    },
+                    format!(
+                        "argument {} of action {} makes the word `{word}` of `run` start with `-`: \
+                         the program would read it as an option. The policy can put a `--` word before \
+                         it in `run` if such values are meant (and the program takes `--` as the end of \
+                         its options)",
+                        quoted(&param),
+                        action.name
+                    ),
+                ));
+            }
         }
     }
     if let Some(missing) = action.required.iter().find(|p| !args.contains_key(*p)) {

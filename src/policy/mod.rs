@@ -185,9 +185,10 @@ pub enum ActionKind {
         sandbox: Option<String>,
         /// Seconds; `None`: `[mediator] timeout`.
         timeout: Option<u64>,
-        /// Parameters that begin an argv word before any `--` word: a value starting with `-` there would
-        /// be read as an option by the program (`--output=FILE`, `-c CMD`), so it is refused.
-        option_position: Vec<String>,
+        /// The `run` words (templates) that begin with a parameter, before any `--` word: rendered, such a
+        /// word starting with `-` would be read as an option by the program (`--output=FILE`, `-c CMD`),
+        /// so the call is refused.
+        option_words: Vec<String>,
     },
     Builtin(Builtin),
 }

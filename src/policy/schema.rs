@@ -842,14 +842,12 @@ fn action(src: &Source, dir: &Path, spanned: &Spanned<RawAction>) -> Result<Acti
                 return Err(src.at(run, "run", "needs at least the program to run"));
             }
             let mut required: Vec<String> = Vec::new();
-            let mut option_position: Vec<String> = Vec::new();
+            let mut option_words: Vec<String> = Vec::new();
             let mut after_dashes = false;
             for (i, word) in words.iter().enumerate() {
                 let pieces = template_pieces(word).map_err(|p| src.at(run, "run", p))?;
-                if let (false, Some(TemplatePiece::Param(p))) = (after_dashes, pieces.first()) {
-                    if !option_position.iter().any(|o| o == p) {
-                        option_position.push(p.to_string());
-                    }
+                if let (false, Some(TemplatePiece::Param(_))) = (after_dashes, pieces.first()) {
+                    option_words.push(word.clone());
                 }
                 after_dashes |= i > 0 && word == "--";
                 for piece in pieces {
@@ -892,7 +890,7 @@ fn action(src: &Source, dir: &Path, spanned: &Spanned<RawAction>) -> Result<Acti
                     run: words.clone(),
                     sandbox,
                     timeout,
-                    option_position,
+                    option_words,
                 },
                 required,
             )

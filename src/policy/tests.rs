@@ -234,14 +234,11 @@ fn parameters_that_begin_a_word_before_dashes_are_in_option_position() {
         Path::new("/tmp/p.toml"),
     )
     .unwrap();
-    let ActionKind::Command {
-        option_position, ..
-    } = &p.action("c").unwrap().kind
-    else {
+    let ActionKind::Command { option_words, .. } = &p.action("c").unwrap().kind else {
         panic!("not a command")
     };
     // `{a}` and `{b}.txt` begin a word; `--out={c}` and `x{d}` do not; `{e}` comes after `--`.
-    assert_eq!(option_position, &["a", "b"]);
+    assert_eq!(option_words, &["{a}", "{b}.txt"]);
 }
 
 #[test]

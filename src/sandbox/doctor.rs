@@ -24,10 +24,15 @@ pub fn userns_works() -> bool {
         return false;
     }
     let mut status = 0;
-    // SAFETY: waiting for the child we just created.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let waited = loop {
+        // SAFETY: waiting for the child we just created.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r != -1 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            break r;
+        }
+    };
     drop(stack);
-    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+    waited == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
 }
 
 #[derive(serde::Serialize)]

@@ -293,6 +293,34 @@ impl Fixture {
         found.into_iter().next().expect("one record")
     }
 
+    /// `n` sys.ping calls left a decision then a result each, in order, and the log verifies.
+    #[track_caller]
+    fn assert_pings_recorded_in_pairs(&self, n: usize, verify_limit: Duration) {
+        let kinds: Vec<String> = self
+            .records()
+            .into_iter()
+            .filter(|r| r["action"] == "sys.ping")
+            .map(|r| r["kind"].as_str().unwrap_or("?").to_string())
+            .collect();
+        assert_eq!(kinds.len(), 2 * n, "a decision and a result per call");
+        for (i, pair) in kinds.chunks(2).enumerate() {
+            assert_eq!(
+                pair,
+                ["decision", "result"],
+                "call {i}: records out of order"
+            );
+        }
+        let mut c = Command::new(BIN);
+        c.current_dir(&self.dir).args([
+            "audit",
+            "verify",
+            "audit.jsonl",
+            "--key",
+            "keys/audit.pub",
+        ]);
+        assert_status(&bounded(c, verify_limit), 0);
+    }
+
     fn verify_audit(&self) -> Output {
         self.zt(&["audit", "verify", "audit.jsonl", "--key", "keys/audit.pub"])
     }
@@ -1008,40 +1036,13 @@ else:
     let out = fx.run_python(&program, Duration::from_secs(120));
     assert_status(&out, 0);
     assert!(text(&out.stdout).contains("OK"), "{}", show(&out));
+    fx.assert_pings_recorded_in_pairs(300, Duration::from_secs(120));
     let records = fx.records();
-    let kinds: Vec<&str> = records
-        .iter()
-        .filter(|r| r["action"] == "sys.ping")
-        .map(|r| r["kind"].as_str().unwrap_or("?"))
-        .collect();
-    assert_eq!(kinds.len(), 600, "a decision and a result per call");
-    for (i, pair) in kinds.chunks(2).enumerate() {
-        assert_eq!(
-            pair,
-            ["decision", "result"],
-            "call {i}: records out of order"
-        );
-    }
     let end = records.last().expect("records");
     assert_eq!(end["kind"], "session.end", "{end}");
     let session = &end["session"];
     let in_session = records.iter().filter(|r| &r["session"] == session).count();
     assert_eq!(end["records"], in_session, "session.end counts its records");
-    let verify = bounded(
-        {
-            let mut c = Command::new(BIN);
-            c.current_dir(&fx.dir).args([
-                "audit",
-                "verify",
-                "audit.jsonl",
-                "--key",
-                "keys/audit.pub",
-            ]);
-            c
-        },
-        Duration::from_secs(120),
-    );
-    assert_status(&verify, 0);
 }
 
 #[test]
@@ -1066,35 +1067,7 @@ print("OK", ok)
     assert_eq!(fx.decisions("sys.ping").len(), 20_000);
     // The agent is answered before its result record is written; that record must still land, right
     // after its own decision and before the next call's (back-to-back calls are where it would slip).
-    let kinds: Vec<String> = fx
-        .records()
-        .into_iter()
-        .filter(|r| r["action"] == "sys.ping")
-        .map(|r| r["kind"].as_str().unwrap_or("?").to_string())
-        .collect();
-    assert_eq!(kinds.len(), 40_000, "a decision and a result per call");
-    for (i, pair) in kinds.chunks(2).enumerate() {
-        assert_eq!(
-            pair,
-            ["decision", "result"],
-            "call {i}: records out of order"
-        );
-    }
-    let verify = bounded(
-        {
-            let mut c = Command::new(BIN);
-            c.current_dir(&fx.dir).args([
-                "audit",
-                "verify",
-                "audit.jsonl",
-                "--key",
-                "keys/audit.pub",
-            ]);
-            c
-        },
-        Duration::from_secs(600),
-    );
-    assert_status(&verify, 0);
+    fx.assert_pings_recorded_in_pairs(20_000, Duration::from_secs(600));
 }
 
 // ---------------------------------------------------------------------------------------------------

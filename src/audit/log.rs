@@ -305,27 +305,11 @@ impl AuditLog {
                 }
                 _ => record::seal(&pre.body, &point, &now_rfc3339(), &self.key)?,
             };
-            buf.extend_from_slice(&sealed.line);
-            last = Some(Appended {
-                seq: point.seq,
-                hash: sealed.hash.clone(),
-            });
-            point = ChainPoint {
-                seq: point.seq + 1,
-                prev: sealed.hash,
-            };
+            last = Some(chain_on(&mut buf, &mut point, sealed));
         }
         for body in bodies {
             let sealed = record::seal(body, &point, &now_rfc3339(), &self.key)?;
-            buf.extend_from_slice(&sealed.line);
-            last = Some(Appended {
-                seq: point.seq,
-                hash: sealed.hash.clone(),
-            });
-            point = ChainPoint {
-                seq: point.seq + 1,
-                prev: sealed.hash,
-            };
+            last = Some(chain_on(&mut buf, &mut point, sealed));
         }
         if !buf.is_empty() {
             // O_APPEND: each write lands at the current end; we hold the lock, so nothing interleaves.
@@ -467,6 +451,20 @@ pub fn new_session_id() -> String {
     let mut b = [0u8; 16];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
     hex::encode(b)
+}
+
+/// Adds a sealed line to `buf` and moves `point` past it; returns where it lands.
+fn chain_on(buf: &mut Vec<u8>, point: &mut ChainPoint, sealed: record::Sealed) -> Appended {
+    buf.extend_from_slice(&sealed.line);
+    let appended = Appended {
+        seq: point.seq,
+        hash: sealed.hash.clone(),
+    };
+    *point = ChainPoint {
+        seq: point.seq + 1,
+        prev: sealed.hash,
+    };
+    appended
 }
 
 /// A record sealed ahead of its write ([`AuditLog::preseal`]).

@@ -1245,28 +1245,22 @@ mod tests {
             6 => replace_at(":1", ":1.0"),
             7 => replace_at(":1", ":1e0"),
             8 => replace_at(":", ":9007199254740993,\"zz\":"),
-            9 => {
-                // Swap two neighbouring members.
+            9 | 10 => {
+                // Swap two neighbouring members, or duplicate one in place.
                 let v: Value = serde_json::from_slice(line).unwrap();
-                let m = v.as_object().unwrap();
-                let mut items: Vec<String> = m
+                let mut items: Vec<String> = v
+                    .as_object()
+                    .unwrap()
                     .iter()
                     .map(|(k, v)| format!("{}:{}", Value::from(k.clone()), v))
                     .collect();
-                let i = pos % (items.len() - 1);
-                items.swap(i, i + 1);
-                format!("{{{}}}", items.join(",")).into_bytes()
-            }
-            10 => {
-                // Duplicate a member in place.
-                let v: Value = serde_json::from_slice(line).unwrap();
-                let m = v.as_object().unwrap();
-                let mut items: Vec<String> = m
-                    .iter()
-                    .map(|(k, v)| format!("{}:{}", Value::from(k.clone()), v))
-                    .collect();
-                let i = pos % items.len();
-                items.insert(i, items[i].clone());
+                if edit == 9 {
+                    let i = pos % (items.len() - 1);
+                    items.swap(i, i + 1);
+                } else {
+                    let i = pos % items.len();
+                    items.insert(i, items[i].clone());
+                }
                 format!("{{{}}}", items.join(",")).into_bytes()
             }
             _ => replace_at("\"args\":null", "\"args\":{\"b\":1,\"a\":[2, 3]}"),

@@ -37,7 +37,38 @@ pub struct Members<'a> {
     spans: Vec<(&'a str, std::ops::Range<usize>)>,
 }
 
+/// A member's value, borrowed from wherever it lives (no JSON map needs to be built first).
+pub enum Part<'a> {
+    Null,
+    Str(&'a str),
+    UInt(u64),
+    Value(&'a Value),
+}
+
 impl<'a> Members<'a> {
+    /// Encodes named parts (names unique: the caller's duty) in canonical order.
+    pub fn from_parts(mut parts: Vec<(&'a str, Part<'a>)>) -> Result<Members<'a>, CanonicalError> {
+        parts.sort_by(|a, b| utf16_cmp(a.0, b.0));
+        let mut buf = String::with_capacity(512);
+        let mut spans = Vec::with_capacity(parts.len() + 2);
+        for (name, part) in parts {
+            let start = buf.len();
+            write_string(&mut buf, name);
+            buf.push(':');
+            match part {
+                Part::Null => buf.push_str("null"),
+                Part::Str(s) => write_string(&mut buf, s),
+                Part::UInt(n) if n <= MAX_SAFE_INTEGER => {
+                    let _ = write!(buf, "{n}");
+                }
+                Part::UInt(n) => return Err(CanonicalError::OutOfRange(n.to_string())),
+                Part::Value(v) => write_value(&mut buf, v)?,
+            }
+            spans.push((name, start..buf.len()));
+        }
+        Ok(Members { buf, spans })
+    }
+
     pub fn encode(map: &'a serde_json::Map<String, Value>) -> Result<Members<'a>, CanonicalError> {
         let mut buf = String::with_capacity(512);
         let mut spans = Vec::with_capacity(map.len() + 2);
@@ -231,6 +262,24 @@ pub(crate) fn write_string(out: &mut String, s: &str) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn parts_encode_as_the_same_map_would() {
+        let args = json!({"b": [1, "x"], "a": null});
+        let extra = json!("\u{10000}");
+        let parts = vec![
+            ("\u{e000}", Part::UInt(7)),
+            ("zeta", Part::Null),
+            ("\u{10000}", Part::Value(&extra)),
+            ("alpha\n", Part::Str("q\"uote")),
+            ("args", Part::Value(&args)),
+        ];
+        let via_parts = Members::from_parts(parts).unwrap().object();
+        let map = json!({"\u{e000}": 7, "zeta": null, "\u{10000}": "\u{10000}", "alpha\n": "q\"uote",
+                         "args": {"b": [1, "x"], "a": null}});
+        assert_eq!(via_parts, encode(&map).unwrap());
+        assert!(Members::from_parts(vec![("n", Part::UInt(MAX_SAFE_INTEGER + 1))]).is_err());
+    }
 
     fn enc(v: Value) -> String {
         String::from_utf8(encode(&v).unwrap()).unwrap()

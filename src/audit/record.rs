@@ -279,26 +279,32 @@ pub fn seal(
     }
     // `at.prev` comes from our own tail reading, which only accepts well-formed hashes.
     let prev_raw = parse_hash(&at.prev).unwrap_or([0u8; 32]);
-    let opt = |o: &Option<String>| o.clone().map_or(Value::Null, Value::String);
-
-    let mut rec = body.extra.clone();
-    rec.insert("v".into(), Value::from(FORMAT_VERSION));
-    rec.insert("seq".into(), Value::from(at.seq));
-    rec.insert("ts".into(), Value::String(ts.to_string()));
-    rec.insert("session".into(), Value::String(body.session.clone()));
-    rec.insert("kind".into(), Value::String(body.kind.as_str().into()));
-    rec.insert("actor".into(), Value::String(body.actor.clone()));
-    rec.insert("action".into(), opt(&body.action));
-    rec.insert("args".into(), body.args.clone());
-    rec.insert("token".into(), opt(&body.token));
-    rec.insert("decision".into(), opt(&body.decision));
-    rec.insert("reason".into(), opt(&body.reason));
-    rec.insert("prev".into(), Value::String(at.prev.clone()));
-    rec.insert("key".into(), Value::String(key.key_id.clone()));
-    if matches!(body.kind, Kind::SessionStart | Kind::Recovery) {
-        rec.insert("pubkey".into(), Value::String(key.pubkey.clone()));
+    use canonical::Part;
+    fn opt(o: &Option<String>) -> Part<'_> {
+        o.as_deref().map_or(Part::Null, Part::Str)
     }
-    let members = canonical::Members::encode(&rec)?;
+    let mut parts: Vec<(&str, Part)> = Vec::with_capacity(body.extra.len() + 15);
+    parts.extend([
+        ("v", Part::UInt(FORMAT_VERSION)),
+        ("seq", Part::UInt(at.seq)),
+        ("ts", Part::Str(ts)),
+        ("session", Part::Str(&body.session)),
+        ("kind", Part::Str(body.kind.as_str())),
+        ("actor", Part::Str(&body.actor)),
+        ("action", opt(&body.action)),
+        ("args", Part::Value(&body.args)),
+        ("token", opt(&body.token)),
+        ("decision", opt(&body.decision)),
+        ("reason", opt(&body.reason)),
+        ("prev", Part::Str(&at.prev)),
+        ("key", Part::Str(&key.key_id)),
+    ]);
+    if matches!(body.kind, Kind::SessionStart | Kind::Recovery) {
+        parts.push(("pubkey", Part::Str(&key.pubkey)));
+    }
+    // No extra name is a fixed one (checked above), so names are unique.
+    parts.extend(body.extra.iter().map(|(k, v)| (k.as_str(), Part::Value(v))));
+    let members = canonical::Members::from_parts(parts)?;
     let hash = record_hash(&prev_raw, &members.object());
     let sig = key.sign(&signature_message(&hash));
     let hash_hex = hex::encode(hash);

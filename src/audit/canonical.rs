@@ -48,7 +48,12 @@ pub enum Part<'a> {
 impl<'a> Members<'a> {
     /// Encodes named parts (names unique: the caller's duty) in canonical order.
     pub fn from_parts(mut parts: Vec<(&'a str, Part<'a>)>) -> Result<Members<'a>, CanonicalError> {
-        parts.sort_by(|a, b| utf16_cmp(a.0, b.0));
+        // Byte order is UTF-16 order when no name reaches U+E000 (see `sorted`); names are unique.
+        if parts.iter().any(|(n, _)| n.bytes().any(|b| b >= 0xEE)) {
+            parts.sort_by(|a, b| utf16_cmp(a.0, b.0));
+        } else {
+            parts.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        }
         let mut buf = String::with_capacity(512);
         let mut spans = Vec::with_capacity(parts.len() + 2);
         for (name, part) in parts {
@@ -124,31 +129,33 @@ impl<'a> Members<'a> {
 
     /// The object with string members `extra` (names absent from it) added at their sorted places.
     pub fn object_with(&self, extra: &[(&str, &str)]) -> Vec<u8> {
-        let mut extra: Vec<(&str, String)> = extra
-            .iter()
-            .map(|(name, value)| {
-                let mut m = String::new();
-                write_string(&mut m, name);
-                m.push(':');
-                write_string(&mut m, value);
-                (*name, m)
-            })
-            .collect();
+        let mut extra: Vec<(&str, &str)> = extra.to_vec();
         extra.sort_by(|a, b| utf16_cmp(a.0, b.0));
-        let mut out = Vec::with_capacity(self.buf.len() + 2 * self.spans.len() + 256);
-        out.push(b'{');
+        let mut out = String::with_capacity(self.buf.len() + 2 * self.spans.len() + 256);
+        out.push('{');
+        let add = |out: &mut String, name: &str, value: &str| {
+            if out.len() > 1 {
+                out.push(',');
+            }
+            write_string(out, name);
+            out.push(':');
+            write_string(out, value);
+        };
         let mut pending = extra.iter().peekable();
         for (name, span) in &self.spans {
-            while let Some((_, m)) = pending.next_if(|(n, _)| utf16_cmp(n, name).is_lt()) {
-                push_member(&mut out, m.as_bytes());
+            while let Some((n, v)) = pending.next_if(|(n, _)| utf16_cmp(n, name).is_lt()) {
+                add(&mut out, n, v);
             }
-            push_member(&mut out, &self.buf.as_bytes()[span.clone()]);
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push_str(&self.buf[span.clone()]);
         }
-        for (_, m) in pending {
-            push_member(&mut out, m.as_bytes());
+        for (n, v) in pending {
+            add(&mut out, n, v);
         }
-        out.push(b'}');
-        out
+        out.push('}');
+        out.into_bytes()
     }
 }
 

@@ -284,20 +284,21 @@ pub fn seal(
         o.as_deref().map_or(Part::Null, Part::Str)
     }
     let mut parts: Vec<(&str, Part)> = Vec::with_capacity(body.extra.len() + 15);
+    // In canonical order already (the sort below then has little to do).
     parts.extend([
-        ("v", Part::UInt(FORMAT_VERSION)),
-        ("seq", Part::UInt(at.seq)),
-        ("ts", Part::Str(ts)),
-        ("session", Part::Str(&body.session)),
-        ("kind", Part::Str(body.kind.as_str())),
-        ("actor", Part::Str(&body.actor)),
         ("action", opt(&body.action)),
+        ("actor", Part::Str(&body.actor)),
         ("args", Part::Value(&body.args)),
-        ("token", opt(&body.token)),
         ("decision", opt(&body.decision)),
-        ("reason", opt(&body.reason)),
-        ("prev", Part::Str(&at.prev)),
         ("key", Part::Str(&key.key_id)),
+        ("kind", Part::Str(body.kind.as_str())),
+        ("prev", Part::Str(&at.prev)),
+        ("reason", opt(&body.reason)),
+        ("seq", Part::UInt(at.seq)),
+        ("session", Part::Str(&body.session)),
+        ("token", opt(&body.token)),
+        ("ts", Part::Str(ts)),
+        ("v", Part::UInt(FORMAT_VERSION)),
     ]);
     if matches!(body.kind, Kind::SessionStart | Kind::Recovery) {
         parts.push(("pubkey", Part::Str(&key.pubkey)));

@@ -111,8 +111,20 @@ pub fn parse_request(frame: &[u8]) -> Result<Request, ProtocolError> {
 
 /// Serialises a response.
 pub fn response(id: &Value, decision: &str, reason: &str, result: Value) -> Vec<u8> {
-    let v = serde_json::json!({"id": id, "decision": decision, "reason": reason, "result": result});
-    serde_json::to_vec(&v).unwrap_or_else(|_| b"{\"decision\":\"error\"}".to_vec())
+    #[derive(serde::Serialize)]
+    struct Response<'a> {
+        id: &'a Value,
+        decision: &'a str,
+        reason: &'a str,
+        result: &'a Value,
+    }
+    let r = Response {
+        id,
+        decision,
+        reason,
+        result: &result,
+    };
+    serde_json::to_vec(&r).unwrap_or_else(|_| b"{\"decision\":\"error\"}".to_vec())
 }
 
 #[cfg(test)]

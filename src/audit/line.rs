@@ -273,17 +273,21 @@ impl<'a> LineMembers<'a> {
             None => self.members.iter().find(|m| m.name == name)?,
         };
         let text = m.text;
-        Some(match text.as_bytes()[0] {
-            b'n' => Field::Null,
+        // (A value's text is never empty, and a string's has its two quotes: `parse` read them.)
+        Some(match text.as_bytes().first() {
+            Some(b'n') => Field::Null,
             // Canonical: without a backslash the text between the quotes is the string itself.
-            b'"' if !text.contains('\\') => Field::Str(Cow::Borrowed(&text[1..text.len() - 1])),
-            b'"' => match serde_json::from_str::<Text>(text) {
+            Some(b'"') if !text.contains('\\') => match text.get(1..text.len() - 1) {
+                Some(inner) => Field::Str(Cow::Borrowed(inner)),
+                None => Field::Other,
+            },
+            Some(b'"') => match serde_json::from_str::<Text>(text) {
                 Ok(Text(s)) => Field::Str(Cow::Owned(s.into_owned())),
                 Err(_) => Field::Other,
             },
-            b'{' => Field::Object,
-            b't' | b'f' | b'[' => Field::Other,
-            _ => text.parse().map_or(Field::Other, Field::Int),
+            Some(b'{') => Field::Object,
+            Some(b'0'..=b'9' | b'-') => text.parse().map_or(Field::Other, Field::Int),
+            _ => Field::Other,
         })
     }
 

@@ -629,11 +629,10 @@ impl Mediator {
             None,
         );
         if let Some(body) = result {
-            // When the next request is already queued, the result goes out with its decision record (one
-            // locked write, one fsync), first; otherwise now. A failure marks the log broken: the next
-            // call is denied and told why.
-            // It is sealed first (the signature is most of the work); meanwhile the agent may send its
-            // next request.
+            // Sealed first (the signature is most of the work; meanwhile the agent may send its next
+            // request), then written: with that next request's decision record (one locked write, one
+            // fsync) when the request is there, else now. A failure marks the log broken: the next call
+            // is denied and told why.
             let window = match self.audit.log().durability() {
                 Durability::Fsync => COALESCE_WINDOW,
                 Durability::Relaxed => std::time::Duration::ZERO,

@@ -74,6 +74,9 @@ impl<'a> Members<'a> {
         Ok(Members { buf, spans })
     }
 
+    /// Encodes a map's members in canonical order. (Test only: the verifier's tests read lines this way
+    /// as the reference; records are sealed from [`Members::from_parts`].)
+    #[cfg(test)]
     pub fn encode(map: &'a serde_json::Map<String, Value>) -> Result<Members<'a>, CanonicalError> {
         let mut buf = String::with_capacity(512);
         let mut spans = Vec::with_capacity(map.len() + 2);
@@ -93,6 +96,8 @@ impl<'a> Members<'a> {
     }
 
     /// The object without the members named in `skip` (the hash preimage leaves out `hash` and `sig`).
+    /// (Test only: the verifier's tests read lines this way as the reference.)
+    #[cfg(test)]
     pub fn object_without(&self, skip: &[&str]) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.buf.len() + self.spans.len() + 2);
         out.push(b'{');
@@ -106,6 +111,8 @@ impl<'a> Members<'a> {
     }
 
     /// Whether `bytes` is exactly this object's encoding (compared in place, nothing copied).
+    /// (Test only: the verifier's tests read lines this way as the reference.)
+    #[cfg(test)]
     pub fn is_encoding_of(&self, bytes: &[u8]) -> bool {
         let buf = self.buf.as_bytes();
         let mut rest = match bytes.strip_prefix(b"{").and_then(|b| b.strip_suffix(b"}")) {
@@ -159,6 +166,7 @@ impl<'a> Members<'a> {
     }
 }
 
+#[cfg(test)]
 fn push_member(out: &mut Vec<u8>, member: &[u8]) {
     if out.len() > 1 {
         out.push(b',');

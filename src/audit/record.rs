@@ -171,11 +171,7 @@ pub fn key_id(key: &VerifyingKey) -> String {
 
 /// hash = SHA-256(HASH_DOMAIN || prev as 32 raw bytes || canonical(record without hash and sig)).
 pub fn record_hash(prev: &[u8; 32], canonical_unsigned: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(HASH_DOMAIN);
-    h.update(prev);
-    h.update(canonical_unsigned);
-    h.finalize().into()
+    record_hash_of_parts(prev, &[canonical_unsigned])
 }
 
 /// [`record_hash`] of the canonical encoding given in pieces (joined, they are the encoding).

@@ -658,26 +658,30 @@ impl Mediator {
 /// request is already there (sleeping and waking again would cost more than the write it saves).
 const COALESCE_WINDOW: std::time::Duration = std::time::Duration::from_micros(100);
 
-/// Whether a request arrives on the socket within `window`.
-fn request_queued(fd: BorrowedFd<'_>, window: std::time::Duration) -> bool {
+/// What `poll` reports for `fd` within `window` (`None`: nothing, or poll failed).
+fn poll_one(fd: BorrowedFd<'_>, window: std::time::Duration) -> Option<nix::poll::PollFlags> {
     use nix::poll::{ppoll, PollFd, PollFlags};
     let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
     let window = nix::sys::time::TimeSpec::from_duration(window);
-    // A hang-up also reads as POLLIN: it is no request to wait for.
-    ppoll(&mut fds, Some(window), None).is_ok_and(|n| n > 0)
-        && fds[0].revents().is_some_and(|r| {
-            r.contains(PollFlags::POLLIN) && !r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)
-        })
+    match ppoll(&mut fds, Some(window), None) {
+        Ok(n) if n > 0 => fds[0].revents(),
+        _ => None,
+    }
+}
+
+/// Whether a request arrives on the socket within `window`. A hang-up also reads as POLLIN: it is no
+/// request to wait for.
+fn request_queued(fd: BorrowedFd<'_>, window: std::time::Duration) -> bool {
+    use nix::poll::PollFlags;
+    poll_one(fd, window).is_some_and(|r| {
+        r.contains(PollFlags::POLLIN) && !r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)
+    })
 }
 
 /// Whether the other end of the socket is gone (a zero-length read is EOF, not an empty message).
 fn peer_closed(fd: BorrowedFd<'_>) -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-    poll(&mut fds, PollTimeout::ZERO).is_ok()
-        && fds[0]
-            .revents()
-            .is_some_and(|r| r.intersects(PollFlags::POLLHUP))
+    poll_one(fd, std::time::Duration::ZERO)
+        .is_some_and(|r| r.intersects(nix::poll::PollFlags::POLLHUP))
 }
 
 /// The signed part of a presented token (`ztcap1.<payload>`), if it has that shape.

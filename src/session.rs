@@ -320,7 +320,7 @@ pub fn run(args: &RunArgs) -> CmdResult {
     let mut mediator = Mediator::new(ours, policy, agent, tokens, writer, audit_paths)
         .with_shield(shield)
         .with_deadline(config.wall.map(|w| std::time::Instant::now() + w));
-    let exit = match pending.release() {
+    let (exit, exiting) = match pending.release() {
         Ok(mut sb) => {
             let started = match sb.proxy_listener.take() {
                 Some(listener) => mediator.start_proxy(listener),
@@ -331,7 +331,8 @@ pub fn run(args: &RunArgs) -> CmdResult {
                 Ok(()) => sandbox::launch::supervise(sb, &mut mediator, config.wall),
                 Err(e) => {
                     sandbox::launch::kill_sandbox(sb.pid);
-                    sandbox::launch::AgentExit::Lost(format!("egress proxy: {e}"))
+                    let lost = sandbox::launch::AgentExit::Lost(format!("egress proxy: {e}"));
+                    (lost, sandbox::launch::Exiting::gone())
                 }
             }
         }
@@ -356,13 +357,23 @@ pub fn run(args: &RunArgs) -> CmdResult {
     for line in &quarantined {
         eprintln!("zt-aas: WARNING: {line}");
     }
-    // The sandbox's placeholders and cgroup are removed (an rmdir can take a fraction of a millisecond)
-    // while the session is sealed; both are done when `run` returns.
+    // While the session is sealed: the placeholders are removed (an rmdir can take a fraction of a
+    // millisecond here; no process of the agent is left), the sandbox's init finishes exiting, and then
+    // its cgroup is removed. All done when `run` returns.
     std::thread::scope(|scope| {
         // Should no thread be available, the closure (and the sandbox with it) is dropped here instead.
         let _ = std::thread::Builder::new()
             .name("zt-aas-cleanup".into())
-            .spawn_scoped(scope, move || drop(prepared));
+            .spawn_scoped(scope, move || {
+                let sandbox::Prepared {
+                    placeholders,
+                    cgroup,
+                    ..
+                } = prepared;
+                drop(placeholders);
+                drop(exiting);
+                drop(cgroup)
+            });
         seal(
             mediator,
             code,

@@ -760,6 +760,62 @@ fn a_repository_made_by_the_agent_keeps_plain_config_and_loses_executable_config
     assert!(!pwned.exists(), "the user's git ran the agent's fsmonitor");
 }
 
+#[test]
+fn a_daemon_cannot_rewrite_git_config_after_the_quarantine_check() {
+    // A daemon of the agent keeps writing an executable .git/config as fast as it can. When `run` checks
+    // the repository, every process of the agent must already be gone, or the daemon would write again
+    // after the check.
+    let (_t, ws) = plain_workspace();
+    let pwned = ws.with_extension("pwned");
+    let daemon = format!(
+        r#"import os, time
+if os.fork() == 0:
+    os.setsid()
+    while True:
+        with open(".git/config.new", "w") as f:
+            f.write('[core]\n\tfsmonitor = "touch {} ; false"\n')
+        os.replace(".git/config.new", ".git/config")
+deadline = time.time() + 20
+while time.time() < deadline:
+    try:
+        if "fsmonitor" in open(".git/config").read():
+            print("daemon writing")
+            break
+    except OSError:
+        pass
+    time.sleep(0.01)
+"#,
+        pwned.display()
+    );
+    std::fs::write(ws.join("daemon.py"), daemon).unwrap();
+    let out = zt(
+        &ws,
+        &[
+            "run",
+            "-q",
+            "--",
+            "sh",
+            "-c",
+            "git init -q && python3 daemon.py",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("daemon writing"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Quarantined, and written by nobody since.
+    std::thread::sleep(Duration::from_millis(100));
+    let config = std::fs::read_to_string(ws.join(".git/config")).unwrap_or_default();
+    assert!(
+        !config.contains("fsmonitor"),
+        "the agent's daemon wrote .git/config after the check: {config:?}"
+    );
+    let _ = host_git(&ws, &["status"]);
+    assert!(!pwned.exists(), "the user's git ran the agent's fsmonitor");
+}
+
 const FS_ACTIONS: &str = "[[action]]\nname = \"fs.read\"\nbuiltin = \"fs.read\"\nroot = \".\"\n\
     [[action]]\nname = \"fs.write\"\nbuiltin = \"fs.write\"\nroot = \".\"\n\
     [[rule]]\neffect = \"allow\"\nactions = [\"fs.*\"]\n";

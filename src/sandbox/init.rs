@@ -3,7 +3,8 @@
 //! Why it exists: pid 1 ignores every signal it has no handler for, so an agent running as pid 1 would
 //! ignore a forwarded SIGTERM, and nobody would reap its orphans. This init forks the agent, forwards
 //! SIGINT/TERM/HUP/QUIT/USR1/USR2/WINCH to it, reaps every orphan, and reports the agent's wait status to
-//! the supervisor. When it exits the kernel kills whatever is left in the namespace (daemons included).
+//! the supervisor. Once the agent has exited it kills and reaps whatever is left in the namespace (daemons
+//! included), then reports; the kernel would kill the rest when it exits anyway.
 //! In degraded mode (no pid namespace) it is a child subreaper instead and kills every descendant itself.
 //!
 //! It is not dumpable: the agent (same uid) cannot read its memory through /proc.
@@ -76,11 +77,29 @@ pub fn run(plan: &ChildPlan, report_fd: RawFd) -> ! {
             break status;
         }
     };
-    if !plan.namespaces {
+    if plan.namespaces {
+        kill_namespace();
+    } else {
         kill_descendants();
     }
+    // Nothing of the agent is left: the supervisor may go on while the kernel tears down our namespaces.
     child::report(report_fd, &format!("{MSG_STATUS} {status}"));
     exit(0)
+}
+
+/// Pid namespace: SIGKILL every other process in it (daemons included) and reap them all, so that when
+/// init reports, it is the namespace's last process. (The kernel would kill them when init exits, but
+/// the supervisor then could not tell "reported" from "all gone" without waiting for that exit.)
+fn kill_namespace() {
+    loop {
+        // SAFETY: kill(-1) from pid 1 of a pid namespace signals every other process in it.
+        unsafe { libc::kill(-1, libc::SIGKILL) };
+        match waitpid(None, None) {
+            Err(nix::errno::Errno::ECHILD) => return,
+            Err(nix::errno::Errno::EINTR) | Ok(_) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// Reaps every exited child; returns the agent's raw wait status once it has exited.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::waitpid;
+use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
 use super::child::{self, ChildFds, ChildPlan, MSG_ERROR, MSG_EXEC, MSG_READY, MSG_STATUS};
@@ -351,12 +351,13 @@ fn clone_plan(plan: &ChildPlan) -> ChildPlan {
     }
 }
 
-/// Serves `events` and forwards signals until the agent is gone; returns how it ended.
+/// Serves `events` and forwards signals until the agent is gone; returns how it ended, and the
+/// sandbox's init if it is still exiting (see [`Exiting`]).
 pub fn supervise(
     mut sandbox: Sandbox,
     events: &mut dyn Events,
     wall: Option<Duration>,
-) -> AgentExit {
+) -> (AgentExit, Exiting) {
     let deadline = wall.map(|w| Instant::now() + w);
     let mut exec_failure: Option<(i32, String)> = None;
     let mut status: Option<i32> = None;
@@ -439,28 +440,83 @@ pub fn supervise(
                 Ok(0) | Err(_) => break, // init exited
                 Ok(_) => parse_report(line.trim_end(), &mut exec_failure, &mut status),
             }
+            // Lines that came in the same read wait in the buffer, where poll cannot see them.
+            while sandbox.report.buffer().contains(&b'\n') {
+                line.clear();
+                if sandbox.report.read_line(&mut line).is_err() {
+                    break;
+                }
+                parse_report(line.trim_end(), &mut exec_failure, &mut status);
+            }
+            // With a pid namespace, init reports once every other process in it is gone.
+            if status.is_some() && !sandbox.reap_all {
+                break;
+            }
         }
     }
     if ended.is_some() {
         let _ = kill(sandbox.pid, Signal::SIGKILL);
     }
-    let init_status = waitpid(sandbox.pid, None);
+    let (init_status, exiting) = if ended.is_none() && status.is_some() && !sandbox.reap_all {
+        (
+            None,
+            Exiting {
+                pid: Some(sandbox.pid),
+            },
+        )
+    } else {
+        (Some(wait_for(sandbox.pid)), Exiting { pid: None })
+    };
     if sandbox.reap_all {
         super::init::kill_descendants();
     }
     restore_signals(&mut sandbox);
-    if let Some(e) = ended {
-        return e;
+    let exit = if let Some(e) = ended {
+        e
+    } else if let Some((errno, program)) = exec_failure {
+        AgentExit::ExecFailed(errno, program)
+    } else {
+        match status {
+            Some(raw) if libc::WIFEXITED(raw) => AgentExit::Exited(libc::WEXITSTATUS(raw) as u8),
+            Some(raw) if libc::WIFSIGNALED(raw) => AgentExit::Signaled(libc::WTERMSIG(raw)),
+            _ => AgentExit::Lost(format!(
+                "the sandbox's init ended without a report ({init_status:?})"
+            )),
+        }
+    };
+    (exit, exiting)
+}
+
+/// The sandbox's init after it reported that the agent and every other process of its pid namespace
+/// are gone: it is still exiting (the kernel tearing its namespaces down takes about half a
+/// millisecond), and is reaped when this is dropped. Meanwhile the session can be sealed.
+#[must_use = "dropping it waits for the sandbox's init to exit"]
+pub struct Exiting {
+    pid: Option<Pid>,
+}
+
+impl Exiting {
+    /// An init that has already been reaped.
+    pub fn gone() -> Exiting {
+        Exiting { pid: None }
     }
-    if let Some((errno, program)) = exec_failure {
-        return AgentExit::ExecFailed(errno, program);
+}
+
+impl Drop for Exiting {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            let _ = wait_for(pid);
+        }
     }
-    match status {
-        Some(raw) if libc::WIFEXITED(raw) => AgentExit::Exited(libc::WEXITSTATUS(raw) as u8),
-        Some(raw) if libc::WIFSIGNALED(raw) => AgentExit::Signaled(libc::WTERMSIG(raw)),
-        _ => AgentExit::Lost(format!(
-            "the sandbox's init ended without a report ({init_status:?})"
-        )),
+}
+
+/// waitpid, retried when a signal interrupts it.
+fn wait_for(pid: Pid) -> nix::Result<WaitStatus> {
+    loop {
+        match waitpid(pid, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => return other,
+        }
     }
 }
 

@@ -761,6 +761,47 @@ fn a_repository_made_by_the_agent_keeps_plain_config_and_loses_executable_config
 }
 
 #[test]
+fn a_setting_hidden_on_a_section_header_line_is_quarantined() {
+    // git ends a header at its first `]` and reads the rest of the line as a setting.
+    for line in [
+        "[core] fsmonitor = touch {} ; false #]",
+        "[core]fsmonitor=touch {} ; false]",
+    ] {
+        let (_t, ws) = plain_workspace();
+        let pwned = ws.with_extension("pwned");
+        let line = line.replace("{}", &pwned.display().to_string());
+        let script = format!("git init -q && printf '%s\\n' '{line}' >> .git/config");
+        let out = zt(&ws, &["run", "-q", "--", "sh", "-c", &script]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("quarantine"),
+            "{line}: {}",
+            text(&out.stderr)
+        );
+        let _ = host_git(&ws, &["status"]);
+        assert!(
+            !pwned.exists(),
+            "the user's git ran the agent's fsmonitor: {line}"
+        );
+    }
+}
+
+#[test]
+fn a_fifo_or_a_huge_file_in_git_is_quarantined_without_stalling_run() {
+    // A FIFO would block a reader forever once the agent is gone; a 2 GiB sparse file would be read
+    // whole. Both are moved aside, and `run` returns promptly (zt() fails the test after 60 s).
+    let (_t, ws) = plain_workspace();
+    let script = "git init -q && rm .git/config && mkfifo .git/config && \
+                  truncate -s 2G .git/config.worktree";
+    let out = zt(&ws, &["run", "-q", "--", "sh", "-c", script]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(!ws.join(".git/config").exists(), "{err}");
+    assert!(!ws.join(".git/config.worktree").exists(), "{err}");
+    assert_eq!(err.matches("quarantine").count(), 2, "{err}");
+}
+
+#[test]
 fn a_daemon_cannot_rewrite_git_config_after_the_quarantine_check() {
     // A daemon of the agent keeps writing an executable .git/config as fast as it can. When `run` checks
     // the repository, every process of the agent must already be gone, or the daemon would write again

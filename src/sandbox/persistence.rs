@@ -45,14 +45,65 @@ pub struct GitSnapshot {
     files: Vec<(&'static str, Option<[u8; 32]>)>,
 }
 
+/// At most this much of a watched file is read (the agent controls its size; the supervisor has no
+/// memory limit).
+const MAX_READ: u64 = 1 << 20;
+
+/// A watched file's state: `None` when it does not exist.
 fn digest(path: &Path) -> Option<[u8; 32]> {
-    let meta = std::fs::symlink_metadata(path).ok()?;
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    // Unreadable, whatever the reason: a state no content can have, so a new file is always "changed".
+    const UNREADABLE: [u8; 32] = [0xfe; 32];
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(_) => return Some(UNREADABLE),
+    };
     if !meta.is_file() {
         // A symlink, FIFO or directory: never read it; its presence alone is the state.
         return Some([0xff; 32]);
     }
-    let bytes = std::fs::read(path).ok()?;
-    Some(Sha256::digest(&bytes).into())
+    let mut hash = Sha256::new();
+    if meta.len() > MAX_READ {
+        // Beyond what is read, any write changes the inode's ctime, which nobody can set.
+        for n in [
+            meta.len(),
+            meta.ino(),
+            meta.ctime() as u64,
+            meta.ctime_nsec() as u64,
+        ] {
+            hash.update(n.to_le_bytes());
+        }
+    }
+    let mut bytes = Vec::new();
+    match open_regular(path).and_then(|f| f.take(MAX_READ).read_to_end(&mut bytes)) {
+        Ok(_) => hash.update(&bytes),
+        Err(_) => return Some(UNREADABLE),
+    }
+    Some(hash.finalize().into())
+}
+
+/// Opens a regular file for reading, without following a symlink or waiting on a FIFO.
+fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
+/// A config's text, when it is a regular file small enough to judge.
+fn read_config(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    let file = open_regular(path).ok()?;
+    file.take(MAX_READ + 1).read_to_string(&mut text).ok()?;
+    (text.len() as u64 <= MAX_READ).then_some(text)
 }
 
 /// Records the watched files of `workspace/.git` (when `.git` is a directory).
@@ -79,11 +130,8 @@ pub fn quarantine_changes(snap: &GitSnapshot, session: &str) -> Vec<String> {
         if now.is_none() || now == *before {
             continue;
         }
-        if *name == "config" {
-            match std::fs::read_to_string(&path) {
-                Ok(text) if only_plain_keys(&text) => continue,
-                _ => {}
-            }
+        if *name == "config" && read_config(&path).is_some_and(|text| only_plain_keys(&text)) {
+            continue;
         }
         let aside = snap.git_dir.join(format!(
             "{name}.zt-aas-quarantine-{}",
@@ -105,11 +153,17 @@ pub fn quarantine_changes(snap: &GitSnapshot, session: &str) -> Vec<String> {
     done
 }
 
-/// Whether a git config text holds only allowlisted keys, in a form simple enough to judge: section
-/// headers and `key = value` lines, no continuation lines, no includes.
+/// Whether a git config text holds only allowlisted keys, in a form simple enough to judge. Stricter
+/// than git: a section header alone on its line (`[name]` or `[name "sub"]`, then nothing but a comment),
+/// `key` or `key = value` lines with a well-formed key, no continuation lines, no control characters but
+/// tabs. Anything else is refused, since git may read it differently (it ends a header at its `]` and
+/// reads the rest of the line as a setting).
 fn only_plain_keys(text: &str) -> bool {
     let mut section: Option<(String, bool)> = None; // (name, has subsection)
     for raw in text.lines() {
+        if raw.chars().any(|c| c.is_control() && c != '\t') {
+            return false;
+        }
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
             continue;
@@ -117,28 +171,24 @@ fn only_plain_keys(text: &str) -> bool {
         if line.ends_with('\\') {
             return false;
         }
-        if let Some(header) = line.strip_prefix('[') {
-            let Some(header) = header.strip_suffix(']') else {
-                return false;
-            };
-            let (name, sub) = match header.split_once(char::is_whitespace) {
-                Some((n, rest)) => (n, !rest.trim().is_empty()),
-                None => (header, false),
-            };
-            if name.contains('.') || name.contains('"') {
-                return false; // `[section.sub]` legacy syntax: keep it simple, refuse
+        if let Some(rest) = line.strip_prefix('[') {
+            match header(rest) {
+                Some(found) => section = Some(found),
+                None => return false,
             }
-            section = Some((name.to_ascii_lowercase(), sub));
             continue;
         }
         let Some((section, sub)) = &section else {
             return false;
         };
-        let key = line
-            .split(['=', ' ', '\t'])
-            .next()
-            .unwrap_or("")
-            .to_ascii_lowercase();
+        let end = line.find(['=', ' ', '\t']).unwrap_or(line.len());
+        let (key, after) = line.split_at(end);
+        let well_formed = key.starts_with(|c: char| c.is_ascii_alphabetic())
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !well_formed || !(after.trim_start().is_empty() || after.trim_start().starts_with('=')) {
+            return false;
+        }
+        let key = key.to_ascii_lowercase();
         let full = if *sub {
             format!("{section}.*.{key}")
         } else {
@@ -151,6 +201,40 @@ fn only_plain_keys(text: &str) -> bool {
     true
 }
 
+/// A section header after its `[`: `name]` or `name "subsection"]`, then only a comment. Returns the
+/// lowercased name and whether there is a subsection.
+fn header(rest: &str) -> Option<(String, bool)> {
+    let name_end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))?;
+    let (name, mut rest) = rest.split_at(name_end);
+    if name.is_empty() {
+        return None;
+    }
+    let mut sub = false;
+    if rest.starts_with([' ', '\t']) {
+        rest = rest.trim_start().strip_prefix('"')?;
+        let mut escaped = false;
+        let mut close = None;
+        for (i, c) in rest.char_indices() {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => {
+                    close = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        rest = &rest[close? + 1..];
+        sub = true;
+    }
+    let after = rest.strip_prefix(']')?.trim_start();
+    if !(after.is_empty() || after.starts_with('#') || after.starts_with(';')) {
+        return None;
+    }
+    Some((name.to_ascii_lowercase(), sub))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +245,9 @@ mod tests {
                     \tlogallrefupdates = true\n[remote \"origin\"]\n\turl = https://x/y\n\
                     \tfetch = +refs/heads/*:refs/remotes/origin/*\n";
         assert!(only_plain_keys(init));
+        assert!(only_plain_keys(
+            "[core] # comment\n\tbare\n[branch \"a\\\"b\"]\n\tremote = o\n"
+        ));
         for bad in [
             "[core]\n\tfsmonitor = touch /tmp/x\n",
             "[core]\n\thooksPath = /tmp\n",
@@ -170,6 +257,14 @@ mod tests {
             "[filter \"lfs\"]\n\tsmudge = x\n",
             "fsmonitor = x\n",
             "[core.x]\n\tbare = true\n",
+            // git ends a header at its `]` and reads the rest of the line as a setting.
+            "[core] fsmonitor = touch /tmp/x #]\n",
+            "[core]fsmonitor=touch /tmp/x]\n",
+            "[remote \"o\"] fsmonitor = x\n",
+            "[core]\n\tbare\r= false\n",
+            "[core]\n\tfsmonitor\t= x\n",
+            "[core]\n\tbare.x = 1\n",
+            "[core \"a\\\"] fsmonitor = x ]\n",
         ] {
             assert!(!only_plain_keys(bad), "{bad}");
         }

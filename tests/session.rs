@@ -414,6 +414,37 @@ fn memory_limit_applies_where_a_cgroup_can_be_made_and_the_record_says_so() {
 }
 
 #[test]
+fn a_sandboxed_brokered_command_cannot_touch_the_policys_directory() {
+    // The command's own sandbox gets an empty workspace of its own: not the policy's directory, where
+    // the policy, the revocation list and the tokens lie.
+    let p = Project::new(
+        "[[action]]\nname = \"probe.sandboxed\"\n\
+         run = [\"/bin/sh\", \"-c\", \"pwd; ls -A; echo nested-marker > revoked.txt; echo '# x' >> policy.toml\"]\n\
+         sandbox = \"minimal\"\n\
+         [[rule]]\neffect = \"allow\"\nactions = [\"probe.*\"]\n",
+    );
+    p.token("t.tok", &["--action", "probe.sandboxed"]);
+    let policy_before = std::fs::read(p.dir.join("policy.toml")).unwrap();
+    let out = p.run(&["--token", "t.tok"], "zt-aas call probe.sandboxed");
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", text(&out.stderr));
+    assert!(!stdout.contains(&p.dir.display().to_string()), "{stdout}");
+    assert!(
+        !stdout.contains("t.tok") && !stdout.contains("policy.toml"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read(p.dir.join("policy.toml")).unwrap(),
+        policy_before
+    );
+    let revoked = std::fs::read_to_string(p.dir.join("revoked.txt")).unwrap_or_default();
+    assert!(!revoked.contains("nested-marker"), "{revoked}");
+    for placeholder in [".git", ".envrc", ".vscode"] {
+        assert!(!p.dir.join(placeholder).exists(), "{placeholder}");
+    }
+}
+
+#[test]
 fn a_brokered_command_with_sandbox_runs_in_its_own_sandbox_and_session() {
     let p = Project::new(
         "[[action]]\nname = \"probe.sandboxed\"\nrun = [\"/bin/ls\", \"/home\"]\nsandbox = \"minimal\"\n\

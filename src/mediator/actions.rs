@@ -2,8 +2,9 @@
 //!
 //! - `command`: the policy's argv template with validated parameters, never a shell; empty environment
 //!   (PATH only), stdin closed, stdout/stderr captured up to a cap (with a truncation flag), a timeout that
-//!   kills the command's whole process group. With `sandbox = "<profile>"` the command itself runs inside a
-//!   zt-aas sandbox.
+//!   kills the command's whole process group. It runs in the policy's directory; with
+//!   `sandbox = "<profile>"` it runs inside a zt-aas sandbox of its own instead, whose workspace is a fresh
+//!   empty directory.
 //! - `fs.read`, `fs.write`, `fs.list`: beneath the root the policy names, resolved by the supervisor with
 //!   openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS); the file is opened while
 //!   deciding ([`prepare`]) and that same descriptor is used after the decision is recorded, so nothing
@@ -475,21 +476,32 @@ fn run_command(
     cap: u64,
     audit: Option<(&Path, &Path)>,
 ) -> Outcome {
-    let mut cmd = match sandbox {
+    // A sandboxed command gets a fresh, empty workspace of its own (removed when it is done), never the
+    // policy's directory, where the policy, revocation list and tokens lie.
+    let scratch;
+    let (mut cmd, cwd) = match sandbox {
         Some(profile) => {
+            scratch = match tempfile::Builder::new()
+                .prefix("zt-aas-brokered.")
+                .tempdir()
+            {
+                Ok(dir) => dir,
+                Err(e) => return failed(format!("cannot make the command's workspace: {e}")),
+            };
             let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
             let mut c = Command::new(exe);
-            c.args(["run", "-q", "--profile", profile]);
+            c.args(["run", "-q", "--profile", profile, "--workspace"])
+                .arg(scratch.path());
             if let Some((log, key)) = audit {
                 c.arg("--audit").arg(log).arg("--audit-key").arg(key);
             }
             c.arg("--").args(argv);
-            c
+            (c, scratch.path())
         }
         None => {
             let mut c = Command::new(&argv[0]);
             c.args(&argv[1..]);
-            c
+            (c, cwd)
         }
     };
     cmd.env_clear()

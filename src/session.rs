@@ -176,6 +176,13 @@ pub fn run(args: &RunArgs) -> CmdResult {
     // The policy stays readable (read-only); the files the supervisor locks are hidden, so that an agent
     // cannot hold their lock (and stall the mediator or an operator's revocation); keys are hidden.
     guarded.read_only.extend(policy.source.clone());
+    // So are the public keys: the token issuers the next session will trust, the audit key a reviewer
+    // pins; and the session's tokens.
+    guarded.read_only.extend(policy.key_files.iter().cloned());
+    guarded.read_only.push(key_path.with_extension("pub"));
+    guarded.read_only.extend(args.tokens.iter().cloned());
+    // The placeholder lists name what the supervisor removes after a run.
+    guarded.hidden.extend(sandbox::placeholders::lock_dir());
     guarded.hidden.push(log_path.clone());
     guarded.hidden.push(key_path.clone());
     guarded.hidden.extend(policy.revocation.clone());
@@ -302,6 +309,16 @@ pub fn run(args: &RunArgs) -> CmdResult {
         SockFlag::SOCK_CLOEXEC,
     )
     .map_err(|e| refused(format!("socketpair: {e}")))?;
+    // A unix message must fit the sender's buffer: make ours hold the largest answers (a `zt-aas call`
+    // reads up to 4 MiB) where the host lets us (SO_SNDBUFFORCE needs CAP_NET_ADMIN; SO_SNDBUF is capped
+    // by net.core.wmem_max). An answer that still does not fit is replaced by an error (see the mediator).
+    {
+        use nix::sys::socket::{setsockopt, sockopt};
+        const ANSWER_BUFFER: usize = 8 << 20;
+        if setsockopt(&ours, sockopt::SndBufForce, &ANSWER_BUFFER).is_err() {
+            let _ = setsockopt(&ours, sockopt::SndBuf, &ANSWER_BUFFER);
+        }
+    }
     // The sandbox sets itself up while session.start is made durable; the agent starts only after both.
     let pending = sandbox::start(&prepared, &theirs)?;
     drop(theirs);

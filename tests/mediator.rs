@@ -983,6 +983,106 @@ print(json.dumps(out))
     assert_status(&fx.verify_audit(), 0);
 }
 
+/// A large answer reaches the agent whole (as far as a unix message can carry it); one larger than that
+/// is replaced by an error saying so, never dropped, and the result record says it was not delivered.
+#[test]
+fn a_large_answer_arrives_whole_or_as_an_error_never_silently_lost() {
+    let fx = Fixture::new(FS_ACTIONS, &["fs.read"]);
+    let program = format!(
+        "{PY_PRELUDE}{}",
+        r#"
+import subprocess
+with open("big.txt", "w") as f:
+    f.write("z" * 400000)
+# Every byte a JSON escape of six: an answer of about 6 MB, more than any unix message carries.
+with open("huge.txt", "w") as f:
+    f.write("" * 1000000)
+out = {}
+r = subprocess.run(["zt-aas", "call", "fs.read", "path=big.txt"], pass_fds=(3,), capture_output=True)
+out["big_exit"] = r.returncode
+out["big_len"] = r.stdout.count(b"z")
+r = subprocess.run(["zt-aas", "call", "fs.read", "path=huge.txt"], pass_fds=(3,), capture_output=True)
+out["huge_exit"] = r.returncode
+out["huge_err"] = r.stderr.decode()[:300]
+huge = ask(b'{"id":5,"action":"fs.read","args":{"path":"huge.txt"}}')
+huge.pop("result", None)
+out["huge"] = huge
+out["valid"] = ask(b'{"id":9,"action":"sys.ping"}')
+print(json.dumps(out))
+"#
+    );
+    let out = fx.run_python(&program, RUN_LIMIT);
+    assert_status(&out, 0);
+    let r: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&out)));
+    if common::is_root() {
+        // SO_SNDBUFFORCE: the reply socket carries 400 kB.
+        assert_eq!(r["big_exit"], 0, "{r}");
+        assert_eq!(r["big_len"], 400000, "{r}");
+    }
+    assert_ne!(r["huge_exit"], 0, "{r}");
+    assert!(
+        r["huge_err"].as_str().is_some_and(|s| s.contains("larger")),
+        "{r}"
+    );
+    assert_eq!(r["huge"]["id"], 5, "{r}");
+    assert_eq!(r["huge"]["decision"], "error", "{r}");
+    assert_eq!(r["valid"]["decision"], "allow", "{r}");
+    let undelivered = fx
+        .records()
+        .into_iter()
+        .filter(|r| r["kind"] == "result" && r["undelivered"].is_string())
+        .count();
+    assert_eq!(
+        undelivered, 2,
+        "the result records say the answers were not delivered"
+    );
+    assert_status(&fx.verify_audit(), 0);
+}
+
+/// Descriptors passed with a request are never kept by the supervisor: a request may carry one reply
+/// socket; any other descriptor, and every one of a request carrying several, is closed at once (an agent
+/// would otherwise pin objects in the supervisor and exhaust its descriptor table).
+#[test]
+fn descriptors_passed_with_requests_are_not_kept() {
+    let fx = Fixture::new("", &[]);
+    let program = format!(
+        "{PY_PRELUDE}{}",
+        r#"
+import os, select
+def pass_pipe_ends(n):
+    r, w = os.pipe()
+    socket.send_fds(s, [b'{"id":1,"action":"sys.ping"}'], [w] * n)
+    answer = json.loads(s.recv(1 << 20))
+    os.close(w)
+    # EOF on the read end once every copy of the write end is closed, the supervisor's included.
+    ready, _, _ = select.select([r], [], [], 10)
+    closed = bool(ready) and os.read(r, 1) == b""
+    os.close(r)
+    return {"answer": answer, "closed": closed}
+out = {n: pass_pipe_ends(n) for n in (1, 2, 3, 200)}
+out["valid"] = ask(b'{"id":9,"action":"sys.ping"}')
+print(json.dumps(out))
+"#
+    );
+    let out = fx.run_python(&program, RUN_LIMIT);
+    assert_status(&out, 0);
+    let r: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&out)));
+    for n in ["1", "2", "3", "200"] {
+        assert_eq!(
+            r[n]["closed"], true,
+            "{n} descriptors: kept by the supervisor: {r}"
+        );
+    }
+    // One descriptor that is no reply socket is ignored: the answer comes on fd 3.
+    assert_eq!(r["1"]["answer"]["decision"], "allow", "{r}");
+    for n in ["2", "3", "200"] {
+        assert_eq!(r[n]["answer"]["decision"], "error", "{n}: {r}");
+    }
+    assert_eq!(r["valid"]["decision"], "allow", "{r}");
+}
+
 /// An empty message is a malformed frame like any other: it must get an `error` answer (an agent that
 /// sends one and waits must not hang), and the session goes on.
 #[test]

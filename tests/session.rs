@@ -47,9 +47,15 @@ fn guarded_files_inside_the_workspace_are_read_only_and_keys_hidden() {
     let p = Project::new("");
     p.token("t.tok", &[]);
     let policy_before = std::fs::read(p.dir.join("policy.toml")).unwrap();
+    // The issuer key the next session trusts and the session's token (the audit key a reviewer pins is
+    // made by the run itself: the loop inside tries it).
+    let pubs_before: Vec<(&str, Vec<u8>)> = ["keys/issuer.pub", "t.tok"]
+        .into_iter()
+        .map(|f| (f, std::fs::read(p.dir.join(f)).unwrap_or_default()))
+        .collect();
     let out = p.run(
         &["--token", "t.tok"],
-        "for f in policy.toml revoked.txt audit.jsonl; do \
+        "for f in policy.toml revoked.txt audit.jsonl keys/issuer.pub keys/audit.pub t.tok; do \
            (echo x >> $f) 2>/dev/null && echo WROTE-$f; \
            mv $f $f.moved 2>/dev/null && echo MOVED-$f; \
            rm -f $f 2>/dev/null; [ -e $f ] || echo REMOVED-$f; \
@@ -89,6 +95,9 @@ fn guarded_files_inside_the_workspace_are_read_only_and_keys_hidden() {
         std::fs::read(p.dir.join("policy.toml")).unwrap(),
         policy_before
     );
+    for (file, before) in &pubs_before {
+        assert_eq!(&std::fs::read(p.dir.join(file)).unwrap(), before, "{file}");
+    }
     assert!(
         std::fs::metadata(p.dir.join("keys/issuer.key"))
             .unwrap()
@@ -100,6 +109,44 @@ fn guarded_files_inside_the_workspace_are_read_only_and_keys_hidden() {
         &["audit", "verify", "audit.jsonl", "--key", "keys/audit.pub"],
     );
     assert!(verify.status.success(), "{}", text(&verify.stdout));
+}
+
+#[test]
+fn the_placeholder_lists_are_hidden_when_the_state_directory_lies_in_the_workspace() {
+    // Run from a home directory, the workspace holds the state directory; the lists there name what the
+    // supervisor removes after the run, so the agent must not be able to add to them.
+    let (_t, ws) = plain_workspace();
+    let outside = tempfile::Builder::new()
+        .prefix("zt-host-empty.")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let victim_dir = outside.path().join("emptydir");
+    let victim_file = outside.path().join("emptyfile");
+    std::fs::create_dir(&victim_dir).unwrap();
+    std::fs::write(&victim_file, "").unwrap();
+    let script = format!(
+        "ls -A state/zt-aas/workspaces; \
+         for f in state/zt-aas/workspaces/*.lock; do printf '%s\\n%s\\n' {} {} >> \"$f\" && echo WROTE; done; true",
+        victim_dir.display(),
+        victim_file.display()
+    );
+    // zt() sets XDG_STATE_HOME=ws/state.
+    let out = zt(
+        &ws,
+        &["run", "-q", "--workspace", ".", "--", "sh", "-c", &script],
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", text(&out.stderr));
+    assert!(
+        !stdout.contains("WROTE") && !stdout.contains(".lock"),
+        "{stdout}"
+    );
+    assert!(
+        victim_dir.exists() && victim_file.exists(),
+        "host paths removed"
+    );
+    // The run's own placeholders were still removed.
+    assert!(!ws.join(".envrc").exists() && !ws.join(".vscode").exists());
 }
 
 #[test]

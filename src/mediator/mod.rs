@@ -247,18 +247,18 @@ impl Mediator {
     /// result record of an executed action. The caller answers first and writes that record right after:
     /// the decision record was durable before anything happened, and the agent need not wait for the
     /// second signature (the supervisor serves nothing else in between, so the log keeps its order).
+    /// Answers one frame; `refused` is why the frame is refused unread (too large, too many descriptors).
     fn handle(
         &mut self,
         frame: &[u8],
-        truncated: bool,
+        refused: Option<String>,
     ) -> (Vec<u8>, Option<String>, Option<RecordBody>) {
-        let req = if truncated {
-            Err(protocol::ProtocolError {
+        let req = match refused {
+            Some(reason) => Err(protocol::ProtocolError {
                 id: Value::Null,
-                reason: format!("request larger than {} bytes", protocol::MAX_REQUEST),
-            })
-        } else {
-            protocol::parse_request(frame)
+                reason,
+            }),
+            None => protocol::parse_request(frame),
         };
         let req = match req {
             Ok(r) => r,
@@ -573,8 +573,10 @@ impl Mediator {
         // One receive buffer for the session (zeroing 64 KiB per request showed in profiles).
         let mut buf = std::mem::take(&mut self.frame);
         buf.resize(protocol::MAX_REQUEST + 1, 0);
-        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let (len, truncated, reply_fd) = {
+        // Room for as many descriptors as one message can carry (SCM_MAX_FD): every one the kernel
+        // installs in our table is seen, and closed unless it is the one reply socket.
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 253]);
+        let (len, truncated, mut passed) = {
             let mut iov = [std::io::IoSliceMut::new(&mut buf)];
             let msg = match recvmsg::<()>(
                 self.socket.as_raw_fd(),
@@ -585,27 +587,44 @@ impl Mediator {
                 Ok(m) => m,
                 Err(_) => return None,
             };
-            let mut reply = None;
+            let mut passed = Vec::new();
             if let Ok(cmsgs) = msg.cmsgs() {
                 for c in cmsgs {
                     if let ControlMessageOwned::ScmRights(fds) = c {
-                        for fd in fds {
-                            // SAFETY: the kernel just installed these descriptors for us.
-                            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-                            if reply.is_none() {
-                                reply = Some(owned);
-                            }
-                        }
+                        // SAFETY: the kernel just installed these descriptors for us.
+                        passed.extend(
+                            fds.into_iter()
+                                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                        );
                     }
                 }
             }
             (
                 msg.bytes,
                 msg.flags.contains(MsgFlags::MSG_TRUNC) || msg.bytes > protocol::MAX_REQUEST,
-                reply,
+                passed,
             )
         };
-        if len == 0 && reply_fd.is_none() && peer_closed(self.socket.as_fd()) {
+        let refused = if truncated {
+            Some(format!(
+                "request larger than {} bytes",
+                protocol::MAX_REQUEST
+            ))
+        } else if passed.len() > 1 {
+            Some(format!(
+                "{} descriptors came with the request: at most one (a reply socket) may",
+                passed.len()
+            ))
+        } else {
+            None
+        };
+        let reply_fd = if refused.is_none() {
+            passed.pop()
+        } else {
+            None
+        };
+        drop(passed);
+        if len == 0 && reply_fd.is_none() && refused.is_none() && peer_closed(self.socket.as_fd()) {
             // EOF: the agent closed its end (an empty message is answered below). Nothing follows to
             // carry a deferred result record: write it now.
             if let Err(e) = self.audit.flush() {
@@ -613,22 +632,64 @@ impl Mediator {
             }
             return None;
         }
-        let (response, end, result) =
-            self.handle(&buf[..len.min(protocol::MAX_REQUEST)], truncated);
+        let (response, end, result) = self.handle(&buf[..len.min(protocol::MAX_REQUEST)], refused);
         self.frame = buf;
         let target = reply_fd
             .as_ref()
             .filter(|fd| is_seqpacket(fd.as_fd()))
             .map(|f| f.as_raw_fd());
-        let iov = [std::io::IoSlice::new(&response)];
-        let _ = sendmsg::<()>(
-            target.unwrap_or(self.socket.as_raw_fd()),
-            &iov,
-            &[],
-            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-            None,
-        );
-        if let Some(body) = result {
+        let target = target.unwrap_or(self.socket.as_raw_fd());
+        let send = |bytes: &[u8]| {
+            let iov = [std::io::IoSlice::new(bytes)];
+            sendmsg::<()>(
+                target,
+                &iov,
+                &[],
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+        };
+        // A unix message must fit the sending socket's buffer. An answer larger than that is sent again
+        // once the buffer is raised to hold it (as far as the host lets us: see `session`); one that
+        // still does not fit is replaced by an error saying so (never dropped silently), and the result
+        // record says the answer was not delivered.
+        let too_large = |r: &nix::Result<usize>| {
+            matches!(
+                r,
+                Err(nix::errno::Errno::EMSGSIZE | nix::errno::Errno::ENOBUFS)
+            )
+        };
+        let mut sent = send(&response);
+        if too_large(&sent) {
+            use nix::sys::socket::{setsockopt, sockopt};
+            // SAFETY: `target` is the mediator socket or the reply socket, both open for this call.
+            let fd = unsafe { BorrowedFd::borrow_raw(target) };
+            let size = response.len().saturating_mul(2).saturating_add(64 << 10);
+            if setsockopt(&fd, sockopt::SndBufForce, &size).is_err() {
+                let _ = setsockopt(&fd, sockopt::SndBuf, &size);
+            }
+            sent = send(&response);
+        }
+        let undelivered = match sent {
+            Err(nix::errno::Errno::EMSGSIZE | nix::errno::Errno::ENOBUFS) => {
+                let id = serde_json::from_slice::<Value>(&response)
+                    .ok()
+                    .and_then(|v| v.get("id").cloned())
+                    .unwrap_or(Value::Null);
+                let why = format!(
+                    "the answer ({} bytes) is larger than the mediator socket can carry; the action \
+                     ran: ask for less (a smaller file, a narrower list)",
+                    response.len()
+                );
+                let _ = send(&protocol::response(&id, "error", &why, Value::Null));
+                Some(why)
+            }
+            _ => None,
+        };
+        if let Some(mut body) = result {
+            if let Some(why) = undelivered {
+                body.extra.insert("undelivered".into(), json!(why));
+            }
             // Sealed first (the signature is most of the work; meanwhile the agent may send its next
             // request), then written: with that next request's decision record (one locked write, one
             // fsync) when the request is there, else now. A failure marks the log broken: the next call

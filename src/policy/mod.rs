@@ -60,6 +60,8 @@ pub struct Policy {
     pub agent: Option<String>,
     /// Keys trusted to sign tokens (`[issuers] keys`).
     pub issuers: Vec<Issuer>,
+    /// The files those keys were read from (guarded read-only inside a sandbox, like the policy).
+    pub key_files: Vec<PathBuf>,
     /// Longest token lifetime (`exp - iat`) accepted at issuance and at use, in seconds.
     pub max_ttl: u64,
     pub sandbox: SandboxSettings,
@@ -305,6 +307,7 @@ impl Policy {
             name: "default".into(),
             agent: None,
             issuers: Vec::new(),
+            key_files: Vec::new(),
             max_ttl: DEFAULT_MAX_TTL,
             sandbox: SandboxSettings::default(),
             network: NetworkSettings::default(),

@@ -294,7 +294,10 @@ pub(super) fn parse(text: &str, origin: &Path) -> Result<Policy, PolicyError> {
                 parse_public_key(text).map_err(|p| src.at(entry, "keys", p))?
             } else {
                 let path = resolve(&src, &dir, entry, "keys")?;
-                load_verifying_key(&path).map_err(|e| src.at(entry, "keys", e.to_string()))?
+                let key =
+                    load_verifying_key(&path).map_err(|e| src.at(entry, "keys", e.to_string()))?;
+                policy.key_files.push(path);
+                key
             };
             let issuer = Issuer::new(key);
             if policy.issuer(&issuer.kid).is_some() {

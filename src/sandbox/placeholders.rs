@@ -18,9 +18,13 @@ use sha2::{Digest, Sha256};
 /// The placeholders of the runs sharing a workspace; dropping it removes them if this run is the last.
 pub struct Placeholders {
     lock: Option<Flock<File>>,
+    /// Only paths beneath it are ever removed, whatever the list says.
+    workspace: PathBuf,
 }
 
-fn lock_path(workspace: &Path) -> Option<PathBuf> {
+/// The directory of the per-workspace lock files (created if missing). It must be hidden inside a
+/// sandbox whose workspace holds it: its lists name what the supervisor removes.
+pub fn lock_dir() -> Option<PathBuf> {
     let (log, _) = crate::audit::default_paths();
     let dir = log.parent()?.join("workspaces");
     std::fs::DirBuilder::new()
@@ -28,6 +32,11 @@ fn lock_path(workspace: &Path) -> Option<PathBuf> {
         .mode(0o700)
         .create(&dir)
         .ok()?;
+    Some(dir)
+}
+
+fn lock_path(workspace: &Path) -> Option<PathBuf> {
+    let dir = lock_dir()?;
     let digest = Sha256::digest(workspace.as_os_str().as_encoded_bytes());
     Some(dir.join(format!("{}.lock", hex::encode(&digest[..12]))))
 }
@@ -48,7 +57,10 @@ impl Placeholders {
                 .ok()?;
             crate::lock::shared(file).ok()
         });
-        Placeholders { lock }
+        Placeholders {
+            lock,
+            workspace: workspace.to_path_buf(),
+        }
     }
 
     /// Records the placeholders this run created (one append: whole lines, whatever other runs do).
@@ -73,11 +85,24 @@ impl Drop for Placeholders {
         }
         let mut list = String::new();
         if lock.rewind().is_ok() && lock.read_to_string(&mut list).is_ok() {
-            let all: Vec<PathBuf> = list.lines().map(PathBuf::from).collect();
+            let all: Vec<PathBuf> = list
+                .lines()
+                .map(PathBuf::from)
+                .filter(|p| beneath(p, &self.workspace))
+                .collect();
             remove(&all);
             let _ = lock.set_len(0);
         }
     }
+}
+
+/// Whether `p` names something strictly beneath `dir` (absolute, no `..`).
+fn beneath(p: &Path, dir: &Path) -> bool {
+    use std::path::Component;
+    p.is_absolute()
+        && p != dir
+        && p.starts_with(dir)
+        && !p.components().any(|c| matches!(c, Component::ParentDir))
 }
 
 /// Removes the paths that are still empty placeholders (deepest first); leaves anything used.
@@ -94,6 +119,28 @@ pub fn remove(placeholders: &[PathBuf]) {
                 let _ = std::fs::remove_file(p);
             }
             _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_paths_beneath_the_workspace_are_removed() {
+        let ws = Path::new("/w/ws");
+        assert!(beneath(Path::new("/w/ws/.envrc"), ws));
+        assert!(beneath(Path::new("/w/ws/.git/hooks"), ws));
+        for outside in [
+            "/w/ws",
+            "/w/wsx/.envrc",
+            "/etc/x",
+            "/w/ws/../x",
+            "w/ws/.envrc",
+            "/w",
+        ] {
+            assert!(!beneath(Path::new(outside), ws), "{outside}");
         }
     }
 }

@@ -839,6 +839,91 @@ fn a_repository_made_by_the_agent_keeps_plain_config_and_loses_executable_config
 }
 
 #[test]
+fn a_repository_made_in_the_sandbox_does_not_commit_the_placeholders() {
+    let (_t, ws) = plain_workspace();
+    let (_s, state) = plain_workspace();
+    let out = common::zt_with(
+        &ws,
+        &[
+            "run",
+            "-q",
+            "--",
+            "sh",
+            "-c",
+            "git init -q && echo hi > a.txt && git add -A && \
+             git -c user.name=a -c user.email=b commit -q -m one && git status --porcelain",
+        ],
+        &[],
+        &[("XDG_STATE_HOME", state.to_str().unwrap())],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "", "untracked placeholders inside");
+    let files = host_git(&ws, &["ls-files"]);
+    assert_eq!(text(&files.stdout), "a.txt\n");
+    let status = host_git(&ws, &["status", "--porcelain"]);
+    assert_eq!(
+        text(&status.stdout),
+        "",
+        "the user's repository after the run"
+    );
+}
+
+#[test]
+fn a_worktree_checkout_can_be_the_workspace_and_its_git_pointer_is_read_only() {
+    // In a worktree (or submodule) checkout `.git` is a file saying where the repository is: it cannot
+    // hold a `.git/hooks` placeholder, and it is itself what must not change (an agent pointing it at a
+    // repository of its own would choose the hooks the user's git runs).
+    let (_t, dir) = plain_workspace();
+    let main = dir.join("main");
+    std::fs::create_dir(&main).unwrap();
+    assert!(host_git(&main, &["init", "-q"]).status.success());
+    assert!(host_git(
+        &main,
+        &[
+            "-c",
+            "user.name=a",
+            "-c",
+            "user.email=b",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "x"
+        ]
+    )
+    .status
+    .success());
+    assert!(host_git(&main, &["worktree", "add", "-q", "../wt"])
+        .status
+        .success());
+    let wt = dir.join("wt");
+    let pointer = std::fs::read(wt.join(".git")).unwrap();
+    let out = zt(
+        &wt,
+        &[
+            "run",
+            "-q",
+            "--",
+            "sh",
+            "-c",
+            "echo ok > work.txt; (echo 'gitdir: /tmp/evil' > .git) 2>/dev/null && echo WROTE; \
+             (rm -f .git) 2>/dev/null; [ -f .git ] || echo REMOVED; true",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        !stdout.contains("WROTE") && !stdout.contains("REMOVED"),
+        "{stdout}"
+    );
+    assert_eq!(std::fs::read(wt.join(".git")).unwrap(), pointer);
+    assert_eq!(
+        std::fs::read_to_string(wt.join("work.txt")).unwrap(),
+        "ok\n"
+    );
+}
+
+#[test]
 fn a_setting_hidden_on_a_section_header_line_is_quarantined() {
     // git ends a header at its first `]` and reads the rest of the line as a setting.
     for line in [

@@ -253,8 +253,19 @@ fn protect_always(
     if fs::symlink_metadata(&path).is_ok() {
         return resolve_in(ws, &entry.rel, writable);
     }
-    // Do not create through a symlinked ancestor that leaves the workspace.
-    let mut created = create_entry(ws, &path, entry.dir)?;
+    // An ancestor that is a file cannot hold the entry: `.git` in a worktree or submodule checkout is a
+    // `gitdir:` pointer, which says where git finds its hooks and config. Protecting that file closes the
+    // same route.
+    let mut ancestor = PathBuf::new();
+    for part in entry.rel.parent().into_iter().flat_map(Path::components) {
+        ancestor.push(part);
+        if fs::symlink_metadata(ws.join(&ancestor)).is_ok_and(|m| m.is_file()) {
+            return resolve_in(ws, &ancestor, writable);
+        }
+    }
+    // The placeholder is an empty directory even for a file entry (`.envrc`): nothing can be made at its
+    // name either way, and git ignores an empty directory, so `git add -A` does not commit it.
+    let mut created = create_entry(ws, &path, true)?;
     plan.placeholders.append(&mut created);
     resolve_in(ws, &entry.rel, writable)
 }

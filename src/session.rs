@@ -336,7 +336,11 @@ pub fn run(args: &RunArgs) -> CmdResult {
     let shield = crate::mediator::actions::Shield::new(&no_write, &config.guarded.hidden);
     let mut mediator = Mediator::new(ours, policy, agent, tokens, writer, audit_paths)
         .with_shield(shield)
-        .with_deadline(config.wall.map(|w| std::time::Instant::now() + w));
+        .with_deadline(
+            config
+                .wall
+                .and_then(|w| std::time::Instant::now().checked_add(w)),
+        );
     let (exit, exiting) = match pending.release() {
         Ok(mut sb) => {
             let started = match sb.proxy_listener.take() {
@@ -345,7 +349,26 @@ pub fn run(args: &RunArgs) -> CmdResult {
                 None => Ok(()),
             };
             match started {
-                Ok(()) => sandbox::launch::supervise(sb, &mut mediator, config.wall),
+                Ok(()) => {
+                    // A bug must not skip what follows (the quarantine, session.end): a panic while
+                    // serving kills the sandbox and ends the session as lost.
+                    let (pid, degraded) = (sb.pid, !prepared.plan.namespaces);
+                    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        sandbox::launch::supervise(sb, &mut mediator, config.wall)
+                    }));
+                    served.unwrap_or_else(|_| {
+                        sandbox::launch::kill_sandbox(pid);
+                        if degraded {
+                            sandbox::init::kill_descendants();
+                        }
+                        let lost = sandbox::launch::AgentExit::Lost(
+                            "internal error: the supervisor failed while serving (a bug; see the \
+                             message above); the sandbox was killed"
+                                .into(),
+                        );
+                        (lost, sandbox::launch::Exiting::gone())
+                    })
+                }
                 Err(e) => {
                     sandbox::launch::kill_sandbox(sb.pid);
                     let lost = sandbox::launch::AgentExit::Lost(format!("egress proxy: {e}"));

@@ -244,6 +244,13 @@ impl Fixture {
         )
     }
 
+    /// Runs a python3 program that prints one JSON value, which it must exit 0 with; returns the value.
+    fn python_json(&self, program: &str) -> Value {
+        let out = self.run_python(program, RUN_LIMIT);
+        assert_status(&out, 0);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&out)))
+    }
+
     /// The `call` outcome a script line `call(tag, ...)` left in the workspace: (exit, stdout, stderr).
     fn outcome(&self, tag: &str) -> (i32, String, String) {
         let read = |ext: &str| {
@@ -933,10 +940,7 @@ out["valid"] = ask(b'{"id":9,"action":"sys.ping"}')
 print(json.dumps(out))
 "#
     );
-    let out = fx.run_python(&program, RUN_LIMIT);
-    assert_status(&out, 0);
-    let r: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&out)));
+    let r = fx.python_json(&program);
     assert_eq!(r["first"]["decision"], "allow", "{r}");
     for bad in [
         "not_json",
@@ -1011,10 +1015,7 @@ out["valid"] = ask(b'{"id":9,"action":"sys.ping"}')
 print(json.dumps(out))
 "#
     );
-    let out = fx.run_python(&program, RUN_LIMIT);
-    assert_status(&out, 0);
-    let r: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&out)));
+    let r = fx.python_json(&program);
     if common::is_root() {
         // SO_SNDBUFFORCE: the reply socket carries 400 kB.
         assert_eq!(r["big_exit"], 0, "{r}");
@@ -1065,10 +1066,7 @@ out["valid"] = ask(b'{"id":9,"action":"sys.ping"}')
 print(json.dumps(out))
 "#
     );
-    let out = fx.run_python(&program, RUN_LIMIT);
-    assert_status(&out, 0);
-    let r: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&out)));
+    let r = fx.python_json(&program);
     for n in ["1", "2", "3", "200"] {
         assert_eq!(
             r[n]["closed"], true,
@@ -1102,10 +1100,7 @@ out["valid"] = ask(b'{"id":9,"action":"sys.ping"}')
 print(json.dumps(out))
 "#
     );
-    let out = fx.run_python(&program, RUN_LIMIT);
-    assert_status(&out, 0);
-    let r: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&out)));
+    let r = fx.python_json(&program);
     assert_eq!(r["valid"]["decision"], "allow", "{r}");
     assert_eq!(r["empty"]["decision"], "error", "an empty frame: {r}");
 }
@@ -1309,10 +1304,7 @@ out["escalate"] = ask(json.dumps(req).encode())
 print(json.dumps(out))
 "#
     );
-    let out = fx.run_python(&program, RUN_LIMIT);
-    assert_status(&out, 0);
-    let r: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&out)));
+    let r = fx.python_json(&program);
     assert_eq!(r["spoof"]["decision"], "allow", "{r}");
     assert_eq!(r["escalate"]["decision"], "deny", "{r}");
     assert!(

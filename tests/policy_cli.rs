@@ -126,6 +126,12 @@ fn incoherent_policies_are_refused() {
         "policy.toml:4: key `keys` in [issuers]",
     );
     refused("not toml at all [", "policy.toml:1");
+    // Durations past what the clock arithmetic of deadlines can hold (the supervisor once panicked on
+    // the first call of such an action, skipping its quarantine).
+    refused(
+        &GOOD.replace("wall = \"30m\"", "wall = \"106751991167301d\""),
+        "policy.toml:10: key `wall` in [sandbox.limits]: duration `106751991167301d` is longer than 100 years",
+    );
 }
 
 #[test]

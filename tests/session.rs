@@ -579,6 +579,11 @@ fn a_torn_log_is_refused_until_recovered_and_nothing_is_dropped() {
     assert!(verify.status.success(), "{}", text(&verify.stdout));
 }
 
+/// `zt-aas run -q -- sh -c SCRIPT` in `ws` (the built-in policy; state in `ws/state`).
+fn run_sh(ws: &Path, script: &str) -> Output {
+    zt(ws, &["run", "-q", "--", "sh", "-c", script])
+}
+
 /// A plain workspace under /tmp (no policy: the built-in default applies).
 fn plain_workspace() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::Builder::new()
@@ -792,7 +797,7 @@ fn git_redirection_planted_by_the_agent_is_quarantined_before_the_users_git_runs
          echo ../evil > .git/commondir",
         pwned.display()
     );
-    let out = zt(&ws, &["run", "-q", "--", "sh", "-c", &script]);
+    let out = run_sh(&ws, &script);
     assert!(
         text(&out.stderr).contains("quarantine"),
         "{}",
@@ -806,16 +811,9 @@ fn git_redirection_planted_by_the_agent_is_quarantined_before_the_users_git_runs
 #[test]
 fn a_repository_made_by_the_agent_keeps_plain_config_and_loses_executable_config() {
     let (_t, ws) = plain_workspace();
-    let out = zt(
+    let out = run_sh(
         &ws,
-        &[
-            "run",
-            "-q",
-            "--",
-            "sh",
-            "-c",
-            "git init -q && git -c user.name=a -c user.email=b commit -q --allow-empty -m ok",
-        ],
+        "git init -q && git -c user.name=a -c user.email=b commit -q --allow-empty -m ok",
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
@@ -828,7 +826,7 @@ fn a_repository_made_by_the_agent_keeps_plain_config_and_loses_executable_config
         "git init -q && printf '[core]\\n\\tfsmonitor = \"touch {} ; false\"\\n' >> .git/config",
         pwned.display()
     );
-    let out = zt(&ws2, &["run", "-q", "--", "sh", "-c", &script]);
+    let out = run_sh(&ws2, &script);
     assert!(
         text(&out.stderr).contains("quarantine"),
         "{}",
@@ -934,7 +932,7 @@ fn a_setting_hidden_on_a_section_header_line_is_quarantined() {
         let pwned = ws.with_extension("pwned");
         let line = line.replace("{}", &pwned.display().to_string());
         let script = format!("git init -q && printf '%s\\n' '{line}' >> .git/config");
-        let out = zt(&ws, &["run", "-q", "--", "sh", "-c", &script]);
+        let out = run_sh(&ws, &script);
         assert!(out.status.success(), "{}", text(&out.stderr));
         assert!(
             text(&out.stderr).contains("quarantine"),
@@ -956,12 +954,49 @@ fn a_fifo_or_a_huge_file_in_git_is_quarantined_without_stalling_run() {
     let (_t, ws) = plain_workspace();
     let script = "git init -q && rm .git/config && mkfifo .git/config && \
                   truncate -s 2G .git/config.worktree";
-    let out = zt(&ws, &["run", "-q", "--", "sh", "-c", script]);
+    let out = run_sh(&ws, script);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let err = text(&out.stderr);
     assert!(!ws.join(".git/config").exists(), "{err}");
     assert!(!ws.join(".git/config.worktree").exists(), "{err}");
     assert_eq!(err.matches("quarantine").count(), 2, "{err}");
+}
+
+#[test]
+fn a_supervisor_failure_still_kills_the_sandbox_quarantines_and_seals_the_session() {
+    // ZT_AAS_TEST_PANIC (test-utils) makes the mediator panic on the first request: whatever the bug,
+    // the agent must not outlive it, its git config must still be quarantined, the log still sealed.
+    let (_t, ws) = plain_workspace();
+    let pwned = ws.with_extension("pwned");
+    let script = format!(
+        "git init -q && printf '[core]\\n\\tfsmonitor = \"touch {} ; false\"\\n' >> .git/config && \
+         zt-aas call sys.ping; echo AFTER-CALL",
+        pwned.display()
+    );
+    let out = common::zt_with(
+        &ws,
+        &["run", "-q", "--", "sh", "-c", &script],
+        &[],
+        &[("ZT_AAS_TEST_PANIC", "1")],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(stderr.contains("internal error"), "{stderr}");
+    assert!(
+        !text(&out.stdout).contains("AFTER-CALL"),
+        "the agent went on"
+    );
+    assert!(stderr.contains("quarantine"), "{stderr}");
+    let _ = host_git(&ws, &["status"]);
+    assert!(!pwned.exists(), "the user's git ran the agent's fsmonitor");
+    let log = std::fs::read_to_string(ws.join("state/zt-aas/audit.jsonl")).unwrap();
+    assert!(
+        log.lines()
+            .last()
+            .unwrap()
+            .contains("\"kind\":\"session.end\""),
+        "{log}"
+    );
 }
 
 #[test]
@@ -992,17 +1027,7 @@ while time.time() < deadline:
         pwned.display()
     );
     std::fs::write(ws.join("daemon.py"), daemon).unwrap();
-    let out = zt(
-        &ws,
-        &[
-            "run",
-            "-q",
-            "--",
-            "sh",
-            "-c",
-            "git init -q && python3 daemon.py",
-        ],
-    );
+    let out = run_sh(&ws, "git init -q && python3 daemon.py");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).contains("daemon writing"),

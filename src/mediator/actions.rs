@@ -520,14 +520,19 @@ fn run_command(
     let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
         return failed("cannot capture the command's output");
     };
-    let (stdout, stderr, timed_out) = capture(out, err, cap, started + timeout);
+    // (Durations are at most 100 years, see `policy::units`; a deadline past the clock is "never".)
+    let far = started + Duration::from_secs(crate::policy::units::MAX_DURATION_SECS);
+    let deadline = started.checked_add(timeout).unwrap_or(far);
+    let (stdout, stderr, timed_out) = capture(out, err, cap, deadline);
     if timed_out {
         // SAFETY: kill the command's own process group (it was made its leader by process_group(0)).
         unsafe { libc::kill(-pid, libc::SIGKILL) };
     }
     // The command may have closed its output and still run: its exit is waited for within the same
     // deadline (plus a grace second), then its process group is killed.
-    let hard_deadline = started + timeout + Duration::from_secs(1);
+    let hard_deadline = deadline
+        .checked_add(Duration::from_secs(1))
+        .unwrap_or(deadline);
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Ok(status),

@@ -570,6 +570,9 @@ impl Mediator {
 
     /// Receives one frame (and an optional reply socket), answers it.
     fn serve_one(&mut self) -> Option<String> {
+        if test_panic() {
+            panic!("ZT_AAS_TEST_PANIC is set (test-utils): the mediator fails on a request");
+        }
         // One receive buffer for the session (zeroing 64 KiB per request showed in profiles).
         let mut buf = std::mem::take(&mut self.frame);
         buf.resize(protocol::MAX_REQUEST + 1, 0);
@@ -709,6 +712,20 @@ impl Mediator {
             }
         }
         end
+    }
+}
+
+/// test-utils: `ZT_AAS_TEST_PANIC` makes the mediator panic on the agent's first request, to show that
+/// a bug in the supervisor still ends the session cleanly (sandbox killed, quarantine, session.end).
+fn test_panic() -> bool {
+    #[cfg(feature = "test-utils")]
+    {
+        static SET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *SET.get_or_init(|| std::env::var_os("ZT_AAS_TEST_PANIC").is_some())
+    }
+    #[cfg(not(feature = "test-utils"))]
+    {
+        false
     }
 }
 

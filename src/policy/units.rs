@@ -20,10 +20,16 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
             ))
         }
     };
-    number(digits, text)?
+    let seconds = number(digits, text)?
         .checked_mul(factor)
-        .ok_or_else(|| format!("duration `{text}` is too large"))
+        .filter(|s| *s <= MAX_DURATION_SECS)
+        .ok_or_else(|| format!("duration `{text}` is longer than 100 years"))?;
+    Ok(seconds)
 }
+
+/// The longest duration accepted anywhere (100 years): a deadline this far is "never", and larger ones
+/// would overflow the clock arithmetic of timeouts and wall limits.
+pub const MAX_DURATION_SECS: u64 = 100 * 365 * 86_400;
 
 /// Parses `<digits>[unit]` with unit `B`, `KiB`, `MiB`, `GiB` or `TiB` (powers of 1024) into bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
@@ -71,6 +77,10 @@ mod tests {
         assert_eq!(parse_duration("10m"), Ok(600));
         assert_eq!(parse_duration("2h"), Ok(7200));
         assert_eq!(parse_duration("1d"), Ok(86_400));
+        assert_eq!(parse_duration("36500d"), Ok(MAX_DURATION_SECS));
+        assert!(parse_duration("36501d").is_err());
+        assert!(parse_duration("106751991167301d").is_err());
+        assert!(parse_duration("18446744073709551615s").is_err());
         for bad in [
             "",
             "s",

@@ -358,7 +358,7 @@ pub fn supervise(
     events: &mut dyn Events,
     wall: Option<Duration>,
 ) -> (AgentExit, Exiting) {
-    let deadline = wall.map(|w| Instant::now() + w);
+    let deadline = wall.and_then(|w| Instant::now().checked_add(w));
     let mut exec_failure: Option<(i32, String)> = None;
     let mut status: Option<i32> = None;
     let mut ended: Option<AgentExit> = None;

@@ -1041,6 +1041,37 @@ print(json.dumps(out))
     assert_status(&fx.verify_audit(), 0);
 }
 
+/// A request whose own token failed verification (a forged signature, not a token at all) replays as it
+/// was decided: denied. Replay cannot check a signature the log does not hold, so it must neither take
+/// the recorded body for a valid token nor fall back to the session's tokens.
+#[test]
+fn replay_keeps_requests_whose_presented_token_failed_verification() {
+    let fx = Fixture::new("", &[]);
+    let token = std::fs::read_to_string(&fx.token).unwrap();
+    let (body, _sig) = token.trim().rsplit_once('.').unwrap();
+    // 64 zero bytes, base64url without padding.
+    let forged = format!("{body}.{}", "A".repeat(86));
+    let program = format!(
+        "{PY_PRELUDE}{}",
+        r#"
+out = {}
+out["forged"] = ask(json.dumps({"id": 1, "action": "sys.ping", "token": "FORGED"}).encode())
+out["garbage"] = ask(b'{"id":2,"action":"sys.ping","token":"garbage"}')
+out["session"] = ask(b'{"id":3,"action":"sys.ping"}')
+print(json.dumps(out))
+"#
+        .replace("FORGED", &forged)
+    );
+    let r = fx.python_json(&program);
+    assert_eq!(r["forged"]["decision"], "deny", "{r}");
+    assert_eq!(r["garbage"]["decision"], "deny", "{r}");
+    assert_eq!(r["session"]["decision"], "allow", "{r}");
+    let out = fx.zt(&["audit", "replay", "audit.jsonl", "--policy", "policy.toml"]);
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{report} {}", text(&out.stderr));
+    assert!(report.contains("0 would change"), "{report}");
+}
+
 /// Descriptors passed with a request are never kept by the supervisor: a request may carry one reply
 /// socket; any other descriptor, and every one of a request carrying several, is closed at once (an agent
 /// would otherwise pin objects in the supervisor and exhaust its descriptor table).

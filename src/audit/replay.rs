@@ -44,6 +44,9 @@ const ENGINE_CHECKS: &[&str] = &[
     "ttl_too_long",
 ];
 
+/// Checks that say the presented token itself failed verification.
+const TOKEN_FAILURES: &[&str] = &["bad_signature", "untrusted_issuer", "malformed"];
+
 /// One request whose outcome the new policy changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Difference {
@@ -182,6 +185,14 @@ fn replay_one(
         if let Some(t) = s("token") {
             state.revoked.insert(t.to_string());
         }
+    }
+    // A token presented with the request that failed verification stays refused: its signature is
+    // not in the log, so replay cannot check it again (and must not take its body for a valid token,
+    // nor fall back to the session's tokens).
+    let presented =
+        rec.get("token_presented") == Some(&Value::Bool(true)) || s("token_body").is_some();
+    if presented && TOKEN_FAILURES.contains(&was_check) {
+        return Ok(None);
     }
     let agent = s("actor").unwrap_or("");
     let request = Request {

@@ -63,14 +63,17 @@ pub fn render(bytes: &[u8], filter: &Filter, json: bool) -> (String, usize) {
                 if json {
                     out.push_str(&rec.to_string());
                 } else {
-                    out.push_str(&timeline_line(&rec));
+                    out.push_str(&printable(&timeline_line(&rec)));
                 }
                 out.push('\n');
             }
             Entry::Record(_) => {}
             Entry::Unreadable { line, what } => {
                 if !json && filter.session.is_none() && filter.decision.is_none() {
-                    out.push_str(&format!("-- line {line}: not a record ({what})\n"));
+                    out.push_str(&printable(&format!(
+                        "-- line {line}: not a record ({what})"
+                    )));
+                    out.push('\n');
                 }
             }
         }
@@ -130,6 +133,23 @@ fn timeline_line(rec: &Value) -> String {
     line.trim_end().to_string()
 }
 
+/// `text` with every control or invisible formatting character written as an escape (`\u{1b}`): a
+/// record's strings come from the agent, and a terminal would run its escape sequences (retitle, clear,
+/// overwrite a line with `\r`) or reorder the text (bidirectional overrides).
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let hidden = c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}');
+        if hidden {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn compact(v: &Value, max: usize) -> String {
     let s = v.to_string();
     if s.chars().count() <= max {
@@ -164,6 +184,22 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("-- line 4: not a record"), "{out}");
+    }
+
+    #[test]
+    fn the_agents_strings_cannot_drive_the_terminal() {
+        let rec = serde_json::json!({
+            "kind": "decision", "session": "abc", "actor": "bot\u{202e}", "ts": "t",
+            "action": "\u{1b}]0;PWNED\u{7}\u{1b}[2J\rALL GOOD\u{9b}", "decision": "deny", "reason": "x"
+        });
+        let (out, _) = render(format!("{rec}\n").as_bytes(), &Filter::default(), false);
+        assert!(
+            !out.trim_end()
+                .chars()
+                .any(|c| c.is_control() || c == '\u{202e}'),
+            "{out:?}"
+        );
+        assert!(out.contains("\\u{1b}]0;PWNED"), "{out}");
     }
 
     #[test]

@@ -543,6 +543,10 @@ impl Mediator {
         if let Some(cap) = decision.capability {
             extra.insert("capability".into(), json!(cap));
         }
+        if req.token.is_some() {
+            // Replay must know a token came with the request even when it was not one at all.
+            extra.insert("token_presented".into(), json!(true));
+        }
         if let Some(t) = presented_body(req.token.as_deref()) {
             // Without its signature: a log the agent can read must never hold a usable token.
             extra.insert("token_body".into(), json!(t));

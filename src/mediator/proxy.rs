@@ -612,16 +612,16 @@ fn host_matches(pattern: &str, host: &str, exact_only: bool) -> bool {
 }
 
 /// `[network] methods`: the entry for `host` (an exact name before any `*.suffix`, the longest suffix
-/// first) must list `method`; a host no entry covers may use any method.
+/// first) must list `method`; a host no entry covers may use any method. A `*.suffix` entry covers
+/// punycode names too: unlike an allowance, a restriction must not miss a host.
 pub fn check_method(
     host: &str,
     method: &str,
-    punycode: bool,
     methods: &[(String, Vec<String>)],
 ) -> Result<(), Refused> {
     let entry = methods
         .iter()
-        .filter(|(pattern, _)| host_matches(pattern, host, punycode))
+        .filter(|(pattern, _)| host_matches(pattern, host, false))
         .max_by_key(|(pattern, _)| (!pattern.starts_with("*."), pattern.len()));
     match entry {
         Some((pattern, allowed)) if !allowed.iter().any(|m| m == method) => Err(Refused {
@@ -791,12 +791,7 @@ fn serve(mut client: TcpStream, shared: &Shared) {
             &shared.config.allow,
             &shared.config.deny,
         )?;
-        check_method(
-            &head.host,
-            &head.method,
-            head.punycode,
-            &shared.config.methods,
-        )?;
+        check_method(&head.host, &head.method, &shared.config.methods)?;
         let addrs = resolve(&head.host, head.port, &shared.config)?;
         Ok((head, rest, addrs))
     });
@@ -1136,17 +1131,21 @@ mod tests {
             ),
             ("api.example.com".to_string(), vec!["POST".to_string()]),
         ];
-        assert!(check_method("api.example.com", "POST", false, &m).is_ok());
+        assert!(check_method("api.example.com", "POST", &m).is_ok());
         assert_eq!(
-            check_method("api.example.com", "GET", false, &m)
+            check_method("api.example.com", "GET", &m)
                 .unwrap_err()
                 .check,
             "network_method"
         );
-        assert!(check_method("www.example.com", "CONNECT", false, &m).is_ok());
-        assert!(check_method("www.example.com", "DELETE", false, &m).is_err());
+        assert!(check_method("www.example.com", "CONNECT", &m).is_ok());
+        assert!(check_method("www.example.com", "DELETE", &m).is_err());
         assert!(
-            check_method("other.org", "DELETE", false, &m).is_ok(),
+            check_method("xn--bcher-kva.example.com", "DELETE", &m).is_err(),
+            "a suffix restriction covers punycode names"
+        );
+        assert!(
+            check_method("other.org", "DELETE", &m).is_ok(),
             "no entry: any method"
         );
     }

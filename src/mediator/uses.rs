@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::io::Read;
 use std::path::Path;
 
 use nix::fcntl::Flock;
@@ -60,10 +60,14 @@ impl LockedCounts {
                 .insert(cap.to_string(), *n);
         }
         let text = serde_json::to_string(&by_token).map_err(|e| e.to_string())?;
+        // Overwritten in place, then cut to length: never emptied first, since an empty file reads as
+        // "no uses yet" and a crash in between would reset every count. (Counts only grow, so the text
+        // never gets shorter; a crash mid-write leaves text that fails to parse: refused, not guessed.)
+        use std::os::unix::fs::FileExt;
         let f: &mut File = &mut self.file;
-        f.set_len(0).map_err(|e| e.to_string())?;
-        f.rewind().map_err(|e| e.to_string())?;
-        f.write_all(text.as_bytes()).map_err(|e| e.to_string())?;
+        f.write_all_at(text.as_bytes(), 0)
+            .map_err(|e| e.to_string())?;
+        f.set_len(text.len() as u64).map_err(|e| e.to_string())?;
         f.sync_data().map_err(|e| e.to_string())
     }
 }
@@ -101,8 +105,16 @@ mod tests {
             uses.insert(("ab".into(), 1), 3);
             locked.write(&uses).unwrap();
         }
-        let (_l, uses) = LockedCounts::open(&p).unwrap();
+        let (mut locked, uses) = LockedCounts::open(&p).unwrap();
         assert_eq!(uses.get(&("ab".to_string(), 1)), Some(&3));
+        // Written in place: a shorter text leaves nothing of the longer one behind.
+        let mut longer = uses.clone();
+        longer.insert(("cd".into(), 0), 12345);
+        locked.write(&longer).unwrap();
+        locked.write(&uses).unwrap();
+        drop(locked);
+        let (_l, again) = LockedCounts::open(&p).unwrap();
+        assert_eq!(again, uses);
         drop(_l);
         std::fs::write(&p, "{not json").unwrap();
         assert!(LockedCounts::open(&p).is_err());

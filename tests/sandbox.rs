@@ -1336,6 +1336,7 @@ fn without_userns_run_refuses_unless_degraded_is_allowed() {
     let program = format!(
         "{PY_PRELUDE}\nout('secret', err(lambda: open({:?}).read()))\n\
          out('inet', err(socket.socket, socket.AF_INET, socket.SOCK_STREAM))\n\
+         out('unix', err(socket.socket, socket.AF_UNIX, socket.SOCK_STREAM))\n\
          out('placeholder', int(os.path.exists({:?})))\nout('ran', 1)",
         secret.to_str().unwrap(),
         ctx.ws.join(".git").to_str().unwrap()
@@ -1349,6 +1350,8 @@ fn without_userns_run_refuses_unless_degraded_is_allowed() {
         "Landlock must hide the host file: {m:?}"
     );
     assert_eq!(num(&m, "inet"), EAFNOSUPPORT, "{m:?}");
+    // Without a network namespace or private root a unix socket could reach the host's (docker.sock).
+    assert_eq!(num(&m, "unix"), EAFNOSUPPORT, "{m:?}");
     assert_eq!(num(&m, "placeholder"), 0, "a placeholder was made: {m:?}");
     assert!(
         text(&o.stderr).to_lowercase().contains("degraded"),

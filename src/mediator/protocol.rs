@@ -43,7 +43,9 @@ fn error(id: &Value, reason: impl Into<String>) -> ProtocolError {
     }
 }
 
-/// Parses one request frame.
+/// Parses one request frame: straight into a [`Request`], refusing a member given twice (at the top
+/// or in `args`: one reading must not differ from another). A frame that does not parse so is read
+/// again as a JSON tree, only to say precisely what is wrong with it (and echo its `id`).
 pub fn parse_request(frame: &[u8]) -> Result<Request, ProtocolError> {
     if frame.len() > MAX_REQUEST {
         return Err(error(
@@ -51,6 +53,123 @@ pub fn parse_request(frame: &[u8]) -> Result<Request, ProtocolError> {
             format!("request larger than {MAX_REQUEST} bytes"),
         ));
     }
+    match serde_json::from_slice::<Strict>(frame) {
+        Ok(Strict(request)) => Ok(request),
+        Err(strict) => match explain(frame) {
+            Err(e) => Err(e),
+            // Only a repeated member fails the strict reading and passes the tree's.
+            Ok(request) => Err(error(&request.id, format!("malformed request: {strict}"))),
+        },
+    }
+}
+
+/// The strict reading of a request (see [`parse_request`]).
+struct Strict(Request);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Strict;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a request object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+        use serde::de::Error;
+        let mut id = None;
+        let mut action = None;
+        let mut args = None;
+        let mut token = None;
+        let mut spoofed = Map::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let twice = || A::Error::custom(format!("member `{key}` is given twice"));
+            match key.as_ref() {
+                "id" if id.is_none() => id = Some(map.next_value::<Value>()?),
+                "action" if action.is_none() => action = Some(map.next_value::<String>()?),
+                "args" if args.is_none() => {
+                    args = Some(
+                        map.next_value::<Option<StrictArgs>>()?
+                            .unwrap_or_default()
+                            .0,
+                    )
+                }
+                "token" if token.is_none() => token = Some(map.next_value::<Option<String>>()?),
+                "id" | "action" | "args" | "token" => return Err(twice()),
+                field if IDENTITY_FIELDS.contains(&field) => {
+                    let v = map.next_value::<Value>()?;
+                    let text = match v {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    if spoofed
+                        .insert(field.to_string(), Value::String(text))
+                        .is_some()
+                    {
+                        return Err(twice());
+                    }
+                }
+                other => return Err(A::Error::custom(format!("unknown field `{other}`"))),
+            }
+        }
+        let id = id.unwrap_or(Value::Null);
+        if !(id.is_u64() || id.is_i64() || id.is_string() || id.is_null()) {
+            return Err(A::Error::custom("`id` must be an integer or a string"));
+        }
+        match action {
+            Some(action) if !action.is_empty() => Ok(Strict(Request {
+                id,
+                action,
+                args: args.unwrap_or_default(),
+                token: token.flatten(),
+                spoofed,
+            })),
+            _ => Err(A::Error::custom("`action` must be a non-empty string")),
+        }
+    }
+}
+
+/// `args`: string values, each name once.
+#[derive(Default)]
+struct StrictArgs(BTreeMap<String, String>);
+
+impl<'de> serde::Deserialize<'de> for StrictArgs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = StrictArgs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<StrictArgs, A::Error> {
+                let mut args = BTreeMap::new();
+                while let Some((k, v)) = map.next_entry::<String, String>()? {
+                    if args.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format!(
+                            "argument `{k}` is given twice"
+                        )));
+                    }
+                    args.insert(k, v);
+                }
+                Ok(StrictArgs(args))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The tree reading of a request: accepts a repeated member (the last one wins), and says precisely
+/// what else is wrong, with the request's `id` when it has one.
+fn explain(frame: &[u8]) -> Result<Request, ProtocolError> {
     let value: Value = serde_json::from_slice(frame)
         .map_err(|e| error(&Value::Null, format!("malformed JSON request: {e}")))?;
     let Value::Object(mut obj) = value else {
@@ -153,5 +272,63 @@ mod tests {
             );
         }
         assert!(parse_request(&vec![b' '; MAX_REQUEST + 1]).is_err());
+    }
+
+    #[test]
+    fn a_member_given_twice_is_refused_with_the_id() {
+        for (frame, what) in [
+            (
+                &br#"{"id":3,"action":"a","action":"b"}"#[..],
+                "member `action`",
+            ),
+            (
+                br#"{"id":3,"action":"a","args":{"x":"1","x":"2"}}"#,
+                "argument `x`",
+            ),
+            (
+                br#"{"id":3,"action":"a","args":{},"args":{"x":"1"}}"#,
+                "member `args`",
+            ),
+            (
+                br#"{"id":3,"action":"a","token":"t","token":null}"#,
+                "member `token`",
+            ),
+            (
+                br#"{"id":3,"action":"a","agent":"x","agent":"y"}"#,
+                "member `agent`",
+            ),
+        ] {
+            let e = parse_request(frame).unwrap_err();
+            assert_eq!(e.id, Value::from(3), "{}", String::from_utf8_lossy(frame));
+            assert!(
+                e.reason.contains(what),
+                "{}: {}",
+                e.reason,
+                String::from_utf8_lossy(frame)
+            );
+        }
+    }
+
+    /// The strict reading and the tree reading agree on every frame both accept, and refuse the same
+    /// frames but for a repeated member.
+    #[test]
+    fn the_strict_reading_agrees_with_the_tree_reading() {
+        for frame in [
+            &br#"{"id":1,"action":"a.b","args":{"x":"1","y":"\u00e9"},"token":"t","user":5}"#[..],
+            br#"{"action":"a","id":"s","args":null,"token":null}"#,
+            br#"{"id":-4,"action":"a","identity":{"x":[1,2]},"sub":1.5}"#,
+            br#" {"id":1,"action":"a"} "#,
+            br#"{"id":1,"action":""}"#,
+            br#"{"id":1,"action":"a","args":{"x":null}}"#,
+            br#"{"id":1,"action":"a","args":[]}"#,
+            br#"{"id":1,"action":"a","token":5}"#,
+            br#"{"id":[1],"action":"a"}"#,
+            br#"{"id":1,"action":"a"} x"#,
+            br#"{"id":1,"action":"a","args":{"x":"1"}"#,
+        ] {
+            let strict = serde_json::from_slice::<Strict>(frame).map(|s| s.0).ok();
+            let tree = explain(frame).ok();
+            assert_eq!(strict, tree, "{}", String::from_utf8_lossy(frame));
+        }
     }
 }

@@ -181,6 +181,11 @@ pub fn run(args: &RunArgs) -> CmdResult {
     guarded.read_only.extend(policy.key_files.iter().cloned());
     guarded.read_only.push(key_path.with_extension("pub"));
     guarded.read_only.extend(args.tokens.iter().cloned());
+    // And zt-aas itself, when it lies in the workspace (a checkout's target/release/zt-aas): the user's
+    // next `run` would execute whatever the agent put there, outside any sandbox.
+    guarded
+        .read_only
+        .extend(std::fs::read_link("/proc/self/exe").ok());
     // The placeholder lists name what the supervisor removes after a run.
     guarded.hidden.extend(sandbox::placeholders::lock_dir());
     guarded.hidden.push(log_path.clone());

@@ -837,6 +837,33 @@ fn a_repository_made_by_the_agent_keeps_plain_config_and_loses_executable_config
 }
 
 #[test]
+fn the_zt_aas_binary_in_the_workspace_cannot_be_replaced() {
+    // Run from a checkout (the workspace holds target/release/zt-aas): the agent must not swap the binary
+    // the user's next `run` executes outside any sandbox.
+    let (_t, ws) = plain_workspace();
+    let bin = common::copy_binary_into(&ws.join("target/release"));
+    let before = std::fs::read(&bin).unwrap();
+    let script = "printf '#!/bin/sh\\necho PWNED\\n' > t.new; chmod 755 t.new; \
+                  mv -f t.new target/release/zt-aas 2>/dev/null && echo MOVED; \
+                  (echo x >> target/release/zt-aas) 2>/dev/null && echo WROTE; \
+                  mv target/release target/r2 2>/dev/null && echo MOVED-DIR; true";
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args(["run", "-q", "--", "sh", "-c", script])
+        .current_dir(&ws)
+        .env("XDG_STATE_HOME", ws.join("state"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = wait_bounded(cmd.spawn().unwrap(), &["run"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", text(&out.stderr));
+    for bad in ["MOVED", "WROTE"] {
+        assert!(!stdout.contains(bad), "the agent could do {bad}: {stdout}");
+    }
+    assert_eq!(std::fs::read(&bin).unwrap(), before, "the binary changed");
+}
+
+#[test]
 fn a_repository_made_in_the_sandbox_does_not_commit_the_placeholders() {
     let (_t, ws) = plain_workspace();
     let (_s, state) = plain_workspace();

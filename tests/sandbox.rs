@@ -427,6 +427,9 @@ out("home", int(os.path.exists("/home")))
 out("run", int(os.path.exists("/run")))
 out("var", int(os.path.exists("/var")))
 out("passwd", len(open("/etc/passwd").read()) > 0)
+out("ssl_private", int(os.path.exists("/etc/ssl/private")))
+import ssl
+out("ssl_ca", int(ssl.create_default_context().cert_store_stats()["x509_ca"] > 0))
 "#,
             beside = beside.to_str().unwrap(),
             elsewhere = elsewhere.to_str().unwrap(),
@@ -436,6 +439,12 @@ out("passwd", len(open("/etc/passwd").read()) > 0)
     assert_eq!(num(&m, "beside"), ENOENT, "{m:?}");
     assert_eq!(num(&m, "elsewhere"), ENOENT, "{m:?}");
     assert_eq!(num(&m, "shadow"), ENOENT, "{m:?}");
+    // The host's TLS private keys (/etc/ssl/private: the caller's own uid or group may read them) are not
+    // bound; the CA certificates are.
+    assert_eq!(num(&m, "ssl_private"), 0, "{m:?}");
+    if std::path::Path::new("/etc/ssl/certs/ca-certificates.crt").exists() {
+        assert_eq!(num(&m, "ssl_ca"), 1, "{m:?}");
+    }
     for gone in ["root", "home", "run", "var"] {
         assert_eq!(num(&m, gone), 0, "/{gone} visible inside: {m:?}");
     }
@@ -1056,14 +1065,24 @@ out("daemon_running", int(running()))
 
 #[test]
 fn sigkilled_supervisor_takes_the_agent_down() {
+    check_sigkilled_supervisor_takes_the_agent_down(&Opts::default());
+}
+
+#[test]
+fn degraded_sigkilled_supervisor_takes_the_agent_down() {
+    // No pid namespace: the agent's own PDEATHSIG (init dies with the supervisor, the agent with init).
+    check_sigkilled_supervisor_takes_the_agent_down(&Opts {
+        env: &[("ZT_AAS_TEST_DISABLE", "userns")],
+        flags: &["--allow-degraded"],
+        ..Default::default()
+    });
+}
+
+fn check_sigkilled_supervisor_takes_the_agent_down(opts: &Opts) {
     let ctx = Ctx::new();
     let marker = unique("orphan");
     let program = marked_sleep_py(&marker);
-    let mut running = spawn(
-        &ctx,
-        &Opts::default(),
-        &["/usr/bin/python3", "-c", &program],
-    );
+    let mut running = spawn(&ctx, opts, &["/usr/bin/python3", "-c", &program]);
     let started = wait_until(Duration::from_secs(60), || {
         !host_pids_with(&marker).is_empty()
     });
@@ -1328,6 +1347,17 @@ fn without_userns_run_refuses_unless_degraded_is_allowed() {
     // Opted in: it runs, says so, and Landlock + seccomp still hold.
     let secret = ctx.root.path().join("secret.txt");
     std::fs::write(&secret, "secret").unwrap();
+    // A host SysV shared memory segment: without an IPC namespace, only seccomp keeps it out of reach.
+    struct Shm(i32);
+    impl Drop for Shm {
+        fn drop(&mut self) {
+            // SAFETY: removing the segment this test made.
+            unsafe { libc::shmctl(self.0, libc::IPC_RMID, std::ptr::null_mut()) };
+        }
+    }
+    // SAFETY: shmget with no pointers.
+    let shm = Shm(unsafe { libc::shmget(libc::IPC_PRIVATE, 4096, libc::IPC_CREAT | 0o666) });
+    assert!(shm.0 >= 0, "shmget: {}", std::io::Error::last_os_error());
     let opts = Opts {
         env: &disable,
         flags: &["--allow-degraded"],
@@ -1337,9 +1367,12 @@ fn without_userns_run_refuses_unless_degraded_is_allowed() {
         "{PY_PRELUDE}\nout('secret', err(lambda: open({:?}).read()))\n\
          out('inet', err(socket.socket, socket.AF_INET, socket.SOCK_STREAM))\n\
          out('unix', err(socket.socket, socket.AF_UNIX, socket.SOCK_STREAM))\n\
+         import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.shmat.restype = ctypes.c_long\n\
+         r = libc.shmat({shm}, None, 0)\nout('shmat', ctypes.get_errno() if r == -1 else 0)\n\
          out('placeholder', int(os.path.exists({:?})))\nout('ran', 1)",
         secret.to_str().unwrap(),
-        ctx.ws.join(".git").to_str().unwrap()
+        ctx.ws.join(".git").to_str().unwrap(),
+        shm = shm.0,
     );
     let o = run_with(&ctx, &opts, &["/usr/bin/python3", "-c", &program]);
     let m = kv(&o);
@@ -1352,6 +1385,11 @@ fn without_userns_run_refuses_unless_degraded_is_allowed() {
     assert_eq!(num(&m, "inet"), EAFNOSUPPORT, "{m:?}");
     // Without a network namespace or private root a unix socket could reach the host's (docker.sock).
     assert_eq!(num(&m, "unix"), EAFNOSUPPORT, "{m:?}");
+    assert_eq!(
+        num(&m, "shmat"),
+        libc::EPERM as i64,
+        "host shared memory: {m:?}"
+    );
     assert_eq!(num(&m, "placeholder"), 0, "a placeholder was made: {m:?}");
     assert!(
         text(&o.stderr).to_lowercase().contains("degraded"),

@@ -48,9 +48,25 @@ pub fn run(plan: &ChildPlan, report_fd: RawFd) -> ! {
             libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
         }
     }
+    let init = std::process::id() as i32;
     // SAFETY: the process is single-threaded (a fresh clone of the single-threaded supervisor).
     let agent = match unsafe { fork() } {
         Ok(ForkResult::Child) => {
+            // The agent dies with init, which dies with the supervisor (PDEATHSIG both): without a pid
+            // namespace (degraded mode) nothing else would take it down if the supervisor were killed.
+            // SAFETY: prctl and getppid take no pointers.
+            unsafe {
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
+                if libc::getppid() != init {
+                    libc::_exit(125); // init died before PDEATHSIG was set
+                }
+            }
             let _ = SigSet::all().thread_unblock();
             child::exec_agent(plan, report_fd)
         }

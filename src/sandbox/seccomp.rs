@@ -9,6 +9,7 @@
 //!   the whole mount family (old and new API), chroot, unshare/setns, namespace flags to clone, ptrace and
 //!   cross-process memory access, personality changes;
 //! - ioctl TIOCSTI and TIOCLINUX (terminal injection), comparing only the low 32 bits as the kernel does;
+//! - in degraded mode (no IPC namespace), SysV IPC: shared memory, message queues, semaphores;
 //! - sockets of any family but AF_UNIX (EAFNOSUPPORT); in degraded mode only AF_UNIX socket pairs; in
 //!   proxy mode also AF_INET/AF_INET6 stream sockets of protocol 0 or TCP (never UDP, raw, MPTCP or another
 //!   family: Landlock's TCP rules would not cover them), which Landlock lets connect to the proxy's port
@@ -108,6 +109,22 @@ const EXTRA_NAMES: &[(&str, i64)] = &[
     ("mbind", libc::SYS_mbind),
     ("migrate_pages", libc::SYS_migrate_pages),
     ("move_pages", libc::SYS_move_pages),
+];
+
+/// SysV IPC, refused where the sandbox has no IPC namespace of its own (degraded mode).
+const SYSV_IPC: &[i64] = &[
+    libc::SYS_shmget,
+    libc::SYS_shmat,
+    libc::SYS_shmctl,
+    libc::SYS_shmdt,
+    libc::SYS_msgget,
+    libc::SYS_msgsnd,
+    libc::SYS_msgrcv,
+    libc::SYS_msgctl,
+    libc::SYS_semget,
+    libc::SYS_semop,
+    libc::SYS_semtimedop,
+    libc::SYS_semctl,
 ];
 
 const TIOCSTI: u64 = 0x5412;
@@ -306,6 +323,14 @@ fn rule_sets(extra_deny: &[String], sockets: Sockets) -> Result<[RuleSet; 3], Se
         // A syscall the profile refuses outright stays refused outright.
         if let std::collections::btree_map::Entry::Vacant(slot) = eperm.entry(nr) {
             slot.insert(set_id(mode_arg)?);
+        }
+    }
+
+    if sockets == Sockets::PairsOnly {
+        // Degraded mode has no IPC namespace either: SysV shared memory, message queues and semaphores
+        // would be the host's (Landlock does not cover them), and their ids are small and guessable.
+        for nr in SYSV_IPC {
+            eperm.insert(*nr, Vec::new());
         }
     }
 

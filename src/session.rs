@@ -252,6 +252,12 @@ pub fn run(args: &RunArgs) -> CmdResult {
     };
     let git_before = sandbox::persistence::snapshot(&workspace);
     let prepared = sandbox::prepare(&config)?;
+    if !prepared.layers.unapplied_limits.is_empty() && !args.quiet {
+        eprintln!(
+            "zt-aas: note: limits not enforced on this host: {}",
+            prepared.layers.unapplied_limits.join("; ")
+        );
+    }
     if prepared.layers.degraded {
         eprintln!(
             "zt-aas: DEGRADED sandbox: missing {}; running with {} (recorded in the audit log)",
@@ -346,8 +352,11 @@ pub fn run(args: &RunArgs) -> CmdResult {
                 .wall
                 .and_then(|w| std::time::Instant::now().checked_add(w)),
         );
+    let enforced: String;
     let (exit, exiting) = match pending.release() {
         Ok(mut sb) => {
+            // What the sandbox reported it enforced (known only once it is set up: for session.end).
+            enforced = std::mem::take(&mut sb.enforced);
             let started = match sb.proxy_listener.take() {
                 Some(listener) => mediator.start_proxy(listener),
                 None if proxy => Err("the sandbox made no proxy listener".into()),
@@ -422,7 +431,7 @@ pub fn run(args: &RunArgs) -> CmdResult {
         seal(
             mediator,
             code,
-            &json!({"end": format!("{exit:?}"), "quarantined": quarantined}),
+            &json!({"end": format!("{exit:?}"), "quarantined": quarantined, "enforced": enforced}),
             head_out.as_mut(),
             args.quiet,
             &log_path,

@@ -418,6 +418,51 @@ fn wall_clock_limit_kills_the_agent_and_the_session_is_sealed() {
 }
 
 #[test]
+fn a_memory_limit_nothing_can_enforce_is_said_and_recorded() {
+    // An unprivileged caller on this kind of host gets no cgroup: the memory limit cannot apply, and
+    // that must be said (stderr) and recorded, not passed over in silence.
+    if !is_root() {
+        return; // needs setpriv to become nobody
+    }
+    let (_t, dir) = limits_project("memory = \"64MiB\"");
+    let out = as_nobody(
+        &dir,
+        &[
+            "run",
+            "--policy",
+            "policy.toml",
+            "--workspace",
+            ".",
+            "--",
+            "true",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let log = std::fs::read_to_string(dir.join("state/audit.jsonl")).unwrap();
+    let start: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    let sandbox = &start["sandbox"];
+    let limits = sandbox["limits"].to_string();
+    assert!(
+        limits.contains("RLIMIT_NOFILE"),
+        "the rlimits that applied: {limits}"
+    );
+    if limits.contains("memory") {
+        return; // a delegated cgroup v2 after all: the limit applied
+    }
+    assert!(
+        sandbox["unapplied_limits"]
+            .to_string()
+            .contains("memory=67108864"),
+        "{sandbox}"
+    );
+    assert!(
+        text(&out.stderr).contains("limits not enforced on this host: memory=67108864"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn memory_limit_applies_where_a_cgroup_can_be_made_and_the_record_says_so() {
     let (_t, dir) = limits_project("memory = \"64MiB\"");
     let hog = "print('started', flush=True)\nb = bytearray(256 * 1024 * 1024)\nprint('allocated', len(b))";

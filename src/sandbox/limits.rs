@@ -206,6 +206,45 @@ fn is_writable(dir: &Path) -> bool {
     nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
 }
 
+/// The rlimits [`apply_rlimits`] will set (each capped by the hard limit we have), for the record.
+pub fn planned_rlimits(limits: &Limits) -> Vec<String> {
+    let mut planned = Vec::new();
+    for (res, value, name) in [
+        (Resource::RLIMIT_NOFILE, limits.nofile, "RLIMIT_NOFILE"),
+        (Resource::RLIMIT_NPROC, limits.nproc, "RLIMIT_NPROC"),
+        (
+            Resource::RLIMIT_CORE,
+            Some(limits.core.unwrap_or(0)),
+            "RLIMIT_CORE",
+        ),
+        (Resource::RLIMIT_FSIZE, limits.fsize, "RLIMIT_FSIZE"),
+        (Resource::RLIMIT_CPU, limits.cpu, "RLIMIT_CPU"),
+    ] {
+        if let (Some(v), Ok((_, hard))) = (value, nix::sys::resource::getrlimit(res)) {
+            planned.push(format!("{name}={}", v.min(hard)));
+        }
+    }
+    planned
+}
+
+/// The cgroup limits asked for that no cgroup carries (nothing else bounds memory; RLIMIT_NPROC stands in
+/// for `pids` where the kernel applies it, for a non-root caller).
+pub fn unapplied(limits: &Limits, cgroup: &Cgroup) -> Vec<String> {
+    let has = |prefix: &str| cgroup.applied.iter().any(|a| a.starts_with(prefix));
+    let mut out = Vec::new();
+    if let (Some(m), false) = (limits.memory, has("memory")) {
+        out.push(format!(
+            "memory={m}: no memory bound (no cgroup could be made; cgroups here: {}; a memory limit \
+             needs root or a delegated cgroup v2)",
+            cgroup_support()
+        ));
+    }
+    if let (Some(p), false) = (limits.pids, has("pids")) {
+        out.push(format!("pids={p}: no cgroup; RLIMIT_NPROC stands in"));
+    }
+    out
+}
+
 /// Sets the profile's rlimits on the calling process (inherited by the agent).
 pub fn apply_rlimits(limits: &Limits) -> Result<Vec<String>, nix::Error> {
     let mut applied = Vec::new();

@@ -99,7 +99,8 @@ pub struct ActiveLayers {
     pub missing: Vec<String>,
     pub protected: Vec<String>,
     pub skipped_paths: Vec<String>,
-    pub enforced: String,
+    /// Limits asked for that nothing enforces on this host (e.g. memory without a cgroup).
+    pub unapplied_limits: Vec<String>,
 }
 
 impl ActiveLayers {
@@ -291,6 +292,10 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
 
     let cgroup = limits::Cgroup::create(&config.session, &config.limits);
     layers.limits = cgroup.applied.clone();
+    layers
+        .limits
+        .extend(limits::planned_rlimits(&config.limits));
+    layers.unapplied_limits = limits::unapplied(&config.limits, &cgroup);
     let seccomp = if layers.seccomp {
         Some(
             seccomp::compile(

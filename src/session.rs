@@ -251,6 +251,8 @@ pub fn run(args: &RunArgs) -> CmdResult {
         proxy_port: proxy.then_some(crate::mediator::proxy::PROXY_PORT),
     };
     let git_before = sandbox::persistence::snapshot(&workspace);
+    // Put back when `run` ends, whatever the agent left the user's terminal in.
+    let _terminal = sandbox::terminal::Terminal::save();
     let prepared = sandbox::prepare(&config)?;
     if !prepared.layers.unapplied_limits.is_empty() && !args.quiet {
         eprintln!(

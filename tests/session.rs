@@ -909,6 +909,47 @@ fn the_zt_aas_binary_in_the_workspace_cannot_be_replaced() {
 }
 
 #[test]
+fn the_users_terminal_is_left_as_the_agent_found_it() {
+    // In a pseudo-terminal (`script`): the agent turns echo off and tries exclusive mode (which would
+    // keep the user's later programs from opening their terminal); after `run`, echo is back and the
+    // terminal opens.
+    let (_t, ws) = plain_workspace();
+    let agent =
+        "stty raw -echo; python3 -c 'import fcntl, termios; fcntl.ioctl(0, termios.TIOCEXCL)' \
+                 2>/dev/null && echo EXCL-SET; true";
+    let inner = format!(
+        "XDG_STATE_HOME={state} {zt} run -q --workspace {ws} -- sh -c \"{agent}\"; \
+         stty -a | tr ' ;' '\\n\\n' | grep -x -- '-\\?echo'; \
+         python3 -c 'import os; os.close(os.open(\"/dev/tty\", os.O_RDWR)); print(\"TTY-OPEN\")'",
+        state = ws.join("state").display(),
+        zt = ZT,
+        ws = ws.display(),
+    );
+    let child = Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    let out = wait_bounded(child, &["script"]);
+    let stdout = text(&out.stdout).replace('\r', "");
+    assert!(
+        !stdout.contains("EXCL-SET"),
+        "exclusive mode was set: {stdout}"
+    );
+    assert!(
+        stdout.contains("TTY-OPEN"),
+        "{stdout} {}",
+        text(&out.stderr)
+    );
+    assert!(
+        stdout.lines().any(|l| l == "echo"),
+        "echo was not restored: {stdout}"
+    );
+}
+
+#[test]
 fn a_repository_made_in_the_sandbox_does_not_commit_the_placeholders() {
     let (_t, ws) = plain_workspace();
     let (_s, state) = plain_workspace();

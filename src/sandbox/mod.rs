@@ -21,6 +21,7 @@ pub mod plan;
 pub mod privileges;
 pub mod profile;
 pub mod seccomp;
+pub mod terminal;
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;

@@ -8,7 +8,8 @@
 //! - kernel attack surface and escape tools: io_uring, bpf, perf, userfaultfd, keyrings, kexec, modules,
 //!   the whole mount family (old and new API), chroot, unshare/setns, namespace flags to clone, ptrace and
 //!   cross-process memory access, personality changes;
-//! - ioctl TIOCSTI and TIOCLINUX (terminal injection), comparing only the low 32 bits as the kernel does;
+//! - ioctl TIOCSTI and TIOCLINUX (terminal injection), TIOCEXCL, TIOCSETD and TIOCCONS (settings that
+//!   outlast the run on the user's terminal), comparing only the low 32 bits as the kernel does;
 //! - in degraded mode (no IPC namespace), SysV IPC: shared memory, message queues, semaphores;
 //! - sockets of any family but AF_UNIX (EAFNOSUPPORT); in degraded mode only AF_UNIX socket pairs; in
 //!   proxy mode also AF_INET/AF_INET6 stream sockets of protocol 0 or TCP (never UDP, raw, MPTCP or another
@@ -130,6 +131,11 @@ const SYSV_IPC: &[i64] = &[
 const TIOCSTI: u64 = 0x5412;
 const SYS_FCHMODAT2: i64 = 452;
 const TIOCLINUX: u64 = 0x541C;
+/// Terminal settings that would outlast the run on the user's terminal: exclusive mode (nobody else may
+/// open it), the line discipline, console redirection.
+const TIOCEXCL: u64 = 0x540C;
+const TIOCSETD: u64 = 0x5423;
+const TIOCCONS: u64 = 0x541D;
 
 const NAMESPACE_FLAGS: &[u64] = &[
     libc::CLONE_NEWNS as u64,
@@ -215,6 +221,9 @@ fn rule_sets(extra_deny: &[String], sockets: Sockets) -> Result<[RuleSet; 3], Se
         vec![
             rule(vec![cond(1, Len::Dword, Op::Eq, TIOCSTI)?])?,
             rule(vec![cond(1, Len::Dword, Op::Eq, TIOCLINUX)?])?,
+            rule(vec![cond(1, Len::Dword, Op::Eq, TIOCEXCL)?])?,
+            rule(vec![cond(1, Len::Dword, Op::Eq, TIOCSETD)?])?,
+            rule(vec![cond(1, Len::Dword, Op::Eq, TIOCCONS)?])?,
         ],
     );
     // clone: any namespace flag (low 32 bits of the flags word).
@@ -584,6 +593,9 @@ mod tests {
             TIOCSTI,
             TIOCLINUX,
             TIOCSTI | 1 << 32,
+            TIOCEXCL,
+            TIOCSETD,
+            TIOCCONS,
             0xffff_ffff,
             0xffff_ffff_ffff_ffff,
             libc::S_ISUID as u64,

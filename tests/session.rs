@@ -116,10 +116,7 @@ fn the_placeholder_lists_are_hidden_when_the_state_directory_lies_in_the_workspa
     // Run from a home directory, the workspace holds the state directory; the lists there name what the
     // supervisor removes after the run, so the agent must not be able to add to them.
     let (_t, ws) = plain_workspace();
-    let outside = tempfile::Builder::new()
-        .prefix("zt-host-empty.")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let outside = host_tempdir("zt-host-empty.");
     let victim_dir = outside.path().join("emptydir");
     let victim_file = outside.path().join("emptyfile");
     std::fs::create_dir(&victim_dir).unwrap();
@@ -319,10 +316,7 @@ fn independent_python_verifier_agrees_on_a_real_session_log() {
 
 /// A workspace (owned by nobody when we are root) with a policy that sets `limits`.
 fn limits_project(limits: &str) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::Builder::new()
-        .prefix("zt-limits.")
-        .tempdir_in("/tmp")
-        .expect("tempdir");
+    let tmp = host_tempdir("zt-limits.");
     let dir = tmp.path().canonicalize().unwrap();
     std::fs::write(
         dir.join("policy.toml"),
@@ -629,12 +623,17 @@ fn run_sh(ws: &Path, script: &str) -> Output {
     zt(ws, &["run", "-q", "--", "sh", "-c", script])
 }
 
+/// A fresh directory under /tmp named `PREFIX...` (removed when dropped).
+fn host_tempdir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .expect("tempdir")
+}
+
 /// A plain workspace under /tmp (no policy: the built-in default applies).
 fn plain_workspace() -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::Builder::new()
-        .prefix("zt-plain.")
-        .tempdir_in("/tmp")
-        .expect("tempdir");
+    let tmp = host_tempdir("zt-plain.");
     let dir = tmp.path().canonicalize().unwrap();
     (tmp, dir)
 }
@@ -726,10 +725,7 @@ fn a_protected_file_reached_through_a_symlink_is_refused() {
 #[test]
 fn degraded_mode_refuses_unix_sockets_and_kills_orphans_of_a_killed_init() {
     let (_t, ws) = plain_workspace();
-    let sock_dir = tempfile::Builder::new()
-        .prefix("zt-sock.")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let sock_dir = host_tempdir("zt-sock.");
     let path = sock_dir.path().join("daemon.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     listener.set_nonblocking(true).unwrap();

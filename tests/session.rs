@@ -946,6 +946,47 @@ fn the_users_terminal_is_left_as_the_agent_found_it() {
 }
 
 #[test]
+fn a_run_in_the_background_leaves_the_foreground_programs_terminal_modes() {
+    // Job control in a pseudo-terminal: `run` starts in the background (saving echo on), the program
+    // in the foreground turns echo off (a password prompt) and the window is resized, then `run` ends:
+    // echo must stay off and the new size must stay.
+    let (_t, ws) = plain_workspace();
+    let inner = format!(
+        "set -m; XDG_STATE_HOME={state} {zt} run -q --workspace {ws} -- \
+           sh -c 'touch started; i=0; while [ ! -e go ] && [ $i -lt 600 ]; do i=$((i+1)); sleep 0.05; done' & \
+         i=0; while [ ! -e {ws}/started ] && [ $i -lt 600 ]; do i=$((i+1)); sleep 0.05; done; \
+         stty -echo cols 123; touch {ws}/go; wait $!; echo RUN-ENDED; \
+         stty -a | tr ' ;' '\\n\\n' | grep -x -- '-\\?echo'; stty size",
+        state = ws.join("state").display(),
+        zt = ZT,
+        ws = ws.display(),
+    );
+    let child = Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    let out = wait_bounded(child, &["script"]);
+    let stdout = text(&out.stdout).replace('\r', "");
+    assert!(
+        stdout.contains("RUN-ENDED"),
+        "{stdout} {}",
+        text(&out.stderr)
+    );
+    assert!(
+        stdout.lines().any(|l| l == "-echo"),
+        "the background run turned echo back on: {stdout}"
+    );
+    // The window was resized while `run` ran: the new size stays.
+    assert!(
+        stdout.lines().any(|l| l.ends_with(" 123")),
+        "the window size was put back: {stdout}"
+    );
+}
+
+#[test]
 fn a_repository_made_in_the_sandbox_does_not_commit_the_placeholders() {
     let (_t, ws) = plain_workspace();
     let (_s, state) = plain_workspace();

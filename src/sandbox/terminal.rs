@@ -1,18 +1,19 @@
 //! The user's terminal, as the agent found it: the agent shares it (stdin/stdout/stderr pass through),
-//! and may change its modes (`stty raw -echo`) or size and then die without restoring them. The
-//! supervisor saves them before the launch and puts them back when the agent is gone. (Exclusive mode,
-//! the line discipline and console redirection are refused by seccomp.)
+//! and may change its modes (`stty raw -echo`) and then die without restoring them. The supervisor
+//! saves the modes before the launch and puts them back when the agent is gone, if `run` is still the
+//! terminal's foreground job (a `run` in the background must not undo what the foreground program set,
+//! e.g. echo off at a password prompt). The window size is left alone: the user may have resized the
+//! window during the run. (Exclusive mode, the line discipline and console redirection are refused by
+//! seccomp.)
 
 use std::os::fd::{BorrowedFd, RawFd};
 
-use nix::sys::signal::{signal, SigHandler, Signal};
 use nix::sys::termios::{tcgetattr, tcsetattr, SetArg, Termios};
 
-/// The first of stdin/stdout/stderr that is a terminal, with its modes and size; restored when dropped.
+/// The first of stdin/stdout/stderr that is a terminal, with its modes; restored when dropped.
 pub struct Terminal {
     fd: RawFd,
     modes: Termios,
-    size: libc::winsize,
 }
 
 fn borrow(fd: RawFd) -> BorrowedFd<'static> {
@@ -20,44 +21,26 @@ fn borrow(fd: RawFd) -> BorrowedFd<'static> {
     unsafe { BorrowedFd::borrow_raw(fd) }
 }
 
-fn size_of(fd: RawFd) -> Option<libc::winsize> {
-    let mut size = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ writes one winsize into `size`.
-    (unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) } == 0).then_some(size)
+/// Whether this process group is the foreground job of the terminal on `fd` (its controlling terminal).
+fn in_foreground(fd: RawFd) -> bool {
+    // SAFETY: tcgetpgrp and getpgrp take no pointers.
+    let foreground = unsafe { libc::tcgetpgrp(fd) };
+    foreground > 0 && foreground == unsafe { libc::getpgrp() }
 }
 
 impl Terminal {
     pub fn save() -> Option<Terminal> {
         (0..=2).find_map(|fd: RawFd| {
             let modes = tcgetattr(borrow(fd)).ok()?;
-            let size = size_of(fd)?;
-            Some(Terminal { fd, modes, size })
+            Some(Terminal { fd, modes })
         })
     }
 }
 
 impl Drop for Terminal {
     fn drop(&mut self) {
-        if tcgetattr(borrow(self.fd)).is_ok_and(|now| now != self.modes) {
-            // A `run` in the background would be stopped (SIGTTOU) for setting its terminal's modes.
-            // SAFETY: ignoring a signal, then putting the previous disposition back.
-            let previous = unsafe { signal(Signal::SIGTTOU, SigHandler::SigIgn) };
+        if in_foreground(self.fd) && tcgetattr(borrow(self.fd)).is_ok_and(|now| now != self.modes) {
             let _ = tcsetattr(borrow(self.fd), SetArg::TCSANOW, &self.modes);
-            if let Ok(previous) = previous {
-                // SAFETY: as above.
-                let _ = unsafe { signal(Signal::SIGTTOU, previous) };
-            }
-        }
-        if size_of(self.fd)
-            .is_some_and(|now| (now.ws_row, now.ws_col) != (self.size.ws_row, self.size.ws_col))
-        {
-            // SAFETY: TIOCSWINSZ reads one winsize.
-            unsafe { libc::ioctl(self.fd, libc::TIOCSWINSZ, &self.size) };
         }
         // SAFETY: TIOCNXCL takes no argument (the agent cannot set exclusive mode; this is belt and braces).
         unsafe { libc::ioctl(self.fd, libc::TIOCNXCL) };

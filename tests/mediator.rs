@@ -1041,6 +1041,52 @@ print(json.dumps(out))
     assert_status(&fx.verify_audit(), 0);
 }
 
+#[test]
+fn an_answer_the_agent_does_not_take_is_recorded_as_undelivered() {
+    // The agent sends calls without reading its answers (50 kB each): once its socket's queue is full,
+    // answers cannot be delivered. Every call still gets either an answer or a result record saying it
+    // got none.
+    let fx = Fixture::with_audit("fsync = false", FS_ACTIONS, &["fs.read"]);
+    let program = format!(
+        "{PY_PRELUDE}{}",
+        r#"
+N = 800
+with open("f.txt", "w") as f:
+    f.write("x" * 50000)
+for i in range(N):
+    s.send(b'{"id":%d,"action":"fs.read","args":{"path":"f.txt"}}' % i)
+# Answers come in order: the last call's answer means all others were delivered or dropped. Should
+# that one be dropped too, the queue is drained once nothing more comes.
+got = 0
+s.settimeout(5)
+while True:
+    try:
+        answer = json.loads(s.recv(1 << 17))
+    except socket.timeout:
+        break
+    got += 1
+    if answer.get("id") == N - 1:
+        break
+print(json.dumps({"sent": N, "got": got}))
+"#
+    );
+    let r = fx.python_json(&program);
+    let got = r["got"].as_u64().unwrap_or(0);
+    let results: Vec<Value> = fx
+        .records()
+        .into_iter()
+        .filter(|r| r["kind"] == "result")
+        .collect();
+    assert_eq!(results.len(), 800, "{r}");
+    let undelivered = results
+        .iter()
+        .filter(|r| r["undelivered"].is_string())
+        .count() as u64;
+    assert!(undelivered > 0, "the agent's queue never filled: {r}");
+    assert_eq!(got + undelivered, 800, "answers lost silently: {r}");
+    assert_status(&fx.verify_audit(), 0);
+}
+
 /// A request whose own token failed verification (a forged signature, not a token at all) replays as it
 /// was decided: denied. Replay cannot check a signature the log does not hold, so it must neither take
 /// the recorded body for a valid token nor fall back to the session's tokens.

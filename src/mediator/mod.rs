@@ -691,7 +691,13 @@ impl Mediator {
                 let _ = send(&protocol::response(&id, "error", &why, Value::Null));
                 Some(why)
             }
-            _ => None,
+            // The agent's side did not take it (EAGAIN: it does not read its answers; a closed peer):
+            // the action ran and its result is recorded, with this.
+            Err(e) => Some(format!(
+                "the answer ({} bytes) could not be sent: {e}",
+                response.len()
+            )),
+            Ok(_) => None,
         };
         if let Some(mut body) = result {
             if let Some(why) = undelivered {

@@ -506,6 +506,12 @@ fn run_command(
     };
     cmd.env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .envs(
+            // A nested `run` keeps its state (workspace locks) where the session's `run` keeps its own.
+            sandbox
+                .and(std::env::var_os("XDG_STATE_HOME"))
+                .map(|v| ("XDG_STATE_HOME", v)),
+        )
         .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -671,6 +671,44 @@ except OSError as e:\n    print(\"refused\", e.errno)'",
 }
 
 #[test]
+fn no_device_node_can_be_made_not_even_a_whiteout() {
+    // mknod of a whiteout (char 0:0) needs no capability; one left in the workspace would hide a file
+    // from whoever stacks the workspace in an overlay later. Fifos stay allowed. Also in degraded mode.
+    let agent = r#"
+import os, stat
+for where in ("w", "/tmp/w"):
+    try:
+        os.mknod(where, 0o600 | stat.S_IFCHR, 0); print("made", where)
+    except OSError as e:
+        print("refused", where, e.errno)
+os.mkfifo("fifo"); print("fifo made")
+"#;
+    for degraded in [false, true] {
+        let (_t, ws) = plain_workspace();
+        let (_s, state) = plain_workspace();
+        let mut env = vec![("XDG_STATE_HOME", state.to_str().unwrap())];
+        let mut args = vec!["run", "-q"];
+        if degraded {
+            env.push(("ZT_AAS_TEST_DISABLE", "userns"));
+            args.push("--allow-degraded");
+        }
+        args.extend(["--", "python3", "-c", agent]);
+        let out = common::zt_with(&ws, &args, &[], &env);
+        let stdout = text(&out.stdout);
+        assert!(
+            stdout.contains("refused w 13") && stdout.contains("refused /tmp/w 13"),
+            "degraded={degraded}: {stdout} {}",
+            text(&out.stderr)
+        );
+        assert!(
+            stdout.contains("fifo made"),
+            "degraded={degraded}: {stdout}"
+        );
+        assert!(!ws.join("w").exists(), "degraded={degraded}");
+    }
+}
+
+#[test]
 fn head_out_through_a_planted_symlink_is_refused_and_the_head_file_is_guarded() {
     let (_t, ws) = plain_workspace();
     let victim = ws.parent().unwrap().join(format!(

@@ -92,7 +92,9 @@ pub fn restrict(
     for (path, grant) in rules {
         let access = match grant {
             Grant::ReadExec => AccessFs::from_read(abi),
-            Grant::ReadWrite => all,
+            // Everything but device nodes: mknod of a whiteout (char 0:0) needs no capability, and
+            // one left in the workspace hides a file from whoever later stacks it in an overlay.
+            Grant::ReadWrite => all & !(AccessFs::MakeChar | AccessFs::MakeBlock),
             Grant::Device => device,
             Grant::ListDir => AccessFs::ReadDir.into(),
         };

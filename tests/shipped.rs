@@ -91,6 +91,56 @@ fn every_shipped_profile_runs_a_command() {
     }
 }
 
+/// The `ci` profile finds toolchains installed in the caller's home (rustup's `~/.cargo/bin`, on PATH and
+/// read-only, with RUSTUP_HOME pointing at `~/.rustup`), and a RUSTUP_HOME of the caller's wins.
+#[test]
+fn the_ci_profile_runs_toolchains_from_the_callers_home_read_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().expect("home");
+    let bin = home.path().join(".cargo/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(home.path().join(".rustup")).unwrap();
+    let tool = bin.join("zt-fake-cargo");
+    std::fs::write(&tool, "#!/bin/sh\necho fake-cargo-ran\n").unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = "zt-fake-cargo; echo RUSTUP_HOME=$RUSTUP_HOME; \
+                  echo x > \"$(dirname \"$(command -v zt-fake-cargo)\")/planted\" 2>/dev/null \
+                  && echo WROTE || echo read-only";
+    for (rustup_home, expected) in [
+        (
+            None,
+            format!("RUSTUP_HOME={}/.rustup", home.path().display()),
+        ),
+        (
+            Some("/usr/local/rustup"),
+            "RUSTUP_HOME=/usr/local/rustup".to_string(),
+        ),
+    ] {
+        let workspace = tempfile::tempdir().expect("workspace");
+        let state = tempfile::tempdir().expect("state dir");
+        let mut cmd = zt_aas();
+        cmd.args(["run", "-q", "--profile", "ci", "--", "sh", "-c", script])
+            .current_dir(workspace.path())
+            .env("XDG_STATE_HOME", state.path())
+            .env("HOME", home.path())
+            .env_remove("RUSTUP_HOME");
+        if let Some(v) = rustup_home {
+            cmd.env("RUSTUP_HOME", v);
+        }
+        let out = cmd.output().expect("run zt-aas");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let what = Path::new("profiles/ci.toml");
+        assert!(
+            stdout.contains("fake-cargo-ran"),
+            "{}",
+            describe(what, &out)
+        );
+        assert!(stdout.contains(&expected), "{}", describe(what, &out));
+        assert!(stdout.contains("read-only"), "{}", describe(what, &out));
+        assert!(!bin.join("planted").exists());
+    }
+}
+
 /// README's first command: the demo tells the whole story and exits 0 (it checks each step itself).
 #[test]
 fn the_demo_runs_and_tells_deny_policy_allow_audit() {

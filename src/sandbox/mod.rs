@@ -368,8 +368,17 @@ fn environment(
         .filter(|(k, _)| keep(k))
         .collect();
     let ws = config.workspace.display().to_string();
+    let home = profile::caller_home()
+        .map(|h| h.display().to_string())
+        .unwrap_or_default();
+    let expand = |v: &str| v.replace("{workspace}", &ws).replace("{home}", &home);
+    for (k, v) in &config.profile.env_default {
+        if !vars.contains_key(k) {
+            vars.insert(k.clone(), expand(v));
+        }
+    }
     for (k, v) in &config.profile.env_set {
-        vars.insert(k.clone(), v.replace("{workspace}", &ws));
+        vars.insert(k.clone(), expand(v));
     }
     if !namespaces {
         // Degraded: the host's /tmp is not ours; the binary is at its host path.

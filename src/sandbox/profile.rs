@@ -71,6 +71,8 @@ struct RawEnv {
     keep: Vec<String>,
     #[serde(default)]
     set: BTreeMap<String, String>,
+    #[serde(default)]
+    default: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -141,6 +143,8 @@ pub struct Profile {
     pub tmpfs: Vec<PathBuf>,
     pub env_keep: Vec<String>,
     pub env_set: BTreeMap<String, String>,
+    /// Set only when no kept variable of the caller has the name.
+    pub env_default: BTreeMap<String, String>,
     pub protect: Vec<Protected>,
     pub protect_always: Vec<Protected>,
     pub create: Vec<Protected>,
@@ -207,6 +211,14 @@ impl Profile {
         };
         self.name = raw.name.unwrap_or_else(|| origin.to_string());
         for p in raw.read_only {
+            // `~/...`: beneath the caller's home (toolchains installed per user: ~/.rustup, ~/.cargo/bin).
+            let p = match p.strip_prefix("~/") {
+                Some(rest) => match caller_home() {
+                    Some(home) => format!("{}/{rest}", home.display()),
+                    None => continue, // no home: like a path that does not exist on this host
+                },
+                None => p,
+            };
             self.read_only.push(absolute(&p).map_err(invalid)?);
         }
         for d in raw.devices {
@@ -225,6 +237,7 @@ impl Profile {
         }
         self.env_keep.extend(raw.env.keep);
         self.env_set.extend(raw.env.set);
+        self.env_default.extend(raw.env.default);
         for (list, target) in [
             (raw.workspace.protect, &mut self.protect),
             (raw.workspace.protect_always, &mut self.protect_always),
@@ -257,6 +270,22 @@ impl Profile {
         self.seccomp_deny.extend(raw.seccomp.deny);
         Ok(())
     }
+}
+
+/// The home directory of the user running zt-aas: `$HOME` when it is an absolute path without `..`,
+/// else the password database's entry for the real uid.
+pub fn caller_home() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .filter(|h| {
+            h.is_absolute() && !h.components().any(|c| c == std::path::Component::ParentDir)
+        })
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.dir)
+        })
 }
 
 fn absolute(p: &str) -> Result<PathBuf, String> {
@@ -321,6 +350,16 @@ mod tests {
             .to_string()
             .contains("sda"));
         std::fs::write(&p, "[workspace]\nprotect = [\"../x\"]\n").unwrap();
+        assert!(Profile::load(p.to_str().unwrap()).is_err());
+        // `~/` takes a path beneath the home, never out of it.
+        std::fs::write(&p, "read_only = [\"~/../etc\"]\n").unwrap();
+        if caller_home().is_some() {
+            assert!(Profile::load(p.to_str().unwrap())
+                .unwrap_err()
+                .to_string()
+                .contains(".."));
+        }
+        std::fs::write(&p, "read_only = [\"~user/x\"]\n").unwrap();
         assert!(Profile::load(p.to_str().unwrap()).is_err());
         assert!(matches!(
             Profile::load("nope"),

@@ -1218,6 +1218,109 @@ fn unprivileged_git_init_add_commit_in_the_workspace() {
     check_git_commit(User::Nobody);
 }
 
+/// A pseudo-terminal of the host's, held open for as long as this lives: its `/dev/pts/N` path.
+struct HostPty {
+    fd: i32,
+    path: String,
+}
+
+impl HostPty {
+    fn open() -> HostPty {
+        // SAFETY: posix_openpt/grantpt/unlockpt/ptsname_r on a descriptor we own, into a stack buffer.
+        unsafe {
+            let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+            assert!(fd >= 0, "posix_openpt");
+            assert_eq!(libc::grantpt(fd), 0);
+            assert_eq!(libc::unlockpt(fd), 0);
+            let mut name = [0 as libc::c_char; 64];
+            assert_eq!(libc::ptsname_r(fd, name.as_mut_ptr(), name.len()), 0);
+            let path = std::ffi::CStr::from_ptr(name.as_ptr())
+                .to_string_lossy()
+                .into_owned();
+            HostPty { fd, path }
+        }
+    }
+}
+
+impl Drop for HostPty {
+    fn drop(&mut self) {
+        // SAFETY: closing our own descriptor.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+fn check_own_pseudo_terminals(user: User) {
+    // The agent has pseudo-terminals (pty.fork, `script`), from a devpts instance of its own: the host's
+    // (the user's terminals) are not there.
+    let host = HostPty::open();
+    let ctx = Ctx::as_user(user);
+    let o = run_python(
+        &ctx,
+        &format!(
+            r#"
+import pty
+out("host_pty_visible", os.path.exists({host:?}))
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp("sh", ["sh", "-c", "tty"])
+data = b""
+while True:
+    try:
+        chunk = os.read(fd, 1024)
+    except OSError:
+        break
+    if not chunk:
+        break
+    data += chunk
+os.waitpid(pid, 0)
+out("own_pty", data.decode().strip())
+"#,
+            host = host.path
+        ),
+    );
+    let kv = kv(&o);
+    assert_eq!(kv["host_pty_visible"], "False", "{}", describe(&o));
+    assert!(kv["own_pty"].starts_with("/dev/pts/"), "{}", describe(&o));
+}
+
+#[test]
+fn the_agent_has_pseudo_terminals_of_its_own_and_none_of_the_hosts() {
+    check_own_pseudo_terminals(User::Caller);
+}
+
+#[test]
+fn unprivileged_the_agent_has_pseudo_terminals_of_its_own() {
+    check_own_pseudo_terminals(User::Nobody);
+}
+
+#[test]
+fn degraded_mode_gives_no_access_to_the_hosts_pseudo_terminals() {
+    // Without a mount namespace there is no private devpts: the host's ptys (the user's terminals) are
+    // in plain sight, and Landlock must keep them closed.
+    let host = HostPty::open();
+    let ctx = Ctx::new();
+    let o = run_with(
+        &ctx,
+        &Opts {
+            flags: &["--allow-degraded"],
+            env: &[("ZT_AAS_TEST_DISABLE", "userns")],
+            ..Opts::default()
+        },
+        &[
+            "/usr/bin/python3",
+            "-c",
+            &format!(
+                "{PY_PRELUDE}\nout('open_host_pty', err(os.open, {:?}, os.O_RDWR | os.O_NOCTTY))\n\
+                 out('open_ptmx', err(os.open, '/dev/ptmx', os.O_RDWR | os.O_NOCTTY))",
+                host.path
+            ),
+        ],
+    );
+    let kv = kv(&o);
+    assert_eq!(kv["open_host_pty"], "13", "{}", describe(&o));
+    assert_eq!(kv["open_ptmx"], "13", "{}", describe(&o));
+}
+
 #[test]
 fn private_tmp_is_writable_and_not_the_hosts() {
     let ctx = Ctx::new();

@@ -17,6 +17,8 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::statvfs::{statvfs, FsFlags};
 use nix::unistd::{chdir, pivot_root};
 
+use super::profile::PTS;
+
 /// Where the zt-aas binary is visible inside (first on the agent's PATH).
 pub const INNER_BIN_DIR: &str = "/.zt-aas/bin";
 const EMPTY_FILE: &str = "/newroot/.zt-aas/empty";
@@ -228,6 +230,22 @@ fn apply(op: &MountOp) -> Result<(), MountError> {
             )
             .step(|| "tmpfs on /dev".into())?;
             for name in devices {
+                if name == PTS {
+                    // A new devpts instance: the sandbox's own pseudo-terminals, none of the host's; at
+                    // most 128 of them (the kernel-wide pty limit is shared with every other instance).
+                    let pts = dev.join("pts");
+                    fs::create_dir_all(&pts).step(|| "mkdir /dev/pts".into())?;
+                    mount(
+                        Some("devpts"),
+                        &pts,
+                        Some("devpts"),
+                        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                        Some("newinstance,ptmxmode=0666,mode=0620,max=128"),
+                    )
+                    .step(|| "devpts on /dev/pts".into())?;
+                    symlink("pts/ptmx", dev.join("ptmx")).step(|| "/dev/ptmx".into())?;
+                    continue;
+                }
                 let src = Path::new("/oldroot/dev").join(name);
                 let dst = dev.join(name);
                 fs::write(&dst, b"").step(|| format!("creating /dev/{name}"))?;

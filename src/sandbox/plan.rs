@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::landlock::Grant;
 use super::mounts::{MountOp, INNER_BIN_DIR};
-use super::profile::{Profile, Protected};
+use super::profile::{Profile, Protected, PTS};
 
 /// Paths whose integrity guards the session.
 #[derive(Debug, Default, Clone)]
@@ -108,7 +108,11 @@ pub fn build(input: &PlanInput) -> Result<Plan, PlanError> {
         .profile
         .devices
         .iter()
-        .filter(|d| Path::new("/dev").join(d).exists())
+        .filter(|d| match d.as_str() {
+            // A private instance, made inside; never the host's (the user's terminals).
+            PTS => input.namespaces,
+            _ => Path::new("/dev").join(d).exists(),
+        })
         .cloned()
         .collect();
     for d in &devices {

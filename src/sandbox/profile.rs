@@ -21,8 +21,13 @@ const SHIPPED: &[(&str, &str)] = &[
     ("ci", include_str!("../../profiles/ci.toml")),
 ];
 
-/// Devices a profile may ask for (bound from the host's /dev; nothing else is ever exposed).
-pub const ALLOWED_DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// Devices a profile may ask for (bound from the host's /dev; nothing else is ever exposed). `pts` is not
+/// the host's: a new, private devpts instance (pseudo-terminals of the sandbox's own, /dev/ptmx with it),
+/// only with namespaces (degraded mode has none: the host's ptys are the user's terminals).
+pub const ALLOWED_DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty", "pts"];
+
+/// The device that is a private devpts instance rather than a bind of the host's.
+pub const PTS: &str = "pts";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {

@@ -942,6 +942,21 @@ fn the_zt_aas_binary_in_the_workspace_cannot_be_replaced() {
     assert_eq!(std::fs::read(&bin).unwrap(), before, "the binary changed");
 }
 
+/// Runs a shell script in a pseudo-terminal of its own (`script`, bounded); its output and stdout
+/// without carriage returns.
+fn in_a_pseudo_terminal(script: &str) -> (Output, String) {
+    let child = Command::new("script")
+        .args(["-qec", script, "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    let out = wait_bounded(child, &["script"]);
+    let stdout = text(&out.stdout).replace('\r', "");
+    (out, stdout)
+}
+
 #[test]
 fn the_users_terminal_is_left_as_the_agent_found_it() {
     // In a pseudo-terminal (`script`): the agent turns echo off and tries exclusive mode (which would
@@ -959,15 +974,7 @@ fn the_users_terminal_is_left_as_the_agent_found_it() {
         zt = ZT,
         ws = ws.display(),
     );
-    let child = Command::new("script")
-        .args(["-qec", &inner, "/dev/null"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("script (util-linux)");
-    let out = wait_bounded(child, &["script"]);
-    let stdout = text(&out.stdout).replace('\r', "");
+    let (out, stdout) = in_a_pseudo_terminal(&inner);
     assert!(
         !stdout.contains("EXCL-SET"),
         "exclusive mode was set: {stdout}"
@@ -999,15 +1006,7 @@ fn a_run_in_the_background_leaves_the_foreground_programs_terminal_modes() {
         zt = ZT,
         ws = ws.display(),
     );
-    let child = Command::new("script")
-        .args(["-qec", &inner, "/dev/null"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("script (util-linux)");
-    let out = wait_bounded(child, &["script"]);
-    let stdout = text(&out.stdout).replace('\r', "");
+    let (out, stdout) = in_a_pseudo_terminal(&inner);
     assert!(
         stdout.contains("RUN-ENDED"),
         "{stdout} {}",

@@ -115,6 +115,25 @@ pub fn run(args: &RunArgs) -> CmdResult {
             "refusing to make / the workspace (it would make the whole host writable)",
         ));
     }
+    // Nor any writable path that holds a home directory (the policy's read_write included).
+    for (what, path) in std::iter::once(("the workspace", &workspace)).chain(
+        policy
+            .sandbox
+            .read_write
+            .iter()
+            .map(|p| ("a read_write path", p)),
+    ) {
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+        if let Some(home) = home_within(&path) {
+            return Err(refused(format!(
+                "refusing to make {} {what}: it contains the home directory {}, whose files \
+                 (~/.ssh, ~/.gitconfig, shell and systemd start-up files) act outside the sandbox; use \
+                 a project directory",
+                path.display(),
+                home.display()
+            )));
+        }
+    }
     let cwd = std::fs::canonicalize(&cwd).unwrap_or(cwd);
     let agent_cwd = if cwd.starts_with(&workspace) {
         cwd.clone()
@@ -440,6 +459,34 @@ pub fn run(args: &RunArgs) -> CmdResult {
         )
     })?;
     Ok(code)
+}
+
+/// A home directory at or beneath `workspace`: the caller's (`$HOME`, the password database's) or any
+/// other user's listed in /etc/passwd (except `/`).
+fn home_within(workspace: &Path) -> Option<PathBuf> {
+    use std::io::Read;
+    let mut homes: Vec<PathBuf> = sandbox::profile::caller_home().into_iter().collect();
+    homes.extend(
+        nix::unistd::User::from_uid(nix::unistd::getuid())
+            .ok()
+            .flatten()
+            .map(|u| u.dir),
+    );
+    let mut passwd = String::new();
+    if let Ok(f) = std::fs::File::open("/etc/passwd") {
+        let _ = f.take(4 << 20).read_to_string(&mut passwd);
+    }
+    homes.extend(
+        passwd
+            .lines()
+            .filter_map(|l| l.split(':').nth(5))
+            .map(PathBuf::from),
+    );
+    homes
+        .into_iter()
+        .filter(|h| h.is_absolute() && h != Path::new("/"))
+        .map(|h| std::fs::canonicalize(&h).unwrap_or(h))
+        .find(|h| h.starts_with(workspace))
 }
 
 /// Writes `session.end`, the head file, and the summary line.

@@ -671,6 +671,95 @@ except OSError as e:\n    print(\"refused\", e.errno)'",
 }
 
 #[test]
+fn a_home_directory_or_what_contains_one_is_never_the_workspace() {
+    // With ~ as the workspace the agent could write ~/.ssh/config, ~/.gitconfig, systemd user units:
+    // code the user runs later, outside any sandbox. A project directory inside it is fine.
+    let tmp = host_tempdir("zt-home.");
+    let home = tmp.path().canonicalize().unwrap().join("home");
+    let project = home.join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let state = tmp.path().join("state");
+    for (ws, refused) in [
+        (home.clone(), true),
+        (tmp.path().to_path_buf(), true),
+        (project.clone(), false),
+    ] {
+        let out = common::zt_with(
+            &project,
+            &[
+                "run",
+                "-q",
+                "--workspace",
+                ws.to_str().unwrap(),
+                "--",
+                "sh",
+                "-c",
+                "touch marker",
+            ],
+            &[],
+            &[
+                ("HOME", home.to_str().unwrap()),
+                ("XDG_STATE_HOME", state.to_str().unwrap()),
+            ],
+        );
+        if refused {
+            assert_eq!(
+                out.status.code(),
+                Some(125),
+                "{}: {}",
+                ws.display(),
+                text(&out.stderr)
+            );
+            assert!(
+                text(&out.stderr).contains("home directory"),
+                "{}",
+                text(&out.stderr)
+            );
+            assert!(
+                !ws.join("marker").exists(),
+                "the agent ran in {}",
+                ws.display()
+            );
+        } else {
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            assert!(project.join("marker").exists());
+        }
+    }
+    // Nor through a policy's read_write.
+    let policy = tmp.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "version = 1\nname = \"p\"\n[sandbox]\nread_write = [{:?}]\n",
+            home.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = common::zt_with(
+        &project,
+        &[
+            "run",
+            "-q",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--",
+            "true",
+        ],
+        &[],
+        &[
+            ("HOME", home.to_str().unwrap()),
+            ("XDG_STATE_HOME", state.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("read_write"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn no_device_node_can_be_made_not_even_a_whiteout() {
     // mknod of a whiteout (char 0:0) needs no capability; one left in the workspace would hide a file
     // from whoever stacks the workspace in an overlay later. Fifos stay allowed. Also in degraded mode.

@@ -977,6 +977,141 @@ fn git_redirection_planted_by_the_agent_is_quarantined_before_the_users_git_runs
 }
 
 #[test]
+fn hooks_named_by_core_hookspath_are_read_only_even_before_they_exist() {
+    // husky and friends point core.hooksPath at a directory of the workspace: the user's next commit
+    // runs what is there. Read-only inside, whether it exists at launch or not.
+    for existing in [false, true] {
+        let (_t, ws) = plain_workspace();
+        assert!(host_git(&ws, &["init", "-q"]).status.success());
+        assert!(host_git(&ws, &["config", "core.hooksPath", ".husky/_"])
+            .status
+            .success());
+        if existing {
+            std::fs::create_dir_all(ws.join(".husky/_")).unwrap();
+            std::fs::write(ws.join(".husky/_/pre-commit"), "#!/bin/sh\nexit 0\n").unwrap();
+        }
+        let pwned = ws.with_extension("pwned");
+        let out = run_sh(
+            &ws,
+            &format!(
+                "mkdir -p .husky/_; printf '#!/bin/sh\\ntouch {}\\n' > .husky/_/pre-commit \
+                 && chmod +x .husky/_/pre-commit && echo PLANTED",
+                pwned.display()
+            ),
+        );
+        assert!(
+            !text(&out.stdout).contains("PLANTED"),
+            "existing={existing}: {}",
+            text(&out.stderr)
+        );
+        if !existing {
+            assert!(!ws.join(".husky/_").exists(), "the placeholder stayed");
+        }
+        std::fs::write(ws.join("f"), "x").unwrap();
+        let _ = host_git(&ws, &["add", "f"]);
+        let _ = host_git(
+            &ws,
+            &[
+                "-c",
+                "user.name=a",
+                "-c",
+                "user.email=b",
+                "commit",
+                "-qm",
+                "m",
+            ],
+        );
+        assert!(
+            !pwned.exists(),
+            "existing={existing}: the user's commit ran the agent's hook"
+        );
+    }
+}
+
+#[test]
+fn submodule_and_linked_worktree_git_directories_cannot_be_turned_against_the_user() {
+    // `git status` in the top-level repository runs git in each submodule, with the submodule's own
+    // config (in .git/modules); git in a linked worktree outside the workspace follows its commondir
+    // (in .git/worktrees). Existing ones are read-only; new ones the agent makes are checked after.
+    let (_t, ws) = plain_workspace();
+    let (_s, src) = plain_workspace();
+    let (_o, outside) = plain_workspace();
+    let git = |dir: &Path, args: &[&str]| {
+        let out = host_git(dir, args);
+        assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+    };
+    let id = ["-c", "user.name=a", "-c", "user.email=b"];
+    git(&src, &["init", "-q"]);
+    git(
+        &src,
+        &[&id[..], &["commit", "-q", "--allow-empty", "-m", "s"]].concat(),
+    );
+    git(&ws, &["init", "-q"]);
+    git(
+        &ws,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "add",
+            "-q",
+            src.to_str().unwrap(),
+            "sub",
+        ],
+    );
+    git(&ws, &[&id[..], &["commit", "-q", "-m", "add"]].concat());
+    let wt = outside.join("wt");
+    git(&ws, &["worktree", "add", "-q", wt.to_str().unwrap()]);
+    let sub_config = std::fs::read(ws.join(".git/modules/sub/config")).unwrap();
+    let pwned = ws.with_extension("pwned");
+    let evil = format!(
+        "[core]\n\trepositoryformatversion = 0\n\tfsmonitor = \"touch {} ; false\"\n",
+        pwned.display()
+    );
+    let script = format!(
+        "printf '{evil}' >> .git/modules/sub/config && echo SUB-CONFIG; \
+         printf '#!/bin/sh\\ntouch {p}\\n' > .git/modules/sub/hooks/post-checkout && echo SUB-HOOK; \
+         echo ../../evil > .git/worktrees/wt/commondir && echo WT-COMMONDIR; \
+         mkdir -p .git/evil && cp -r .git/objects .git/refs .git/HEAD .git/evil/ && \
+         printf '{evil}' > .git/evil/config; \
+         mkdir -p .git/modules/new && cp .git/HEAD .git/modules/new/ && \
+         printf '{evil}' > .git/modules/new/config; \
+         git worktree add -q wt2 && echo WT2",
+        evil = evil.replace('\n', "\\n").replace('\t', "\\t"),
+        p = pwned.display()
+    );
+    let out = run_sh(&ws, &script);
+    let stdout = text(&out.stdout);
+    for planted in ["SUB-CONFIG", "SUB-HOOK", "WT-COMMONDIR"] {
+        assert!(
+            !stdout.contains(planted),
+            "{planted}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert!(
+        stdout.contains("WT2"),
+        "git worktree add works: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(ws.join(".git/modules/sub/config")).unwrap(),
+        sub_config
+    );
+    assert!(
+        !ws.join(".git/modules/new/config").exists(),
+        "a new submodule config with fsmonitor is quarantined: {}",
+        text(&out.stderr)
+    );
+    let _ = host_git(&ws, &["status"]);
+    let _ = host_git(&wt, &["status"]);
+    let _ = host_git(&ws.join("sub"), &["status"]);
+    assert!(!pwned.exists(), "the user's git ran the agent's code");
+    // The agent's own worktree shares the repository: kept, and usable.
+    git(&ws.join("wt2"), &["status", "--short"]);
+}
+
+#[test]
 fn a_repository_made_by_the_agent_keeps_plain_config_and_loses_executable_config() {
     let (_t, ws) = plain_workspace();
     let out = run_sh(

@@ -8,6 +8,12 @@
 //! allowlist of keys `git init`, `git remote add` and branch tracking write). Nothing is deleted; the user
 //! is told, and `session.end` lists what was quarantined.
 //!
+//! The same holds for the repository's other git directories, which the user's git reads too: each
+//! submodule's (`.git/modules/**`: `git status` in the top-level repository runs in the submodules) and
+//! each linked worktree's administrative directory (`.git/worktrees/*`: git run in that worktree, outside
+//! the workspace, follows its `commondir`). Those that exist at launch are protected by read-only binds
+//! (see `plan`); this check catches what is new.
+//!
 //! Not covered: repositories the agent creates in subdirectories of the workspace (any writable directory
 //! can hold a repository; review a workspace before running git in it).
 
@@ -17,6 +23,155 @@ use sha2::{Digest, Sha256};
 
 /// Files in `.git` that git reads and that change what it runs.
 const WATCHED: &[&str] = &["config", "commondir", "config.worktree"];
+
+/// The same in a submodule's git directory, and its hooks (a directory: see [`digest`]).
+const WATCHED_MODULE: &[&str] = &["config", "commondir", "config.worktree", "hooks"];
+
+/// The same in a linked worktree's administrative directory (its config is the repository's).
+const WATCHED_WORKTREE: &[&str] = &["commondir", "config.worktree"];
+
+/// The walk of `.git/modules` stops after this many directory entries and this depth.
+const WALK_BUDGET: usize = 4096;
+const WALK_DEPTH: usize = 8;
+
+/// The git directories of the workspace's repository, when `.git` is a directory.
+#[derive(Debug, Default)]
+pub struct GitDirs {
+    /// `.git` itself.
+    pub top: Option<PathBuf>,
+    /// Submodules' git directories (`.git/modules/NAME`, nested ones included).
+    pub modules: Vec<PathBuf>,
+    /// Linked worktrees' administrative directories (`.git/worktrees/NAME`).
+    pub worktrees: Vec<PathBuf>,
+}
+
+/// Finds the git directories of `workspace/.git` without following a symlink (bounded walk).
+pub fn git_dirs(workspace: &Path) -> GitDirs {
+    let top = workspace.join(".git");
+    if !is_dir(&top) {
+        return GitDirs::default();
+    }
+    let mut dirs = GitDirs::default();
+    let mut budget = WALK_BUDGET;
+    walk_modules(&top.join("modules"), 0, &mut budget, &mut dirs.modules);
+    dirs.worktrees = subdirs(&top.join("worktrees"), &mut budget);
+    dirs.top = Some(top);
+    dirs
+}
+
+fn is_dir(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+}
+
+/// The real subdirectories of `dir` (symlinks are not), while the budget lasts.
+fn subdirs(dir: &Path, budget: &mut usize) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        if *budget == 0 {
+            break;
+        }
+        *budget -= 1;
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Under `.git/modules`: a directory holding `HEAD` is a submodule's git directory (whose own `modules`
+/// holds its submodules); any other is part of a submodule's name (`libs/foo`).
+fn walk_modules(dir: &Path, depth: usize, budget: &mut usize, out: &mut Vec<PathBuf>) {
+    if depth > WALK_DEPTH {
+        return;
+    }
+    for sub in subdirs(dir, budget) {
+        if std::fs::symlink_metadata(sub.join("HEAD")).is_ok_and(|m| m.is_file()) {
+            walk_modules(&sub.join("modules"), depth + 1, budget, out);
+            out.push(sub);
+        } else {
+            walk_modules(&sub, depth + 1, budget, out);
+        }
+    }
+}
+
+/// Every watched path of the workspace's git directories.
+fn watched(workspace: &Path) -> Vec<PathBuf> {
+    let dirs = git_dirs(workspace);
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for (list, names) in [
+        (dirs.top.as_slice(), WATCHED),
+        (dirs.modules.as_slice(), WATCHED_MODULE),
+        (dirs.worktrees.as_slice(), WATCHED_WORKTREE),
+    ] {
+        for dir in list {
+            paths.extend(names.iter().map(|n| dir.join(n)));
+        }
+    }
+    paths
+}
+
+/// `core.hooksPath` of the workspace's repository (its `.git/config`), resolved to a path strictly
+/// inside the workspace; nothing when unset, or when it points elsewhere (outside the workspace the
+/// agent cannot write it anyway).
+pub fn hooks_path(workspace: &Path) -> Option<PathBuf> {
+    let text = read_config(&workspace.join(".git").join("config"))?;
+    let mut section = String::new();
+    let mut value = None;
+    for raw in text.lines() {
+        let line = raw.trim();
+        if let Some(rest) = line.strip_prefix('[') {
+            let name_end = rest.find([']', ' ', '\t', '"']).unwrap_or(rest.len());
+            section = rest[..name_end].to_ascii_lowercase();
+            // A setting after the header on the same line (`[core] hooksPath = x`).
+            let after = rest.find(']').map(|i| rest[i + 1..].trim()).unwrap_or("");
+            if section == "core" {
+                value = setting(after, "hookspath").or(value);
+            }
+            continue;
+        }
+        if section == "core" {
+            value = setting(line, "hookspath").or(value);
+        }
+    }
+    let value = value?;
+    let path = if let Some(rest) = value.strip_prefix("~/") {
+        super::profile::caller_home()?.join(rest)
+    } else {
+        workspace.join(&value)
+    };
+    // Lexically, as git does not resolve `..` against symlinks either.
+    let mut normal = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => normal.push(other),
+        }
+    }
+    let rel = normal.strip_prefix(workspace).ok()?;
+    (!rel.as_os_str().is_empty()).then(|| rel.to_path_buf())
+}
+
+/// The value of `key = value` (key compared without case), unquoted; `None` for another key.
+fn setting(line: &str, key: &str) -> Option<String> {
+    let (k, v) = line.split_once('=')?;
+    if !k.trim().eq_ignore_ascii_case(key) {
+        return None;
+    }
+    let v = v.trim();
+    let v = v.split([';', '#']).next().unwrap_or("").trim();
+    let v = v
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(v);
+    (!v.is_empty()).then(|| v.to_string())
+}
 
 /// Keys a `.git/config` written by the agent may hold (section.key, lowercase; `*` = any subsection).
 const PLAIN_KEYS: &[&str] = &[
@@ -41,8 +196,8 @@ const PLAIN_KEYS: &[&str] = &[
 
 /// The state of the watched files at launch.
 pub struct GitSnapshot {
-    git_dir: PathBuf,
-    files: Vec<(&'static str, Option<[u8; 32]>)>,
+    workspace: PathBuf,
+    files: Vec<(PathBuf, Option<[u8; 32]>)>,
 }
 
 /// At most this much of a watched file is read (the agent controls its size; the supervisor has no
@@ -60,8 +215,11 @@ fn digest(path: &Path) -> Option<[u8; 32]> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(_) => return Some(UNREADABLE),
     };
+    if meta.is_dir() {
+        return dir_digest(path);
+    }
     if !meta.is_file() {
-        // A symlink, FIFO or directory: never read it; its presence alone is the state.
+        // A symlink, FIFO or device: never read it; its presence alone is the state.
         return Some([0xff; 32]);
     }
     let mut hash = Sha256::new();
@@ -82,6 +240,35 @@ fn digest(path: &Path) -> Option<[u8; 32]> {
         Err(_) => return Some(UNREADABLE),
     }
     Some(hash.finalize().into())
+}
+
+/// A directory's state (a hooks directory): its entries' names, types, sizes and change times. An empty
+/// directory counts as absent (a placeholder).
+fn dir_digest(path: &Path) -> Option<[u8; 32]> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return Some([0xfe; 32]);
+    };
+    let mut lines: Vec<String> = Vec::new();
+    for entry in entries.flatten().take(4096) {
+        let line = match entry.metadata() {
+            Ok(m) => format!(
+                "{:?} {:o} {} {} {}",
+                entry.file_name(),
+                m.mode(),
+                m.len(),
+                m.ctime(),
+                m.ctime_nsec()
+            ),
+            Err(_) => format!("{:?} ?", entry.file_name()),
+        };
+        lines.push(line);
+    }
+    if lines.is_empty() {
+        return None;
+    }
+    lines.sort();
+    Some(Sha256::digest(lines.join("\n").as_bytes()).into())
 }
 
 /// Opens a regular file for reading, without following a symlink or waiting on a FIFO.
@@ -106,34 +293,56 @@ fn read_config(path: &Path) -> Option<String> {
     (text.len() as u64 <= MAX_READ).then_some(text)
 }
 
-/// Records the watched files of `workspace/.git` (when `.git` is a directory).
+/// Records the watched files of the workspace's git directories (when `.git` is a directory).
 pub fn snapshot(workspace: &Path) -> GitSnapshot {
-    let git_dir = workspace.join(".git");
-    let files = WATCHED
-        .iter()
-        .map(|name| (*name, digest(&git_dir.join(name))))
+    let files = watched(workspace)
+        .into_iter()
+        .map(|p| {
+            let d = digest(&p);
+            (p, d)
+        })
         .collect();
-    GitSnapshot { git_dir, files }
+    GitSnapshot {
+        workspace: workspace.to_path_buf(),
+        files,
+    }
 }
 
 /// Renames aside every watched file that is new or changed since `snap` (a config only when it holds
 /// keys outside [`PLAIN_KEYS`]); returns one line per file quarantined.
 pub fn quarantine_changes(snap: &GitSnapshot, session: &str) -> Vec<String> {
     let mut done = Vec::new();
-    let git_is_dir = std::fs::symlink_metadata(&snap.git_dir).is_ok_and(|m| m.is_dir());
-    if !git_is_dir {
-        return done;
+    // What is watched now (new submodules included), with what was at launch.
+    let mut paths = watched(&snap.workspace);
+    if paths.is_empty() {
+        return done; // no `.git` directory (any more): nothing the user's git reads from here
     }
-    for (name, before) in &snap.files {
-        let path = snap.git_dir.join(name);
+    for (p, _) in &snap.files {
+        if !paths.contains(p) {
+            paths.push(p.clone());
+        }
+    }
+    for path in paths {
+        let before = snap
+            .files
+            .iter()
+            .find(|(p, _)| *p == path)
+            .and_then(|(_, d)| *d);
         let now = digest(&path);
-        if now.is_none() || now == *before {
+        if now.is_none() || now == before {
             continue;
         }
-        if *name == "config" && read_config(&path).is_some_and(|text| only_plain_keys(&text)) {
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            continue;
+        };
+        let name = name.to_string_lossy();
+        if name == "config" && read_config(&path).is_some_and(|text| only_plain_keys(&text)) {
             continue;
         }
-        let aside = snap.git_dir.join(format!(
+        if name == "commondir" && leads_to(&path, &snap.workspace.join(".git")) {
+            continue; // a worktree the agent added (`git worktree add`): it shares this repository
+        }
+        let aside = dir.join(format!(
             "{name}.zt-aas-quarantine-{}",
             &session[..8.min(session.len())]
         ));
@@ -151,6 +360,27 @@ pub fn quarantine_changes(snap: &GitSnapshot, session: &str) -> Vec<String> {
         }
     }
     done
+}
+
+/// Whether a `commondir` file names `git_dir` itself (relative to its own directory, as git reads it).
+fn leads_to(commondir: &Path, git_dir: &Path) -> bool {
+    let Some(text) = read_config(commondir) else {
+        return false;
+    };
+    let target = text.trim_end_matches(['\n', '\r']);
+    if target.is_empty() || target.contains('\n') {
+        return false;
+    }
+    let Some(base) = commondir.parent() else {
+        return false;
+    };
+    match (
+        std::fs::canonicalize(base.join(target)),
+        std::fs::canonicalize(git_dir),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// Whether a git config text holds only allowlisted keys, in a form simple enough to judge. Stricter
@@ -238,6 +468,35 @@ fn header(rest: &str) -> Option<(String, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hooks_path_is_found_in_its_spellings_and_only_inside_the_workspace() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(ws.join(".git")).unwrap();
+        let abs = format!("[core]\n\thooksPath = {}/hooks\n", ws.display());
+        for (config, expected) in [
+            ("[core]\n\thooksPath = .husky/_\n", Some(".husky/_")),
+            (
+                "[CORE]\n\tHOOKSPATH=\".githooks\" # comment\n",
+                Some(".githooks"),
+            ),
+            ("[core] hookspath = h\n", Some("h")),
+            (
+                "[core]\n\thooksPath = a\n[core]\n\thooksPath = ./b/../c\n",
+                Some("c"),
+            ),
+            (abs.as_str(), Some("hooks")),
+            ("[core]\n\thooksPath = ../elsewhere\n", None),
+            ("[core]\n\thooksPath = /etc/hooks\n", None),
+            ("[core]\n\thooksPath = .\n", None),
+            ("[other]\n\thooksPath = x\n", None),
+            ("[core]\n\tbare = false\n", None),
+        ] {
+            std::fs::write(ws.join(".git/config"), config).unwrap();
+            assert_eq!(hooks_path(&ws), expected.map(PathBuf::from), "{config}");
+        }
+    }
 
     #[test]
     fn plain_configs_pass_and_anything_executable_does_not() {

@@ -136,13 +136,19 @@ pub fn build(input: &PlanInput) -> Result<Plan, PlanError> {
             create_entry(input.workspace, &path, entry.dir)?;
         }
     }
+    let (git_protect, git_protect_always) = git_entries(input.workspace);
     let mut read_only: Vec<PathBuf> = Vec::new();
-    for entry in &input.profile.protect {
+    for entry in input.profile.protect.iter().chain(&git_protect) {
         if let Some(p) = resolve_in(input.workspace, &entry.rel, &writable)? {
             read_only.push(p);
         }
     }
-    for entry in &input.profile.protect_always {
+    for entry in input
+        .profile
+        .protect_always
+        .iter()
+        .chain(&git_protect_always)
+    {
         let path = input.workspace.join(&entry.rel);
         if !input.namespaces && fs::symlink_metadata(&path).is_err() {
             read_only.push(path);
@@ -179,6 +185,45 @@ pub fn build(input: &PlanInput) -> Result<Plan, PlanError> {
     }
     plan.mounts.dedup();
     Ok(plan)
+}
+
+/// What the repository itself adds to the profile's lists (`protect`, `protect_always`): in each
+/// submodule's git directory its config, hooks and info (`git status` in the top-level repository runs
+/// in the submodules); in each linked worktree's administrative directory its `commondir` and
+/// `config.worktree` (git run in that worktree, outside the workspace, follows them); and the directory
+/// `core.hooksPath` names when it lies in the workspace (husky's `.husky/_`), even before it exists.
+fn git_entries(ws: &Path) -> (Vec<Protected>, Vec<Protected>) {
+    let dirs = super::persistence::git_dirs(ws);
+    let rel = |dir: &Path, name: &str| -> Option<Protected> {
+        Some(Protected {
+            rel: dir.strip_prefix(ws).ok()?.join(name),
+            dir: false,
+        })
+    };
+    let mut protect = Vec::new();
+    let mut always = Vec::new();
+    for m in &dirs.modules {
+        protect.extend(
+            ["config", "config.worktree", "commondir", "info"]
+                .iter()
+                .filter_map(|n| rel(m, n)),
+        );
+        always.extend(rel(m, "hooks").map(|p| Protected { dir: true, ..p }));
+    }
+    for w in &dirs.worktrees {
+        protect.extend(
+            ["commondir", "config.worktree", "gitdir"]
+                .iter()
+                .filter_map(|n| rel(w, n)),
+        );
+    }
+    if let Some(hooks) = super::persistence::hooks_path(ws) {
+        always.push(Protected {
+            rel: hooks,
+            dir: true,
+        });
+    }
+    (protect, always)
 }
 
 fn canonical_existing(p: &Path) -> Result<PathBuf, PlanError> {

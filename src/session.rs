@@ -195,6 +195,20 @@ pub fn run(args: &RunArgs) -> CmdResult {
     // The policy stays readable (read-only); the files the supervisor locks are hidden, so that an agent
     // cannot hold their lock (and stall the mediator or an operator's revocation); keys are hidden.
     guarded.read_only.extend(policy.source.clone());
+    // So are the profiles the sandboxes are made from (this session's, with what it extends, and those
+    // of sandboxed brokered commands): written from inside, they would loosen the next sandbox.
+    guarded.read_only.extend(profile.files.iter().cloned());
+    for action in &policy.actions {
+        if let crate::policy::ActionKind::Command {
+            sandbox: Some(name),
+            ..
+        } = &action.kind
+        {
+            if let Ok(p) = Profile::load(name) {
+                guarded.read_only.extend(p.files);
+            }
+        }
+    }
     // So are the public keys: the token issuers the next session will trust, the audit key a reviewer
     // pins; and the session's tokens.
     guarded.read_only.extend(policy.key_files.iter().cloned());
@@ -302,6 +316,15 @@ pub fn run(args: &RunArgs) -> CmdResult {
     e.insert("policy_name".into(), json!(policy.name));
     e.insert("policy_sha256".into(), json!(policy.sha256));
     e.insert("profile".into(), json!(config.profile.origin));
+    e.insert(
+        "profile_sources".into(),
+        json!(config
+            .profile
+            .sources
+            .iter()
+            .map(|(origin, sha256)| json!({"origin": origin, "sha256": sha256}))
+            .collect::<Vec<_>>()),
+    );
     e.insert("workspace".into(), json!(workspace.display().to_string()));
     e.insert("layers".into(), json!(prepared.layers.names()));
     e.insert(

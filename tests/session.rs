@@ -760,6 +760,62 @@ fn a_home_directory_or_what_contains_one_is_never_the_workspace() {
 }
 
 #[test]
+fn the_profiles_a_sandbox_is_made_from_are_read_only_inside_and_recorded() {
+    // A profile in the workspace (the session's, what it extends, a brokered command's) written from
+    // inside would loosen the next sandbox: bind /run or /root, keep every secret variable.
+    let tmp = host_tempdir("zt-profiles.");
+    let dir = tmp.path().canonicalize().unwrap();
+    std::fs::create_dir(dir.join("profiles")).unwrap();
+    std::fs::write(dir.join("profiles/base.toml"), "extends = \"minimal\"\n").unwrap();
+    std::fs::write(dir.join("prof.toml"), "extends = \"profiles/base.toml\"\n").unwrap();
+    std::fs::write(dir.join("boxed.toml"), "extends = \"minimal\"\n").unwrap();
+    std::fs::write(
+        dir.join("policy.toml"),
+        "version = 1\nname = \"p\"\n[sandbox]\nprofile = \"./prof.toml\"\n\
+         [audit]\nlog = \"state/audit.jsonl\"\n\
+         [[action]]\nname = \"boxed\"\nrun = [\"true\"]\nsandbox = \"./boxed.toml\"\n",
+    )
+    .unwrap();
+    let out = common::zt_with(
+        &dir,
+        &[
+            "run",
+            "-q",
+            "--policy",
+            "policy.toml",
+            "--",
+            "sh",
+            "-c",
+            "for f in prof.toml profiles/base.toml boxed.toml; do \
+               printf '[env]\\nkeep = [\"*\"]\\n' >> $f && echo WROTE $f; done; true",
+        ],
+        &[],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stdout).contains("WROTE"),
+        "{}",
+        text(&out.stdout)
+    );
+    let log = std::fs::read_to_string(dir.join("state/audit.jsonl")).unwrap();
+    let start: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    let sources = start["profile_sources"]
+        .as_array()
+        .expect("profile_sources");
+    let origins: Vec<&str> = sources
+        .iter()
+        .filter_map(|s| s["origin"].as_str())
+        .collect();
+    assert_eq!(origins.len(), 3, "{origins:?}");
+    assert!(origins[0].ends_with("prof.toml") && origins[1].ends_with("profiles/base.toml"));
+    assert_eq!(origins[2], "builtin:minimal");
+    assert!(sources
+        .iter()
+        .all(|s| s["sha256"].as_str().is_some_and(|h| h.len() == 64)));
+}
+
+#[test]
 fn no_device_node_can_be_made_not_even_a_whiteout() {
     // mknod of a whiteout (char 0:0) needs no capability; one left in the workspace would hide a file
     // from whoever stacks the workspace in an overlay later. Fifos stay allowed. Also in degraded mode.

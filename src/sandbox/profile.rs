@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use sha2::Digest;
 
 use crate::policy::units::parse_size;
 
@@ -155,6 +156,12 @@ pub struct Profile {
     pub create: Vec<Protected>,
     pub limits: Limits,
     pub seccomp_deny: Vec<String>,
+    /// Every level of the `extends` chain, this one first: its origin (`builtin:NAME` or the file's
+    /// path) and the SHA-256 of its text, for the session record.
+    pub sources: Vec<(String, String)>,
+    /// The profile files read (the shipped ones are built in): guarded like the policy, since the next
+    /// session's sandbox is made from them.
+    pub files: Vec<PathBuf>,
 }
 
 impl Profile {
@@ -201,10 +208,20 @@ impl Profile {
             message: e.message().to_string(),
         })?;
         let mut profile = match &raw.extends {
+            // A relative path is relative to the file that names it.
+            Some(parent) if parent.contains('/') && !parent.starts_with('/') => {
+                let base = Path::new(name_or_path).parent().unwrap_or(Path::new("."));
+                Self::load_depth(&base.join(parent).display().to_string(), depth + 1)?
+            }
             Some(parent) => Self::load_depth(parent, depth + 1)?,
             None => Profile::default(),
         };
         profile.merge(raw, &origin)?;
+        let digest = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+        profile.sources.insert(0, (origin.clone(), digest));
+        if !origin.starts_with("builtin:") {
+            profile.files.insert(0, PathBuf::from(&origin));
+        }
         profile.origin = origin;
         Ok(profile)
     }

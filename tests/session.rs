@@ -1199,8 +1199,12 @@ fn a_repository_made_by_the_agent_keeps_plain_config_and_loses_executable_config
 fn the_zt_aas_binary_in_the_workspace_cannot_be_replaced() {
     // Run from a checkout (the workspace holds target/release/zt-aas): the agent must not swap the binary
     // the user's next `run` executes outside any sandbox.
+    // As cargo leaves it, the binary is a hard link of target/release/deps/zt_aas-HASH: that must not make
+    // `run` refuse (the running binary cannot be written anyway: ETXTBSY).
     let (_t, ws) = plain_workspace();
     let bin = common::copy_binary_into(&ws.join("target/release"));
+    std::fs::create_dir(ws.join("target/release/deps")).unwrap();
+    std::fs::hard_link(&bin, ws.join("target/release/deps/zt_aas-0123456789abcdef")).unwrap();
     let before = std::fs::read(&bin).unwrap();
     let script = "printf '#!/bin/sh\\necho PWNED\\n' > t.new; chmod 755 t.new; \
                   mv -f t.new target/release/zt-aas 2>/dev/null && echo MOVED; \
@@ -1220,6 +1224,60 @@ fn the_zt_aas_binary_in_the_workspace_cannot_be_replaced() {
         assert!(!stdout.contains(bad), "the agent could do {bad}: {stdout}");
     }
     assert_eq!(std::fs::read(&bin).unwrap(), before, "the binary changed");
+}
+
+#[test]
+fn a_guarded_or_protected_file_with_a_hard_link_in_the_workspace_is_refused() {
+    // A read-only bind covers one name of a file; another name (a hard link made by an earlier agent)
+    // would stay writable: un-revoking a token, rewriting .git/config.
+    let (_t, ws) = plain_workspace();
+    std::fs::create_dir(ws.join("state")).unwrap();
+    std::fs::write(ws.join("state/revoked.txt"), "").unwrap();
+    let (_p, policy_dir) = plain_workspace();
+    let policy = policy_dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "version = 1\nname = \"h\"\n[revocation]\nlist = {:?}\n",
+            ws.join("state/revoked.txt").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        common::zt_with(
+            &ws,
+            &[&["run", "-q"], args, &["--", "sh", "-c", "echo RAN"]].concat(),
+            &[],
+            &[],
+        )
+    };
+    let policy_arg = ["--policy", policy.to_str().unwrap()];
+    assert!(run(&policy_arg).status.success(), "without links it runs");
+    std::fs::hard_link(ws.join("state/revoked.txt"), ws.join(".r")).unwrap();
+    let out = run(&policy_arg);
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("hard links"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!text(&out.stdout).contains("RAN"));
+    std::fs::remove_file(ws.join(".r")).unwrap();
+    // The policy itself, outside the workspace, with a name inside.
+    std::fs::hard_link(&policy, ws.join(".p")).unwrap();
+    let out = run(&policy_arg);
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    std::fs::remove_file(ws.join(".p")).unwrap();
+    // A protected workspace file.
+    assert!(host_git(&ws, &["init", "-q"]).status.success());
+    std::fs::hard_link(ws.join(".git/config"), ws.join(".gc")).unwrap();
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(".git/config"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// Runs a shell script in a pseudo-terminal of its own (`script`, bounded); its output and stdout

@@ -172,6 +172,27 @@ pub fn build(input: &PlanInput) -> Result<Plan, PlanError> {
             hidden.push(p);
         }
     }
+    // A file with other names (hard links): each name in a writable path must be covered too.
+    let mut more_read_only = Vec::new();
+    for p in &read_only {
+        more_read_only.extend(other_names(p, &writable)?);
+    }
+    read_only.extend(more_read_only);
+    let mut more_hidden = Vec::new();
+    for p in &hidden {
+        more_hidden.extend(other_names(p, &writable)?);
+    }
+    hidden.extend(more_hidden);
+    // A guarded file outside the writable paths is out of reach, unless one of its names is not.
+    for p in input.guarded.read_only.iter().chain(&input.guarded.hidden) {
+        if let Ok(real) = fs::canonicalize(p) {
+            if under_any(&real, &writable).is_none() && !other_names(&real, &writable)?.is_empty() {
+                use std::os::unix::fs::MetadataExt;
+                let n = fs::metadata(&real).map(|m| m.nlink()).unwrap_or(2);
+                return Err(hard_links(&real, n, &writable));
+            }
+        }
+    }
     for p in read_only.iter().chain(&hidden) {
         pin_ancestors(p, &writable, &mut plan.mounts);
     }
@@ -224,6 +245,60 @@ fn git_entries(ws: &Path) -> (Vec<Protected>, Vec<Protected>) {
         });
     }
     (protect, always)
+}
+
+/// The other names in writable paths of a file with hard links, found where they usually are (its own
+/// directory, and a `deps/` beside it: cargo links `target/*/zt-aas` to `target/*/deps/zt_aas-HASH`).
+/// Refused when a name is left unfound and a writable path is on the file's file system: that name
+/// could lie there, and stay writable.
+fn other_names(p: &Path, writable: &[PathBuf]) -> Result<Vec<PathBuf>, PlanError> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::symlink_metadata(p) else {
+        return Ok(Vec::new());
+    };
+    if !meta.is_file() || meta.nlink() <= 1 {
+        return Ok(Vec::new());
+    }
+    let mut found = Vec::new();
+    if let Some(dir) = p.parent() {
+        for place in [dir.to_path_buf(), dir.join("deps")] {
+            let Ok(entries) = fs::read_dir(&place) else {
+                continue;
+            };
+            for entry in entries.flatten().take(100_000) {
+                let path = entry.path();
+                let same = entry
+                    .metadata()
+                    .is_ok_and(|m| m.is_file() && m.dev() == meta.dev() && m.ino() == meta.ino());
+                if same && path != p {
+                    found.push(path);
+                }
+            }
+        }
+    }
+    // A name left unfound could lie anywhere on the file system: refused when a writable path is on it.
+    let shared = writable
+        .iter()
+        .any(|w| fs::metadata(w).is_ok_and(|m| m.dev() == meta.dev()));
+    if found.len() as u64 + 1 < meta.nlink() && shared {
+        return Err(hard_links(p, meta.nlink(), writable));
+    }
+    // Only the names in a writable path need covering.
+    found.retain(|f| under_any(f, writable).is_some());
+    Ok(found)
+}
+
+fn hard_links(p: &Path, n: u64, writable: &[PathBuf]) -> PlanError {
+    PlanError::Invalid(format!(
+        "{} has {n} names (hard links): one in a writable path would let the agent write it whatever is \
+         bound over this one. Remove the other links (`find {} -xdev -samefile {}`), or copy the file",
+        p.display(),
+        writable
+            .first()
+            .map(|w| w.display().to_string())
+            .unwrap_or_default(),
+        p.display()
+    ))
 }
 
 fn canonical_existing(p: &Path) -> Result<PathBuf, PlanError> {

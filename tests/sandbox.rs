@@ -1198,6 +1198,26 @@ fn sh_pipeline_works() {
 }
 
 #[test]
+fn a_pipeline_closed_early_ends_quietly() {
+    // `cmd | head` ends `cmd` by SIGPIPE in any shell; zt-aas (a Rust program, which ignores SIGPIPE)
+    // must not hand the agent an ignored SIGPIPE, or every such pipeline prints broken-pipe errors.
+    let ctx = Ctx::new();
+    let o = run_in_sandbox(
+        &ctx,
+        "yes | head -1; seq 1000000 | head -1; grep SigIgn /proc/self/status",
+    );
+    let stdout = ok_stdout(&o);
+    assert!(stdout.starts_with("y\n1\n"), "{}", describe(&o));
+    let ignored = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .expect("SigIgn");
+    assert_eq!(ignored & (1 << (libc::SIGPIPE - 1)), 0, "SIGPIPE ignored");
+    assert!(!text(&o.stderr).contains("Broken pipe"), "{}", describe(&o));
+}
+
+#[test]
 fn python3_works() {
     let ctx = Ctx::new();
     let o = run_with(

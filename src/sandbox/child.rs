@@ -309,6 +309,10 @@ fn dup2(from: RawFd, to: RawFd) -> Result<(), String> {
 
 /// In the agent (after fork from init): exec the command, or report why not and exit 126/127.
 pub fn exec_agent(plan: &ChildPlan, report_fd: RawFd) -> ! {
+    // The Rust runtime ignores SIGPIPE in zt-aas, and an ignored signal stays ignored across exec: the
+    // agent gets the default back, so `yes | head -1` ends quietly as in any shell.
+    // SAFETY: setting a signal's disposition to the default, in the single-threaded child.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let program = &plan.argv[0];
     let name = program.to_string_lossy().into_owned();
     let mut last = libc::ENOENT;

@@ -306,7 +306,9 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
             let _ = std::io::stdout().flush();
-            eprintln!("zt-aas: {failure}");
+            // A message may quote untrusted input (a log, a token, a policy): no escape sequences.
+            let message = crate::audit::show::printable_lines(&failure.to_string());
+            eprintln!("zt-aas: {message}");
             ExitCode::from(failure.code)
         }
     }

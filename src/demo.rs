@@ -34,15 +34,15 @@ impl Narrator {
     }
 
     fn step(&self, n: u32, title: &str) {
-        println!("\n{}", self.paint("1", &format!("[{n}/6] {title}")));
+        outln!("\n{}", self.paint("1", &format!("[{n}/6] {title}")));
     }
 
     fn say(&self, text: &str) {
-        println!("      {text}");
+        outln!("      {text}");
     }
 
     fn ok(&self, text: &str) {
-        println!("      {} {text}", self.paint("32", "✔"));
+        outln!("      {} {text}", self.paint("32", "✔"));
     }
 
     /// Runs `zt-aas ARGS` in the demo directory, echoing the command line and its output, indented.
@@ -57,7 +57,7 @@ impl Narrator {
                 }
             })
             .collect();
-        println!("    {} zt-aas {}", self.paint("2", "$"), shown.join(" "));
+        outln!("    {} zt-aas {}", self.paint("2", "$"), shown.join(" "));
         let out = Command::new(&self.exe)
             .args(args)
             .current_dir(&self.dir)
@@ -68,7 +68,7 @@ impl Narrator {
             .lines()
             .chain(String::from_utf8_lossy(&out.stderr).lines())
         {
-            println!("      {}", self.paint("2", line));
+            outln!("      {}", self.paint("2", line));
         }
         Ok(out)
     }
@@ -123,7 +123,7 @@ pub fn main(args: &DemoArgs) -> CmdResult {
     let result = walk(&n);
     if args.keep || result.is_err() {
         let kept = tmp.keep();
-        println!("\n(demo directory kept: {})", kept.display());
+        outln!("\n(demo directory kept: {})", kept.display());
     }
     result.map(|_| 0)
 }
@@ -135,7 +135,7 @@ fn write(path: &Path, text: &str) -> Result<(), Failure> {
 
 fn walk(n: &Narrator) -> Result<(), Failure> {
     let d = &n.dir;
-    println!(
+    outln!(
         "{}",
         n.paint(
             "1",
@@ -304,11 +304,11 @@ fn walk(n: &Narrator) -> Result<(), Failure> {
         "verify names the broken record and exits 1",
     )?;
 
-    println!(
+    outln!(
         "\n{} Policy before execution, a sandbox the agent cannot leave, and a log you can check.",
         n.paint("1;32", "Done.")
     );
-    println!("      Next: README.md (policies, profiles, CI wrapper) and docs/threat-model.md (what is not claimed).");
+    outln!("      Next: README.md (policies, profiles, CI wrapper) and docs/threat-model.md (what is not claimed).");
     Ok(())
 }
 

@@ -55,3 +55,20 @@ impl std::error::Error for Failure {}
 
 /// Result of a subcommand: the exit status on success (which may itself be non-zero, e.g. the agent's).
 pub type CmdResult = Result<u8, Failure>;
+
+/// Writes one line of a command's output to stdout (see `outln!`).
+pub fn print_line(args: std::fmt::Arguments) {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static SAID: AtomicBool = AtomicBool::new(false);
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => {
+            if !SAID.swap(true, Ordering::Relaxed) {
+                eprintln!("zt-aas: cannot write to stdout: {e}");
+            }
+        }
+    }
+}

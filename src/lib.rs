@@ -9,6 +9,14 @@
 //! - [`mediator`]: the agent's only channel — protocol, event loop, actions, and the `call` client.
 //! - [`cli`] parses the command line and dispatches; [`exit`] holds the exit statuses of the contract.
 
+/// `println!` for a command's output: when the reader stops early (`zt-aas ... | head -1`) the rest is
+/// dropped quietly instead of a panic; another write error is said once on stderr.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::exit::print_line(format_args!($($arg)*))
+    };
+}
+
 pub mod audit;
 pub mod capability;
 pub mod cli;

@@ -226,6 +226,35 @@ fn one_changed_character_fails_at_its_line() {
 }
 
 #[test]
+fn no_escape_sequence_from_the_log_reaches_the_terminal() {
+    // A forged record's strings are quoted by the report; on a terminal, `\e[2K\r\e[1A` would wipe
+    // the FAILED line and print a fake "ok" in its place.
+    let f = fixture();
+    let mut l = lines(&f.log);
+    let forged = "\u{1b}[2K\r\u{1b}[1Aaudit.jsonl: ok\u{1b}[8m";
+    let mut record: Value = serde_json::from_str(&l[1]).unwrap();
+    record["kind"] = forged.into();
+    record["reason"] = forged.into();
+    l[1] = serde_json::to_string(&record).unwrap();
+    write_lines(&f.log, &l);
+    for args in [
+        vec!["audit", "verify", f.log.to_str().unwrap()],
+        vec!["audit", "show", f.log.to_str().unwrap()],
+    ] {
+        let out = zt(&args);
+        for (what, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            assert!(
+                !bytes.contains(&0x1b) && !bytes.contains(&b'\r'),
+                "{args:?} {what}: {}",
+                String::from_utf8_lossy(bytes).escape_debug()
+            );
+        }
+    }
+    let out = zt(&["audit", "verify", f.log.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+}
+
+#[test]
 fn deleted_swapped_and_duplicated_lines_fail() {
     let f = fixture();
     let orig = lines(&f.log);

@@ -1087,6 +1087,31 @@ print(json.dumps({"sent": N, "got": got}))
     assert_status(&fx.verify_audit(), 0);
 }
 
+#[test]
+fn the_largest_size_limit_a_policy_can_say_does_not_break_the_supervisor() {
+    let policy = FS_ACTIONS.replacen(
+        "name = \"fs.read\"\nbuiltin = \"fs.read\"\nroot = \"@WS@\"\n",
+        "name = \"fs.read\"\nbuiltin = \"fs.read\"\nroot = \"@WS@\"\nmax_bytes = \"18446744073709551615\"\n",
+        1,
+    );
+    assert_ne!(policy, FS_ACTIONS);
+    let fx = Fixture::new(&policy, &["fs.read"]);
+    let program = format!(
+        "{PY_PRELUDE}{}",
+        r#"
+with open("small.txt", "w") as f:
+    f.write("hello")
+out = {"read": ask(b'{"id":1,"action":"fs.read","args":{"path":"small.txt"}}')}
+out["next"] = ask(b'{"id":2,"action":"sys.ping"}')
+print(json.dumps(out))
+"#
+    );
+    let r = fx.python_json(&program);
+    assert_eq!(r["read"]["decision"], "allow", "{r}");
+    assert!(r["read"]["result"].to_string().contains("hello"), "{r}");
+    assert_eq!(r["next"]["decision"], "allow", "{r}");
+}
+
 /// A request whose own token failed verification (a forged signature, not a token at all) replays as it
 /// was decided: denied. Replay cannot check a signature the log does not hold, so it must neither take
 /// the recorded body for a valid token nor fall back to the session's tokens.
@@ -1524,10 +1549,18 @@ fn call_outside_a_sandbox_and_usage_errors() {
     let mut cmd = Command::new(BIN);
     cmd.args(["call", "sys.ping"]).env_remove("ZT_AAS_FD");
     assert_status(&bounded(cmd, RUN_LIMIT), 125);
-    // ZT_AAS_FD naming something that is not the mediator socket.
-    let mut cmd = Command::new(BIN);
-    cmd.args(["call", "sys.ping"]).env("ZT_AAS_FD", "0");
-    assert_status(&bounded(cmd, RUN_LIMIT), 125);
+    // ZT_AAS_FD naming something that is not the mediator socket, or no descriptor at all.
+    for fd in ["0", "-1", "99999", "x"] {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["call", "sys.ping"]).env("ZT_AAS_FD", fd);
+        let out = bounded(cmd, RUN_LIMIT);
+        assert!(
+            !text(&out.stderr).contains("panicked"),
+            "{fd}: {}",
+            show(&out)
+        );
+        assert_status(&out, 125);
+    }
     let mut cmd = Command::new(BIN);
     cmd.args(["call", "sys.ping", "notakeyvalue"])
         .env_remove("ZT_AAS_FD");

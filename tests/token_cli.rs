@@ -270,6 +270,54 @@ fn forged_and_tampered_tokens_are_denied() {
 }
 
 #[test]
+fn inspect_survives_extreme_times_and_a_reader_that_stops_early() {
+    let dir = setup();
+    let raw = ok(issue(dir.path(), &["--action", "hello-world.say_hello"]))
+        .trim()
+        .to_string();
+    std::fs::write(dir.path().join("good.tok"), &raw).unwrap();
+    let parts: Vec<&str> = raw.split('.').collect();
+    let mut payload: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    payload["exp"] = serde_json::json!(u64::MAX);
+    payload["nbf"] = serde_json::json!(u64::MAX);
+    std::fs::write(
+        dir.path().join("far.tok"),
+        format!(
+            "ztcap1.{}.{}",
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&payload).unwrap()),
+            parts[2]
+        ),
+    )
+    .unwrap();
+    for extra in [&[][..], &["--policy", "policy.toml"][..]] {
+        let out = zt(
+            dir.path(),
+            &[&["token", "inspect", "far.tok"][..], extra].concat(),
+        );
+        let (stdout, stderr) = text(&out);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            matches!(out.status.code(), Some(0..=2)),
+            "{stdout} {stderr}"
+        );
+    }
+    // stdout is a pipe whose reader is gone (`| head -0`): no panic, the usual exit status.
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    let out = std::process::Command::new(common::ZT)
+        .args(["token", "inspect", "good.tok"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::from(write))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+#[test]
 fn untrusted_issuer_cannot_issue_and_is_denied() {
     let dir = setup();
     ok(zt(dir.path(), &["keygen", "--out", "keys/stranger"]));

@@ -59,7 +59,9 @@ pub fn verify(args: &AuditVerifyArgs) -> CmdResult {
         print(&format!("{text}\n"))?;
         return Ok(if report.ok { 0 } else { crate::exit::FAILED });
     }
-    let summary = summary(&report, &args.log);
+    // The report quotes the log, whose strings come from the agent: no escape sequence reaches the
+    // terminal (it could overwrite the FAILED line with a fake "ok").
+    let summary = super::show::printable_lines(&summary(&report, &args.log));
     if report.ok {
         print(&summary)?;
         Ok(0)
@@ -182,13 +184,13 @@ pub fn recover(args: &crate::cli::AuditRecoverArgs) -> CmdResult {
     let (_, recovered) = super::AuditLog::open_recovering(&args.log, key, super::Durability::Fsync)
         .map_err(|e| Failure::failed(e.to_string()))?;
     match recovered {
-        Some(r) => println!(
+        Some(r) => outln!(
             "{}: torn line closed by recovery record seq {} (hash {})",
             args.log.display(),
             r.seq,
             r.hash
         ),
-        None => println!("{}: no torn line; nothing to recover", args.log.display()),
+        None => outln!("{}: no torn line; nothing to recover", args.log.display()),
     }
     Ok(0)
 }

@@ -288,6 +288,9 @@ pub fn main(args: &AuditReplayArgs) -> CmdResult {
             report.skipped.len()
         ));
     }
+    if !args.json {
+        out = super::show::printable_lines(&out); // the log's strings come from the agent
+    }
     super::commands::print(&out)?;
     Ok(if report.differences.is_empty() {
         0

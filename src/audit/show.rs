@@ -136,7 +136,7 @@ fn timeline_line(rec: &Value) -> String {
 /// `text` with every control or invisible formatting character written as an escape (`\u{1b}`): a
 /// record's strings come from the agent, and a terminal would run its escape sequences (retitle, clear,
 /// overwrite a line with `\r`) or reorder the text (bidirectional overrides).
-fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         let hidden = c.is_control()
@@ -148,6 +148,14 @@ fn printable(text: &str) -> String {
         }
     }
     out
+}
+
+/// [`printable`] line by line: the text's own line breaks stay.
+pub(crate) fn printable_lines(text: &str) -> String {
+    text.split('\n')
+        .map(printable)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn compact(v: &Value, max: usize) -> String {

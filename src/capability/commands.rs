@@ -38,7 +38,7 @@ pub fn keygen(args: &KeygenArgs) -> CmdResult {
     let public =
         write_key_pair(&args.out, args.force).map_err(|e| Failure::failed(e.to_string()))?;
     let (secret_path, public_path) = key_pair_paths(&args.out);
-    println!(
+    outln!(
         "wrote {} (secret, mode 0600) and {} (key id {})",
         secret_path.display(),
         public_path.display(),
@@ -122,18 +122,18 @@ pub fn issue(args: &TokenIssueArgs) -> CmdResult {
                 out.display()
             );
         }
-        None => println!("{}", token.raw),
+        None => outln!("{}", token.raw),
     }
     Ok(0)
 }
 
 fn window(token: &Token, now: u64) -> (&'static str, String) {
-    if token.nbf > now + token::LEEWAY_SECS {
+    if token.nbf > now.saturating_add(token::LEEWAY_SECS) {
         (
             "not_yet_valid",
             format!("not valid before {}", rfc3339(token.nbf)),
         )
-    } else if now >= token.exp + token::LEEWAY_SECS {
+    } else if now >= token.exp.saturating_add(token::LEEWAY_SECS) {
         ("expired", format!("expired at {}", rfc3339(token.exp)))
     } else {
         ("valid", format!("valid until {}", rfc3339(token.exp)))
@@ -210,18 +210,18 @@ pub fn inspect(args: &TokenInspectArgs) -> CmdResult {
             "status_note": status_note,
             "capabilities": caps,
         });
-        println!("{report}");
+        outln!("{report}");
     } else {
-        println!("token {}", token.id);
-        println!("  policy (aud):  {}", token.aud);
-        println!("  agent (sub):   {}", token.sub);
-        println!("  issuer (kid):  {}", token.kid);
-        println!("  issued:        {}", rfc3339(token.iat));
-        println!("  valid from:    {}", rfc3339(token.nbf));
-        println!("  expires:       {}", rfc3339(token.exp));
-        println!("  signature:     {signature_note}");
-        println!("  status:        {status_note}");
-        println!("  capabilities:");
+        outln!("token {}", token.id);
+        outln!("  policy (aud):  {}", token.aud);
+        outln!("  agent (sub):   {}", token.sub);
+        outln!("  issuer (kid):  {}", token.kid);
+        outln!("  issued:        {}", rfc3339(token.iat));
+        outln!("  valid from:    {}", rfc3339(token.nbf));
+        outln!("  expires:       {}", rfc3339(token.exp));
+        outln!("  signature:     {signature_note}");
+        outln!("  status:        {status_note}");
+        outln!("  capabilities:");
         for (i, cap) in token.caps.iter().enumerate() {
             let mut line = format!("    #{i} {}", cap.action);
             for (param, pattern) in &cap.args {
@@ -236,7 +236,7 @@ pub fn inspect(args: &TokenInspectArgs) -> CmdResult {
                 Some(false) => "NOT ALLOWED",
                 None => "unchecked",
             };
-            println!("{line}: {mark}: {reason}");
+            outln!("{line}: {mark}: {reason}");
         }
     }
     Ok(if signature == "invalid" { 1 } else { 0 })
@@ -268,9 +268,9 @@ pub fn revoke(args: &TokenRevokeArgs) -> CmdResult {
     };
     let added = revocation::append(list, &id).map_err(|e| Failure::failed(e.to_string()))?;
     if added {
-        println!("revoked token {id} (appended to {})", list.display());
+        outln!("revoked token {id} (appended to {})", list.display());
     } else {
-        println!("token {id} was already revoked ({})", list.display());
+        outln!("token {id} was already revoked ({})", list.display());
     }
     Ok(0)
 }

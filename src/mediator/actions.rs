@@ -390,7 +390,10 @@ fn failed(message: impl Into<String>) -> Outcome {
 
 fn read_file(mut file: File, max: u64) -> Outcome {
     let mut buf = Vec::new();
-    if let Err(e) = (&mut file).take(max + 1).read_to_end(&mut buf) {
+    if let Err(e) = (&mut file)
+        .take(max.saturating_add(1))
+        .read_to_end(&mut buf)
+    {
         return failed(format!("read: {e}"));
     }
     let truncated = buf.len() as u64 > max;

@@ -57,7 +57,7 @@ pub fn main(args: &CallArgs) -> CmdResult {
     match decision {
         "allow" => {
             let result = response.get("result").cloned().unwrap_or(Value::Null);
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&result).unwrap_or_default()
             );
@@ -81,7 +81,9 @@ fn mediator_fd() -> Result<RawFd, Failure> {
     let fd: RawFd = std::env::var("ZT_AAS_FD")
         .map_err(|_| no())?
         .parse()
-        .map_err(|_| no())?;
+        .ok()
+        .filter(|fd| *fd >= 0)
+        .ok_or_else(no)?;
     // SAFETY: the fd number comes from the environment; we only query it.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     let kind = nix::sys::socket::getsockopt(&borrowed, nix::sys::socket::sockopt::SockType);

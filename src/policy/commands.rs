@@ -15,7 +15,7 @@ use crate::exit::{CmdResult, Failure};
 
 pub fn check(args: &PolicyCheckArgs) -> CmdResult {
     let policy = Policy::load(&args.file).map_err(|e| Failure::failed(e.to_string()))?;
-    println!("ok: {}", policy.summary());
+    outln!("ok: {}", policy.summary());
     Ok(0)
 }
 
@@ -85,26 +85,26 @@ pub fn explain(args: &PolicyExplainArgs) -> CmdResult {
         out["token_given"] = args.token.is_some().into();
         out["rule_line"] = serde_json::json!(rule.map(|r| r.line));
         out["notes"] = serde_json::json!(notes);
-        println!("{out}");
+        outln!("{out}");
     } else {
-        println!("decision: {}", decision.verdict());
-        println!("check:    {}", decision.check.code());
-        println!("reason:   {}", decision.reason);
+        outln!("decision: {}", decision.verdict());
+        outln!("check:    {}", decision.check.code());
+        outln!("reason:   {}", decision.reason);
         if let Some(rule) = rule {
             let file = policy
                 .source
                 .as_ref()
                 .map_or_else(String::new, |s| s.display().to_string());
-            println!("rule:     {} ({file}:{})", rule.id, rule.line);
+            outln!("rule:     {} ({file}:{})", rule.id, rule.line);
         }
         if let Some(token) = &decision.token {
             match decision.capability {
-                Some(i) => println!("token:    {token}, capability #{i}"),
-                None => println!("token:    {token}"),
+                Some(i) => outln!("token:    {token}, capability #{i}"),
+                None => outln!("token:    {token}"),
             }
         }
         for note in notes {
-            println!("note:     {note}");
+            outln!("note:     {note}");
         }
     }
     Ok(0)

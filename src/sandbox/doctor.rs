@@ -64,18 +64,18 @@ pub fn main(args: &DoctorArgs) -> CmdResult {
         degraded_possible: landlock_ok && seccomp,
     };
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
         return Ok(0);
     }
     let mark = |b: bool| if b { "yes" } else { "NO " };
-    println!(
+    outln!(
         "{}  user namespaces (user, pid, mount, net, ipc, uts)",
         mark(report.userns)
     );
-    println!(
+    outln!(
         "{}  Landlock{}",
         mark(report.landlock),
         if report.landlock {
@@ -84,20 +84,20 @@ pub fn main(args: &DoctorArgs) -> CmdResult {
             String::new()
         }
     );
-    println!("{}  seccomp filters", mark(report.seccomp));
-    println!("     cgroup limits: {}", report.cgroup);
+    outln!("{}  seccomp filters", mark(report.seccomp));
+    outln!("     cgroup limits: {}", report.cgroup);
     if report.cgroup == "none" {
-        println!("     (memory/pids limits fall back to rlimits; a fork bomb started as root is not bounded)");
+        outln!("     (memory/pids limits fall back to rlimits; a fork bomb started as root is not bounded)");
     }
     if report.full_sandbox {
-        println!("=> every layer is available: `zt-aas run` gives the full sandbox.");
+        outln!("=> every layer is available: `zt-aas run` gives the full sandbox.");
     } else if report.degraded_possible {
-        println!(
+        outln!(
             "=> `zt-aas run` refuses by default; with --allow-degraded it runs with Landlock + seccomp + \
              no capabilities + no_new_privs, without namespaces (recorded in the audit log)."
         );
     } else {
-        println!("=> this host cannot sandbox an agent: `zt-aas run` will refuse.");
+        outln!("=> this host cannot sandbox an agent: `zt-aas run` will refuse.");
     }
     Ok(0)
 }

@@ -1085,6 +1085,46 @@ fn hooks_named_by_core_hookspath_are_read_only_even_before_they_exist() {
 }
 
 #[test]
+fn a_config_file_the_repository_includes_from_the_workspace_is_guarded_like_git_config() {
+    // `git config include.path ../.gitconfig-shared`: settings in that workspace file are the
+    // repository's. Existing: read-only inside; missing: made by the agent, quarantined after the run.
+    for existing in [true, false] {
+        let (_t, ws) = plain_workspace();
+        assert!(host_git(&ws, &["init", "-q"]).status.success());
+        assert!(
+            host_git(&ws, &["config", "include.path", "../.gitconfig-shared"])
+                .status
+                .success()
+        );
+        if existing {
+            std::fs::write(ws.join(".gitconfig-shared"), "[user]\n\tname = a\n").unwrap();
+        }
+        let before = std::fs::read(ws.join(".gitconfig-shared")).ok();
+        let pwned = ws.with_extension("pwned");
+        let out = run_sh(
+            &ws,
+            &format!(
+                "printf '[core]\\n\\tfsmonitor = \"touch {} ; false\"\\n' >> .gitconfig-shared \
+                 && echo WROTE",
+                pwned.display()
+            ),
+        );
+        assert_eq!(
+            text(&out.stdout).contains("WROTE"),
+            !existing,
+            "existing={existing}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(std::fs::read(ws.join(".gitconfig-shared")).ok(), before);
+        let _ = host_git(&ws, &["status"]);
+        assert!(
+            !pwned.exists(),
+            "existing={existing}: the user's git ran the agent's fsmonitor"
+        );
+    }
+}
+
+#[test]
 fn submodule_and_linked_worktree_git_directories_cannot_be_turned_against_the_user() {
     // `git status` in the top-level repository runs git in each submodule, with the submodule's own
     // config (in .git/modules); git in a linked worktree outside the workspace follows its commondir

@@ -98,10 +98,11 @@ fn walk_modules(dir: &Path, depth: usize, budget: &mut usize, out: &mut Vec<Path
     }
 }
 
-/// Every watched path of the workspace's git directories.
+/// Every watched path of the workspace's git directories, and the config files `.git/config` includes
+/// from the workspace (judged like a config).
 fn watched(workspace: &Path) -> Vec<PathBuf> {
     let dirs = git_dirs(workspace);
-    let mut paths: Vec<PathBuf> = Vec::new();
+    let mut paths: Vec<PathBuf> = config_includes(workspace);
     for (list, names) in [
         (dirs.top.as_slice(), WATCHED),
         (dirs.modules.as_slice(), WATCHED_MODULE),
@@ -114,36 +115,55 @@ fn watched(workspace: &Path) -> Vec<PathBuf> {
     paths
 }
 
-/// `core.hooksPath` of the workspace's repository (its `.git/config`), resolved to a path strictly
-/// inside the workspace; nothing when unset, or when it points elsewhere (outside the workspace the
-/// agent cannot write it anyway).
-pub fn hooks_path(workspace: &Path) -> Option<PathBuf> {
-    let text = read_config(&workspace.join(".git").join("config"))?;
-    let mut section = String::new();
-    let mut value = None;
+/// The settings of a git config file and of the files it includes (`include.path`, and `includeIf`'s
+/// whatever its condition), in git's order, and the files read. Bounded: 16 files, 4 levels.
+#[derive(Default)]
+struct GitConfig {
+    /// (section, has a subsection, key, value); section and key lowercased.
+    entries: Vec<(String, bool, String, String)>,
+    files: Vec<PathBuf>,
+}
+
+fn read_git_config(path: &Path, depth: usize, out: &mut GitConfig) {
+    if depth > 4 || out.files.len() >= 16 {
+        return;
+    }
+    out.files.push(path.to_path_buf());
+    let Some(text) = read_config(path) else {
+        return;
+    };
+    let (mut section, mut sub) = (String::new(), false);
     for raw in text.lines() {
         let line = raw.trim();
-        if let Some(rest) = line.strip_prefix('[') {
-            let name_end = rest.find([']', ' ', '\t', '"']).unwrap_or(rest.len());
-            section = rest[..name_end].to_ascii_lowercase();
-            // A setting after the header on the same line (`[core] hooksPath = x`).
-            let after = rest.find(']').map(|i| rest[i + 1..].trim()).unwrap_or("");
-            if section == "core" {
-                value = setting(after, "hookspath").or(value);
+        let body = match line.strip_prefix('[') {
+            Some(rest) => {
+                let name_end = rest.find([']', ' ', '\t', '"', '.']).unwrap_or(rest.len());
+                section = rest[..name_end].to_ascii_lowercase();
+                sub = !rest[name_end..].starts_with(']');
+                // A setting after the header on the same line (`[core] hooksPath = x`).
+                rest.find(']').map(|i| rest[i + 1..].trim()).unwrap_or("")
             }
+            None => line,
+        };
+        let Some((key, value)) = split_setting(body) else {
             continue;
+        };
+        if matches!(section.as_str(), "include" | "includeif") && key == "path" {
+            if let Some(target) = expand_path(&value, path.parent().unwrap_or(Path::new("/"))) {
+                read_git_config(&target, depth + 1, out);
+            }
         }
-        if section == "core" {
-            value = setting(line, "hookspath").or(value);
-        }
+        out.entries.push((section.clone(), sub, key, value));
     }
-    let value = value?;
-    let path = if let Some(rest) = value.strip_prefix("~/") {
-        super::profile::caller_home()?.join(rest)
-    } else {
-        workspace.join(&value)
+}
+
+/// A path from a git config: `~/` is the home, a relative path is relative to `base`; `..` resolved
+/// lexically, as git does.
+fn expand_path(value: &str, base: &Path) -> Option<PathBuf> {
+    let path = match value.strip_prefix("~/") {
+        Some(rest) => super::profile::caller_home()?.join(rest),
+        None => base.join(value),
     };
-    // Lexically, as git does not resolve `..` against symlinks either.
     let mut normal = PathBuf::new();
     for part in path.components() {
         match part {
@@ -154,23 +174,83 @@ pub fn hooks_path(workspace: &Path) -> Option<PathBuf> {
             other => normal.push(other),
         }
     }
-    let rel = normal.strip_prefix(workspace).ok()?;
+    Some(normal)
+}
+
+/// The repository's config, with what it includes.
+fn repository_config(workspace: &Path) -> GitConfig {
+    let mut config = GitConfig::default();
+    let top = workspace.join(".git");
+    if is_dir(&top) {
+        read_git_config(&top.join("config"), 0, &mut config);
+    }
+    config
+}
+
+/// The config files `.git/config` includes that lie in the workspace (existing or not): the agent
+/// could write settings there that the user's git obeys (`core.fsmonitor`).
+pub fn config_includes(workspace: &Path) -> Vec<PathBuf> {
+    repository_config(workspace)
+        .files
+        .into_iter()
+        .skip(1)
+        .filter(|f| f.starts_with(workspace) && f != workspace)
+        .collect()
+}
+
+/// `core.hooksPath` of the workspace's repository (its `.git/config` and what it includes), relative to
+/// the workspace; nothing when unset, or when it points elsewhere (outside the workspace the agent
+/// cannot write it anyway).
+pub fn hooks_path(workspace: &Path) -> Option<PathBuf> {
+    let config = repository_config(workspace);
+    let value = config
+        .entries
+        .iter()
+        .rev()
+        .find(|(section, sub, key, _)| section == "core" && !sub && key == "hookspath")
+        .map(|(_, _, _, v)| v.clone())?;
+    let path = expand_path(&value, workspace)?;
+    let rel = path.strip_prefix(workspace).ok()?;
     (!rel.as_os_str().is_empty()).then(|| rel.to_path_buf())
 }
 
-/// The value of `key = value` (key compared without case), unquoted; `None` for another key.
-fn setting(line: &str, key: &str) -> Option<String> {
-    let (k, v) = line.split_once('=')?;
-    if !k.trim().eq_ignore_ascii_case(key) {
+/// `key = value` (or a bare `key`): the key lowercased, the value unquoted, without a trailing comment.
+fn split_setting(line: &str) -> Option<(String, String)> {
+    if line.is_empty() || line.starts_with(['#', ';']) {
+        return None;
+    }
+    let (k, v) = line.split_once('=').unwrap_or((line, ""));
+    let key = k.trim().to_ascii_lowercase();
+    if key.is_empty() {
         return None;
     }
     let v = v.trim();
-    let v = v.split([';', '#']).next().unwrap_or("").trim();
-    let v = v
-        .strip_prefix('"')
-        .and_then(|v| v.strip_suffix('"'))
-        .unwrap_or(v);
-    (!v.is_empty()).then(|| v.to_string())
+    let value = match v.strip_prefix('"') {
+        // Quoted: up to the closing quote (a `#` or `;` inside is part of it).
+        Some(rest) => {
+            let mut out = String::new();
+            let mut escaped = false;
+            for c in rest.chars() {
+                if escaped {
+                    out.push(match c {
+                        'n' => '\n',
+                        't' => '\t',
+                        c => c,
+                    });
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '"' {
+                    break;
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        }
+        None => v.split([';', '#']).next().unwrap_or("").trim().to_string(),
+    };
+    Some((key, value))
 }
 
 /// Keys a `.git/config` written by the agent may hold (section.key, lowercase; `*` = any subsection).
@@ -198,6 +278,8 @@ const PLAIN_KEYS: &[&str] = &[
 pub struct GitSnapshot {
     workspace: PathBuf,
     files: Vec<(PathBuf, Option<[u8; 32]>)>,
+    /// The included config files among them.
+    includes: Vec<PathBuf>,
 }
 
 /// At most this much of a watched file is read (the agent controls its size; the supervisor has no
@@ -305,6 +387,7 @@ pub fn snapshot(workspace: &Path) -> GitSnapshot {
     GitSnapshot {
         workspace: workspace.to_path_buf(),
         files,
+        includes: config_includes(workspace),
     }
 }
 
@@ -336,7 +419,8 @@ pub fn quarantine_changes(snap: &GitSnapshot, session: &str) -> Vec<String> {
             continue;
         };
         let name = name.to_string_lossy();
-        if name == "config" && read_config(&path).is_some_and(|text| only_plain_keys(&text)) {
+        let is_config = name == "config" || snap.includes.contains(&path);
+        if is_config && read_config(&path).is_some_and(|text| only_plain_keys(&text)) {
             continue;
         }
         if name == "commondir" && leads_to(&path, &snap.workspace.join(".git")) {
@@ -492,7 +576,18 @@ mod tests {
             ("[core]\n\thooksPath = .\n", None),
             ("[other]\n\thooksPath = x\n", None),
             ("[core]\n\tbare = false\n", None),
+            ("[core]\n\thooksPath = \"a#b\" ; c\n", Some("a#b")),
+            ("[core.sub]\n\thooksPath = x\n", None),
+            (
+                "[include]\n\tpath = ../shared.gitconfig\n",
+                Some("from-include"),
+            ),
         ] {
+            std::fs::write(
+                ws.join("shared.gitconfig"),
+                "[core]\nhooksPath = from-include\n",
+            )
+            .unwrap();
             std::fs::write(ws.join(".git/config"), config).unwrap();
             assert_eq!(hooks_path(&ws), expected.map(PathBuf::from), "{config}");
         }

@@ -211,8 +211,9 @@ pub fn build(input: &PlanInput) -> Result<Plan, PlanError> {
 /// What the repository itself adds to the profile's lists (`protect`, `protect_always`): in each
 /// submodule's git directory its config, hooks and info (`git status` in the top-level repository runs
 /// in the submodules); in each linked worktree's administrative directory its `commondir` and
-/// `config.worktree` (git run in that worktree, outside the workspace, follows them); and the directory
-/// `core.hooksPath` names when it lies in the workspace (husky's `.husky/_`), even before it exists.
+/// `config.worktree` (git run in that worktree, outside the workspace, follows them); the config files
+/// `.git/config` includes from the workspace; and the directory `core.hooksPath` names when it lies in
+/// the workspace (husky's `.husky/_`), even before it exists.
 fn git_entries(ws: &Path) -> (Vec<Protected>, Vec<Protected>) {
     let dirs = super::persistence::git_dirs(ws);
     let rel = |dir: &Path, name: &str| -> Option<Protected> {
@@ -238,6 +239,16 @@ fn git_entries(ws: &Path) -> (Vec<Protected>, Vec<Protected>) {
                 .filter_map(|n| rel(w, n)),
         );
     }
+    // Config files `.git/config` includes from the workspace: settings there are the repository's.
+    protect.extend(
+        super::persistence::config_includes(ws)
+            .iter()
+            .filter_map(|f| f.strip_prefix(ws).ok())
+            .map(|rel| Protected {
+                rel: rel.to_path_buf(),
+                dir: false,
+            }),
+    );
     if let Some(hooks) = super::persistence::hooks_path(ws) {
         always.push(Protected {
             rel: hooks,

@@ -827,6 +827,11 @@ for where in ("w", "/tmp/w"):
     except OSError as e:
         print("refused", where, e.errno)
 os.mkfifo("fifo"); print("fifo made")
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+open("src", "w").close()
+r = libc.syscall(316, -100, b"src", -100, b"moved", 4)  # renameat2(..., RENAME_WHITEOUT)
+print("renameat2 whiteout", "made" if r == 0 else "refused %d" % ctypes.get_errno())
 "#;
     for degraded in [false, true] {
         let (_t, ws) = plain_workspace();
@@ -849,7 +854,17 @@ os.mkfifo("fifo"); print("fifo made")
             stdout.contains("fifo made"),
             "degraded={degraded}: {stdout}"
         );
+        assert!(
+            stdout.contains("renameat2 whiteout refused 1"),
+            "degraded={degraded}: {stdout}"
+        );
         assert!(!ws.join("w").exists(), "degraded={degraded}");
+        use std::os::unix::fs::FileTypeExt;
+        let src = std::fs::symlink_metadata(ws.join("src")).unwrap();
+        assert!(
+            !src.file_type().is_char_device(),
+            "degraded={degraded}: a whiteout"
+        );
     }
 }
 

@@ -17,7 +17,8 @@
 //!   only;
 //! - clone3 and openat2 (ENOSYS, so libc falls back to clone and openat, whose arguments we can inspect);
 //! - setuid/setgid bits in any mode argument (chmod family, open/openat/creat, mknod): such a file would
-//!   keep them on the host, outside the sandbox's nosuid mounts.
+//!   keep them on the host, outside the sandbox's nosuid mounts;
+//! - renameat2 with RENAME_WHITEOUT (a whiteout device left in the workspace; Landlock refuses mknod).
 //!
 //! Not covered here: what the arguments of allowed syscalls point to (paths, sockaddrs): that is the job of
 //! Landlock and the namespaces.
@@ -333,6 +334,18 @@ fn rule_sets(extra_deny: &[String], sockets: Sockets) -> Result<[RuleSet; 3], Se
         if let std::collections::btree_map::Entry::Vacant(slot) = eperm.entry(nr) {
             slot.insert(set_id(mode_arg)?);
         }
+    }
+
+    // No whiteout either (a char 0:0 device, which hides a file from whoever stacks the workspace in an
+    // overlay later): Landlock refuses mknod of one, but renameat2(RENAME_WHITEOUT) leaves one behind.
+    if let std::collections::btree_map::Entry::Vacant(slot) = eperm.entry(libc::SYS_renameat2) {
+        let whiteout = libc::RENAME_WHITEOUT as u64;
+        slot.insert(vec![rule(vec![cond(
+            4,
+            Len::Dword,
+            Op::MaskedEq(whiteout),
+            whiteout,
+        )?])?]);
     }
 
     if sockets == Sockets::PairsOnly {

@@ -453,6 +453,8 @@ pub fn run(args: &RunArgs) -> CmdResult {
     let code = exit.code();
     let quarantined = sandbox::persistence::quarantine_changes(&git_before, &session);
     for line in &quarantined {
+        // The paths are the agent's choice: no escape sequence may rewrite the warning.
+        let line = crate::audit::show::printable_lines(line);
         eprintln!("zt-aas: WARNING: {line}");
     }
     // While the session is sealed: the placeholders are removed (an rmdir can take a fraction of a

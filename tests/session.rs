@@ -1140,6 +1140,85 @@ fn a_config_file_the_repository_includes_from_the_workspace_is_guarded_like_git_
 }
 
 #[test]
+fn submodule_and_worktree_work_inside_the_sandbox_stays_usable() {
+    // What the protections must not break: `git submodule update --init`, `git worktree add/remove`
+    // from inside, across runs; and the user's git afterwards.
+    let (_t, ws) = plain_workspace();
+    // The submodule's upstream lies in the workspace, where the sandbox can clone it from.
+    let src = ws.join("upstream");
+    std::fs::create_dir(&src).unwrap();
+    let git = |dir: &Path, args: &[&str]| {
+        let out = host_git(dir, args);
+        assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+    };
+    let id = ["-c", "user.name=a", "-c", "user.email=b"];
+    git(&src, &["init", "-q"]);
+    git(
+        &src,
+        &[&id[..], &["commit", "-q", "--allow-empty", "-m", "s"]].concat(),
+    );
+    git(&ws, &["init", "-q"]);
+    git(
+        &ws,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "add",
+            "-q",
+            src.to_str().unwrap(),
+            "sub",
+        ],
+    );
+    git(&ws, &[&id[..], &["commit", "-q", "-m", "add"]].concat());
+    git(&ws, &["submodule", "deinit", "-q", "-f", "sub"]);
+    std::fs::remove_dir_all(ws.join(".git/modules/sub")).unwrap();
+    // (`init` writes .git/config, which is read-only inside: the user's step.)
+    git(&ws, &["submodule", "init", "-q"]);
+    for script in [
+        "git -c protocol.file.allow=always submodule update -q && git -C sub log --oneline | wc -l",
+        "git worktree add -q wt && git worktree add -q wt2 && git worktree remove wt && echo ok",
+        "git worktree remove wt2 && git worktree prune && echo ok",
+    ] {
+        let out = run_sh(&ws, script);
+        assert!(out.status.success(), "{script}: {}", text(&out.stderr));
+        assert!(
+            !text(&out.stderr).contains("quarantine"),
+            "{script}: {}",
+            text(&out.stderr)
+        );
+    }
+    git(&ws.join("sub"), &["log", "--oneline"]);
+    git(&ws, &["submodule", "status"]);
+    assert!(!ws.join("wt2").exists());
+}
+
+#[test]
+fn junk_in_the_git_directory_cannot_outrun_the_checks() {
+    // Thousands of entries in .git/modules: the walk is bounded, so the next run refuses to start
+    // (exit 125) rather than leave part of .git unprotected, and the run that made them says so.
+    let (_t, ws) = plain_workspace();
+    assert!(host_git(&ws, &["init", "-q"]).status.success());
+    let out = run_sh(
+        &ws,
+        "cd .git && mkdir modules && cd modules && seq 5000 | xargs mkdir",
+    );
+    assert!(
+        text(&out.stderr).contains("too many"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run_sh(&ws, "echo RAN");
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("RAN"));
+    assert!(
+        text(&out.stderr).contains("too many"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn submodule_and_linked_worktree_git_directories_cannot_be_turned_against_the_user() {
     // `git status` in the top-level repository runs git in each submodule, with the submodule's own
     // config (in .git/modules); git in a linked worktree outside the workspace follows its commondir
@@ -1187,13 +1266,15 @@ fn submodule_and_linked_worktree_git_directories_cannot_be_turned_against_the_us
          printf '{evil}' > .git/evil/config; \
          mkdir -p .git/modules/new && cp .git/HEAD .git/modules/new/ && \
          printf '{evil}' > .git/modules/new/config; \
-         git worktree add -q wt2 && echo WT2",
+         git worktree add -q wt2 && echo WT2; \
+         cp -r .git/modules/sub evilgit && printf '{evil}' >> evilgit/config && \
+         echo 'gitdir: ../evilgit' > sub/.git && echo SUB-POINTER",
         evil = evil.replace('\n', "\\n").replace('\t', "\\t"),
         p = pwned.display()
     );
     let out = run_sh(&ws, &script);
     let stdout = text(&out.stdout);
-    for planted in ["SUB-CONFIG", "SUB-HOOK", "WT-COMMONDIR"] {
+    for planted in ["SUB-CONFIG", "SUB-HOOK", "WT-COMMONDIR", "SUB-POINTER"] {
         assert!(
             !stdout.contains(planted),
             "{planted}: {}",

@@ -39,10 +39,16 @@ const WALK_DEPTH: usize = 8;
 pub struct GitDirs {
     /// `.git` itself.
     pub top: Option<PathBuf>,
-    /// Submodules' git directories (`.git/modules/NAME`, nested ones included).
+    /// Submodules' git directories (`.git/modules/NAME`, nested ones included, and a `.git` directory
+    /// in a submodule's checkout).
     pub modules: Vec<PathBuf>,
     /// Linked worktrees' administrative directories (`.git/worktrees/NAME`).
     pub worktrees: Vec<PathBuf>,
+    /// The `.git` of each submodule checkout `.gitmodules` names (a `gitdir:` file, a directory, or
+    /// nothing yet): where the user's git goes when it recurses into the submodule.
+    pub pointers: Vec<PathBuf>,
+    /// The walk ran out of budget: what is listed is not all there is (see [`WALK_BUDGET`]).
+    pub truncated: bool,
 }
 
 /// Finds the git directories of `workspace/.git` without following a symlink (bounded walk).
@@ -55,6 +61,26 @@ pub fn git_dirs(workspace: &Path) -> GitDirs {
     let mut budget = WALK_BUDGET;
     walk_modules(&top.join("modules"), 0, &mut budget, &mut dirs.modules);
     dirs.worktrees = subdirs(&top.join("worktrees"), &mut budget);
+    let mut gitmodules = GitConfig::default();
+    read_git_config(&workspace.join(".gitmodules"), 4, &mut gitmodules);
+    for (section, _, key, value) in &gitmodules.entries {
+        if section != "submodule" || key != "path" || budget == 0 {
+            continue;
+        }
+        budget -= 1;
+        let Some(checkout) = expand_path(value, workspace) else {
+            continue;
+        };
+        if !checkout.starts_with(workspace) || checkout == workspace {
+            continue;
+        }
+        let pointer = checkout.join(".git");
+        if is_dir(&pointer) && !dirs.modules.contains(&pointer) {
+            dirs.modules.push(pointer.clone());
+        }
+        dirs.pointers.push(pointer);
+    }
+    dirs.truncated = budget == 0;
     dirs.top = Some(top);
     dirs
 }
@@ -98,11 +124,11 @@ fn walk_modules(dir: &Path, depth: usize, budget: &mut usize, out: &mut Vec<Path
     }
 }
 
-/// Every watched path of the workspace's git directories, and the config files `.git/config` includes
-/// from the workspace (judged like a config).
-fn watched(workspace: &Path) -> Vec<PathBuf> {
-    let dirs = git_dirs(workspace);
+/// Every watched path of the workspace's git directories, the submodule checkouts' `.git`, and the
+/// config files `.git/config` includes from the workspace (judged like a config).
+fn watched(workspace: &Path, dirs: &GitDirs) -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = config_includes(workspace);
+    paths.extend(dirs.pointers.iter().cloned());
     for (list, names) in [
         (dirs.top.as_slice(), WATCHED),
         (dirs.modules.as_slice(), WATCHED_MODULE),
@@ -209,7 +235,15 @@ pub fn hooks_path(workspace: &Path) -> Option<PathBuf> {
         .rev()
         .find(|(section, sub, key, _)| section == "core" && !sub && key == "hookspath")
         .map(|(_, _, _, v)| v.clone())?;
-    let path = expand_path(&value, workspace)?;
+    // As written when it lies in the workspace (a symlink on the way there is then refused by `plan`);
+    // else where it really is: an absolute path may reach the workspace through a symlink outside it
+    // (/home -> /var/home).
+    let lexical = expand_path(&value, workspace)?;
+    let path = if lexical.starts_with(workspace) {
+        lexical
+    } else {
+        real_path(&lexical)
+    };
     let rel = path.strip_prefix(workspace).ok()?;
     (!rel.as_os_str().is_empty()).then(|| rel.to_path_buf())
 }
@@ -262,6 +296,7 @@ const PLAIN_KEYS: &[&str] = &[
     "core.ignorecase",
     "core.precomposeunicode",
     "core.symlinks",
+    "core.worktree",
     "core.autocrlf",
     "core.eol",
     "extensions.objectformat",
@@ -298,6 +333,11 @@ fn digest(path: &Path) -> Option<[u8; 32]> {
         Err(_) => return Some(UNREADABLE),
     };
     if meta.is_dir() {
+        if path.file_name().is_some_and(|n| n == ".git") {
+            // A submodule checkout's own git directory: its presence is the state (its config and hooks
+            // are watched as a submodule's; the rest changes with any git command).
+            return Some([0xaa; 32]);
+        }
         return dir_digest(path);
     }
     if !meta.is_file() {
@@ -377,7 +417,7 @@ fn read_config(path: &Path) -> Option<String> {
 
 /// Records the watched files of the workspace's git directories (when `.git` is a directory).
 pub fn snapshot(workspace: &Path) -> GitSnapshot {
-    let files = watched(workspace)
+    let files = watched(workspace, &git_dirs(workspace))
         .into_iter()
         .map(|p| {
             let d = digest(&p);
@@ -396,21 +436,28 @@ pub fn snapshot(workspace: &Path) -> GitSnapshot {
 pub fn quarantine_changes(snap: &GitSnapshot, session: &str) -> Vec<String> {
     let mut done = Vec::new();
     // What is watched now (new submodules included), with what was at launch.
-    let mut paths = watched(&snap.workspace);
+    let dirs = git_dirs(&snap.workspace);
+    let mut paths = watched(&snap.workspace, &dirs);
     if paths.is_empty() {
         return done; // no `.git` directory (any more): nothing the user's git reads from here
     }
+    if dirs.truncated {
+        done.push(format!(
+            "{}/.git now holds too many submodule or worktree entries to check them all: do not run git \
+             in this workspace before reviewing it",
+            snap.workspace.display()
+        ));
+    }
+    let before: std::collections::HashMap<&Path, Option<[u8; 32]>> =
+        snap.files.iter().map(|(p, d)| (p.as_path(), *d)).collect();
+    let mut seen: std::collections::HashSet<PathBuf> = paths.iter().cloned().collect();
     for (p, _) in &snap.files {
-        if !paths.contains(p) {
+        if seen.insert(p.clone()) {
             paths.push(p.clone());
         }
     }
     for path in paths {
-        let before = snap
-            .files
-            .iter()
-            .find(|(p, _)| *p == path)
-            .and_then(|(_, d)| *d);
+        let before = before.get(path.as_path()).copied().flatten();
         let now = digest(&path);
         if now.is_none() || now == before {
             continue;
@@ -420,11 +467,18 @@ pub fn quarantine_changes(snap: &GitSnapshot, session: &str) -> Vec<String> {
         };
         let name = name.to_string_lossy();
         let is_config = name == "config" || snap.includes.contains(&path);
-        if is_config && read_config(&path).is_some_and(|text| only_plain_keys(&text)) {
+        if is_config
+            && read_config(&path).is_some_and(|text| only_plain_keys(&text))
+            && worktree_inside(&path, &snap.workspace)
+        {
             continue;
         }
         if name == "commondir" && leads_to(&path, &snap.workspace.join(".git")) {
             continue; // a worktree the agent added (`git worktree add`): it shares this repository
+        }
+        if name == ".git" && gitfile_leads_into(&path, &snap.workspace.join(".git").join("modules"))
+        {
+            continue; // `git submodule update`: the checkout points at its git directory in .git/modules
         }
         let aside = dir.join(format!(
             "{name}.zt-aas-quarantine-{}",
@@ -444,6 +498,69 @@ pub fn quarantine_changes(snap: &GitSnapshot, session: &str) -> Vec<String> {
         }
     }
     done
+}
+
+/// Whether every `core.worktree` of a config (relative to the config's directory) lies in the
+/// workspace: `git submodule update` writes one; one naming ~/.ssh would make the user's `git checkout`
+/// write there.
+fn worktree_inside(config: &Path, workspace: &Path) -> bool {
+    let mut parsed = GitConfig::default();
+    read_git_config(config, 4, &mut parsed);
+    let base = config.parent().unwrap_or(Path::new("/"));
+    parsed
+        .entries
+        .iter()
+        .filter(|(section, sub, key, _)| section == "core" && !sub && key == "worktree")
+        .all(|(_, _, _, v)| {
+            expand_path(v, base).is_some_and(|p| real_path(&p).starts_with(workspace))
+        })
+}
+
+/// `path` with its longest existing ancestor resolved (symlinks followed), the rest appended: where it
+/// really is, or would be once made.
+fn real_path(path: &Path) -> PathBuf {
+    let mut existing = path.to_path_buf();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(&existing) {
+            let mut out = real;
+            out.extend(rest.iter().rev());
+            return out;
+        }
+        match (
+            existing.file_name().map(|n| n.to_os_string()),
+            existing.parent(),
+        ) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
+/// Whether a `.git` file (`gitdir: PATH`, relative to its own directory) leads beneath `modules`.
+fn gitfile_leads_into(gitfile: &Path, modules: &Path) -> bool {
+    let Some(text) = read_config(gitfile) else {
+        return false;
+    };
+    let Some(target) = text.trim_end_matches(['\n', '\r']).strip_prefix("gitdir: ") else {
+        return false;
+    };
+    if target.contains('\n') {
+        return false;
+    }
+    let Some(base) = gitfile.parent() else {
+        return false;
+    };
+    match (
+        std::fs::canonicalize(base.join(target)),
+        std::fs::canonicalize(modules),
+    ) {
+        (Ok(a), Ok(b)) => a.starts_with(&b) && a != b,
+        _ => false,
+    }
 }
 
 /// Whether a `commondir` file names `git_dir` itself (relative to its own directory, as git reads it).

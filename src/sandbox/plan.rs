@@ -136,7 +136,7 @@ pub fn build(input: &PlanInput) -> Result<Plan, PlanError> {
             create_entry(input.workspace, &path, entry.dir)?;
         }
     }
-    let (git_protect, git_protect_always) = git_entries(input.workspace);
+    let (git_protect, git_protect_always) = git_entries(input.workspace)?;
     let mut read_only: Vec<PathBuf> = Vec::new();
     for entry in input.profile.protect.iter().chain(&git_protect) {
         if let Some(p) = resolve_in(input.workspace, &entry.rel, &writable)? {
@@ -193,8 +193,9 @@ pub fn build(input: &PlanInput) -> Result<Plan, PlanError> {
             }
         }
     }
+    let mut pinned = std::collections::HashSet::new();
     for p in read_only.iter().chain(&hidden) {
-        pin_ancestors(p, &writable, &mut plan.mounts);
+        pin_ancestors(p, &writable, &mut plan.mounts, &mut pinned);
     }
     for p in read_only {
         plan.protected.push(p.clone());
@@ -214,8 +215,15 @@ pub fn build(input: &PlanInput) -> Result<Plan, PlanError> {
 /// `config.worktree` (git run in that worktree, outside the workspace, follows them); the config files
 /// `.git/config` includes from the workspace; and the directory `core.hooksPath` names when it lies in
 /// the workspace (husky's `.husky/_`), even before it exists.
-fn git_entries(ws: &Path) -> (Vec<Protected>, Vec<Protected>) {
+fn git_entries(ws: &Path) -> Result<(Vec<Protected>, Vec<Protected>), PlanError> {
     let dirs = super::persistence::git_dirs(ws);
+    if dirs.truncated {
+        return Err(PlanError::Invalid(format!(
+            "{}/.git holds too many submodule or worktree entries to protect them all (.git/modules, \
+             .git/worktrees, .gitmodules): remove what is not a real submodule or worktree",
+            ws.display()
+        )));
+    }
     let rel = |dir: &Path, name: &str| -> Option<Protected> {
         Some(Protected {
             rel: dir.strip_prefix(ws).ok()?.join(name),
@@ -232,12 +240,32 @@ fn git_entries(ws: &Path) -> (Vec<Protected>, Vec<Protected>) {
         );
         always.extend(rel(m, "hooks").map(|p| Protected { dir: true, ..p }));
     }
+    // A worktree checked out outside the workspace, where the user's git runs unsandboxed. (One inside
+    // is left writable, so that the agent can `git worktree remove` it; the after-run check still
+    // covers its commondir.)
     for w in &dirs.worktrees {
-        protect.extend(
-            ["commondir", "config.worktree", "gitdir"]
-                .iter()
-                .filter_map(|n| rel(w, n)),
-        );
+        let checkout = fs::read_to_string(w.join("gitdir")).ok();
+        let inside = checkout.is_some_and(|c| {
+            let c = Path::new(c.trim_end());
+            c.starts_with(ws) || fs::canonicalize(c).is_ok_and(|c| c.starts_with(ws))
+        });
+        if !inside {
+            protect.extend(
+                ["commondir", "config.worktree", "gitdir"]
+                    .iter()
+                    .filter_map(|n| rel(w, n)),
+            );
+        }
+    }
+    // The `.git` file of each submodule checkout: it says which git directory (and config) the user's
+    // git uses there.
+    for pointer in &dirs.pointers {
+        if fs::symlink_metadata(pointer).is_ok_and(|m| m.is_file()) {
+            protect.extend(pointer.strip_prefix(ws).ok().map(|rel| Protected {
+                rel: rel.to_path_buf(),
+                dir: false,
+            }));
+        }
     }
     // Config files `.git/config` includes from the workspace: settings there are the repository's.
     protect.extend(
@@ -255,7 +283,7 @@ fn git_entries(ws: &Path) -> (Vec<Protected>, Vec<Protected>) {
             dir: true,
         });
     }
-    (protect, always)
+    Ok((protect, always))
 }
 
 /// The other names in writable paths of a file with hard links, found where they usually are (its own
@@ -443,7 +471,12 @@ fn create_entry(ws: &Path, path: &Path, dir: bool) -> Result<Vec<PathBuf>, PlanE
 }
 
 /// Pins every directory between the writable root and `p` (exclusive), so none can be renamed away.
-fn pin_ancestors(p: &Path, writable: &[PathBuf], mounts: &mut Vec<MountOp>) {
+fn pin_ancestors(
+    p: &Path,
+    writable: &[PathBuf],
+    mounts: &mut Vec<MountOp>,
+    pinned: &mut std::collections::HashSet<PathBuf>,
+) {
     let Some(root) = under_any(p, writable) else {
         return;
     };
@@ -452,11 +485,10 @@ fn pin_ancestors(p: &Path, writable: &[PathBuf], mounts: &mut Vec<MountOp>) {
         if dir == root.as_path() || !dir.starts_with(root) {
             break;
         }
-        let op = MountOp::Pin {
-            path: dir.to_path_buf(),
-        };
-        if !mounts.contains(&op) {
-            mounts.push(op);
+        if pinned.insert(dir.to_path_buf()) {
+            mounts.push(MountOp::Pin {
+                path: dir.to_path_buf(),
+            });
         }
         cur = dir.parent();
     }

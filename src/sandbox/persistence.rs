@@ -158,6 +158,8 @@ fn read_git_config(path: &Path, depth: usize, out: &mut GitConfig) {
     let Some(text) = read_config(path) else {
         return;
     };
+    // A backslash at the end of a line continues the value on the next.
+    let text = text.replace("\\\n", "");
     let (mut section, mut sub) = (String::new(), false);
     for raw in text.lines() {
         let line = raw.trim();
@@ -209,6 +211,8 @@ fn repository_config(workspace: &Path) -> GitConfig {
     let top = workspace.join(".git");
     if is_dir(&top) {
         read_git_config(&top.join("config"), 0, &mut config);
+        // Read after it when extensions.worktreeConfig is on (read regardless: more is safer here).
+        read_git_config(&top.join("config.worktree"), 0, &mut config);
     }
     config
 }
@@ -258,32 +262,36 @@ fn split_setting(line: &str) -> Option<(String, String)> {
     if key.is_empty() {
         return None;
     }
-    let v = v.trim();
-    let value = match v.strip_prefix('"') {
-        // Quoted: up to the closing quote (a `#` or `;` inside is part of it).
-        Some(rest) => {
-            let mut out = String::new();
-            let mut escaped = false;
-            for c in rest.chars() {
-                if escaped {
-                    out.push(match c {
-                        'n' => '\n',
-                        't' => '\t',
-                        c => c,
-                    });
-                    escaped = false;
-                } else if c == '\\' {
-                    escaped = true;
-                } else if c == '"' {
-                    break;
-                } else {
-                    out.push(c);
-                }
+    // git's value syntax: quotes may cover any part, a backslash escapes, `#`/`;` outside quotes start
+    // a comment, unquoted surrounding whitespace goes.
+    let mut value = String::new();
+    let (mut quoted, mut escaped) = (false, false);
+    let mut keep = 0; // length up to the last character that must stay (quoted or not whitespace)
+    for c in v.trim_start().chars() {
+        if escaped {
+            value.push(match c {
+                'n' => '\n',
+                't' => '\t',
+                'b' => '\u{8}',
+                c => c,
+            });
+            escaped = false;
+            keep = value.len();
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            quoted = !quoted;
+            keep = value.len();
+        } else if !quoted && (c == '#' || c == ';') {
+            break;
+        } else {
+            value.push(c);
+            if quoted || !c.is_whitespace() {
+                keep = value.len();
             }
-            out
         }
-        None => v.split([';', '#']).next().unwrap_or("").trim().to_string(),
-    };
+    }
+    value.truncate(keep);
     Some((key, value))
 }
 
@@ -699,6 +707,11 @@ mod tests {
                 "[include]\n\tpath = ../shared.gitconfig\n",
                 Some("from-include"),
             ),
+            (
+                "[core]\n\thooksPath = \".hus\"ky/_  # c\n",
+                Some(".husky/_"),
+            ),
+            ("[core]\n\thooksPath = .hu\\\nsky\n", Some(".husky")),
         ] {
             std::fs::write(
                 ws.join("shared.gitconfig"),
@@ -708,6 +721,18 @@ mod tests {
             std::fs::write(ws.join(".git/config"), config).unwrap();
             assert_eq!(hooks_path(&ws), expected.map(PathBuf::from), "{config}");
         }
+        // `git config --worktree` (extensions.worktreeConfig) writes .git/config.worktree.
+        std::fs::write(
+            ws.join(".git/config"),
+            "[extensions]\n\tworktreeConfig = true\n",
+        )
+        .unwrap();
+        std::fs::write(
+            ws.join(".git/config.worktree"),
+            "[core]\n\thooksPath = wt\n",
+        )
+        .unwrap();
+        assert_eq!(hooks_path(&ws), Some(PathBuf::from("wt")));
     }
 
     #[test]

@@ -69,8 +69,8 @@ pub struct RunArgs {
     /// Audit log (default: the policy's [audit] log, else $XDG_STATE_HOME/zt-aas/audit.jsonl).
     #[arg(long, value_name = "FILE")]
     pub audit: Option<PathBuf>,
-    /// Workspace directory, writable inside at its own path (default: the current directory). Never `/`
-    /// nor a directory that contains a home directory (refused: exit 125).
+    /// Workspace directory, writable inside at its own path (default: the current directory). Never `/`,
+    /// a directory that contains a home directory, nor one in a home's dot-directory (exit 125).
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
     /// The audit log's signing key (default: the policy's [audit] key, else audit.key beside the log).

@@ -124,13 +124,19 @@ pub fn run(args: &RunArgs) -> CmdResult {
             .map(|p| ("a read_write path", p)),
     ) {
         let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
-        if let Some(home) = home_within(&path) {
+        if let Some((home, inside)) = home_conflict(&path) {
+            let how = if inside {
+                format!(
+                    "it lies in a dot-directory of the home directory {}",
+                    home.display()
+                )
+            } else {
+                format!("it contains the home directory {}", home.display())
+            };
             return Err(refused(format!(
-                "refusing to make {} {what}: it contains the home directory {}, whose files \
-                 (~/.ssh, ~/.gitconfig, shell and systemd start-up files) act outside the sandbox; use \
-                 a project directory",
+                "refusing to make {} {what}: {how}, whose files (~/.ssh, ~/.gitconfig, ~/.config, \
+                 shell and systemd start-up files) act outside the sandbox; use a project directory",
                 path.display(),
-                home.display()
             )));
         }
     }
@@ -486,9 +492,10 @@ pub fn run(args: &RunArgs) -> CmdResult {
     Ok(code)
 }
 
-/// A home directory at or beneath `workspace`: the caller's (`$HOME`, the password database's) or any
-/// other user's listed in /etc/passwd (except `/`).
-fn home_within(workspace: &Path) -> Option<PathBuf> {
+/// A home directory at or beneath `workspace` (`false`), or one whose dot-directory holds it (`true`:
+/// `~/.config/x`, `~/.ssh`): the caller's (`$HOME`, the password database's) or any other user's listed
+/// in /etc/passwd (except `/`).
+fn home_conflict(workspace: &Path) -> Option<(PathBuf, bool)> {
     use std::io::Read;
     let mut homes: Vec<PathBuf> = sandbox::profile::caller_home().into_iter().collect();
     homes.extend(
@@ -511,7 +518,17 @@ fn home_within(workspace: &Path) -> Option<PathBuf> {
         .into_iter()
         .filter(|h| h.is_absolute() && h != Path::new("/"))
         .map(|h| std::fs::canonicalize(&h).unwrap_or(h))
-        .find(|h| h.starts_with(workspace))
+        .find_map(|h| {
+            if h.starts_with(workspace) {
+                return Some((h, false));
+            }
+            let first = workspace.strip_prefix(&h).ok()?.components().next()?;
+            first
+                .as_os_str()
+                .to_string_lossy()
+                .starts_with('.')
+                .then_some((h, true))
+        })
 }
 
 /// Writes `session.end`, the head file, and the summary line.

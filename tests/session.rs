@@ -679,9 +679,12 @@ fn a_home_directory_or_what_contains_one_is_never_the_workspace() {
     let project = home.join("project");
     std::fs::create_dir_all(&project).unwrap();
     let state = tmp.path().join("state");
+    let dot = home.join(".config/git");
+    std::fs::create_dir_all(&dot).unwrap();
     for (ws, refused) in [
         (home.clone(), true),
         (tmp.path().to_path_buf(), true),
+        (dot.clone(), true),
         (project.clone(), false),
     ] {
         let out = common::zt_with(

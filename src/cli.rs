@@ -303,6 +303,7 @@ pub fn main() -> ExitCode {
         }
     };
     match dispatch(cli.command) {
+        Ok(0) if crate::exit::stdout_failed() => ExitCode::from(crate::exit::FAILED),
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
             let _ = std::io::stdout().flush();

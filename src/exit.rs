@@ -59,16 +59,24 @@ pub type CmdResult = Result<u8, Failure>;
 /// Writes one line of a command's output to stdout (see `outln!`).
 pub fn print_line(args: std::fmt::Arguments) {
     use std::io::Write;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    static SAID: AtomicBool = AtomicBool::new(false);
+    use std::sync::atomic::Ordering;
+
     let mut out = std::io::stdout().lock();
     match out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
         Err(e) => {
-            if !SAID.swap(true, Ordering::Relaxed) {
+            if !STDOUT_FAILED.swap(true, Ordering::Relaxed) {
                 eprintln!("zt-aas: cannot write to stdout: {e}");
             }
         }
     }
+}
+
+static STDOUT_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether some output could not be written (other than to a reader that stopped early): the command
+/// then fails (a full disk must not leave an empty token file behind a success).
+pub fn stdout_failed() -> bool {
+    STDOUT_FAILED.load(std::sync::atomic::Ordering::Relaxed)
 }

@@ -315,6 +315,20 @@ fn inspect_survives_extreme_times_and_a_reader_that_stops_early() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // Output that cannot be written (a full disk) is a failure, not a silent success.
+    let out = std::process::Command::new(common::ZT)
+        .args(["token", "inspect", "good.tok"])
+        .current_dir(dir.path())
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

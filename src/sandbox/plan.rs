@@ -189,7 +189,7 @@ pub fn build(input: &PlanInput) -> Result<Plan, PlanError> {
             if under_any(&real, &writable).is_none() && !other_names(&real, &writable)?.is_empty() {
                 use std::os::unix::fs::MetadataExt;
                 let n = fs::metadata(&real).map(|m| m.nlink()).unwrap_or(2);
-                return Err(hard_links(&real, n, &writable));
+                return Err(hard_links(&real, n));
             }
         }
     }
@@ -320,22 +320,19 @@ fn other_names(p: &Path, writable: &[PathBuf]) -> Result<Vec<PathBuf>, PlanError
         .iter()
         .any(|w| fs::metadata(w).is_ok_and(|m| m.dev() == meta.dev()));
     if found.len() as u64 + 1 < meta.nlink() && shared {
-        return Err(hard_links(p, meta.nlink(), writable));
+        return Err(hard_links(p, meta.nlink()));
     }
     // Only the names in a writable path need covering.
     found.retain(|f| under_any(f, writable).is_some());
     Ok(found)
 }
 
-fn hard_links(p: &Path, n: u64, writable: &[PathBuf]) -> PlanError {
+fn hard_links(p: &Path, n: u64) -> PlanError {
     PlanError::Invalid(format!(
         "{} has {n} names (hard links): one in a writable path would let the agent write it whatever is \
-         bound over this one. Remove the other links (`find {} -xdev -samefile {}`), or copy the file",
+         bound over this one. Remove the other links (`find / -xdev -samefile {}` lists them), or \
+         replace the file by a copy",
         p.display(),
-        writable
-            .first()
-            .map(|w| w.display().to_string())
-            .unwrap_or_default(),
         p.display()
     ))
 }

@@ -209,7 +209,10 @@ impl Profile {
         })?;
         let mut profile = match &raw.extends {
             // A relative path is relative to the file that names it.
-            Some(parent) if parent.contains('/') && !parent.starts_with('/') => {
+            Some(parent)
+                if (parent.contains('/') || parent.ends_with(".toml"))
+                    && !parent.starts_with('/') =>
+            {
                 let base = Path::new(name_or_path).parent().unwrap_or(Path::new("."));
                 Self::load_depth(&base.join(parent).display().to_string(), depth + 1)?
             }
@@ -387,6 +390,17 @@ mod tests {
             Profile::load("nope"),
             Err(ProfileError::Unknown(_))
         ));
+    }
+
+    #[test]
+    fn a_relative_extends_is_relative_to_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("base.toml"), "[limits]\nnproc = 7\n").unwrap();
+        let p = dir.path().join("p.toml");
+        std::fs::write(&p, "extends = \"base.toml\"\n").unwrap();
+        let profile = Profile::load(p.to_str().unwrap()).unwrap();
+        assert_eq!(profile.limits.nproc, Some(7));
+        assert_eq!(profile.files.len(), 2, "{:?}", profile.files);
     }
 
     #[test]

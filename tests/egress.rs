@@ -221,9 +221,15 @@ fn allowed_host_works_from_curl_and_python_with_the_credential_injected_outside(
         .iter()
         .all(|d| d["args"]["host"] == "allowed.test" && d["args"]["method"] == "GET"));
     assert_eq!(decisions.len(), results.len(), "{records:?}");
-    assert!(results.iter().all(|r| r["ok"] == true
-        && r["bytes_down"].as_u64() > Some(0)
-        && r["duration_ms"].is_u64()));
+    // The GETs have no body: what went up is the request head, and it is counted.
+    assert!(
+        results.iter().all(|r| r["ok"] == true
+            && r["bytes_up"].as_u64() > Some(0)
+            && r["bytes_down"].as_u64() > Some(0)
+            && r["duration_ms"].is_u64()
+            && r["addresses"].as_array().is_some_and(|a| !a.is_empty())),
+        "{results:?}"
+    );
     let log = std::fs::read_to_string(p.dir.join("audit.jsonl")).unwrap();
     assert!(!log.contains(SECRET), "the secret is in the audit log");
     p.verify();
@@ -254,7 +260,9 @@ fn denied_and_unlisted_hosts_get_403_and_a_deny_record() {
     );
     // localhost is allowed by name but resolves (for real: no test mapping) to loopback.
     assert!(
-        stdout.contains("HTTP 403 http://localhost/ zt-aas: localhost resolves to"),
+        stdout.contains(
+            "HTTP 403 http://localhost/ zt-aas: localhost resolves to a non-public address"
+        ),
         "{stdout}"
     );
     assert!(up.seen().is_empty(), "{:?}", up.seen());
@@ -266,10 +274,16 @@ fn denied_and_unlisted_hosts_get_403_and_a_deny_record() {
         .collect();
     assert_eq!(
         checks,
-        ["network_deny", "network_not_allowed", "private_address"],
+        ["network_deny", "network_not_allowed"],
         "{records:?}"
     );
-    assert!(net_records(&records, "result").is_empty());
+    // localhost is resolved only once the token allowed it; the private address is then refused, in a
+    // result record that says so.
+    let results = net_records(&records, "result");
+    assert_eq!(results.len(), 1, "{records:?}");
+    assert_eq!(results[0]["check"], "private_address", "{records:?}");
+    assert_eq!(results[0]["decision"], "deny", "{records:?}");
+    assert_eq!(results[0]["ok"], false, "{records:?}");
     p.verify();
 }
 
@@ -351,17 +365,28 @@ fn target_tricks_are_refused_and_the_proxy_stays_up() {
 fn a_token_bound_to_other_hosts_does_not_open_an_allowlisted_one() {
     let up = Upstream::start();
     let p = Project::proxy();
-    // The policy allows xn--bcher-kva.test (listed exactly) but the token's host constraint does not.
+    // The policy allows xn--bcher-kva.test (listed exactly) and *.wild.test but the token's host
+    // constraint does not: refused by the token, and never looked up (a DNS query for a name the agent
+    // chose would carry its data out, to whoever serves that zone).
     let out = p.run(
         &up,
-        &raw_requests(&["CONNECT xn--bcher-kva.test:443 HTTP/1.1\r\n\r\n".to_string()]),
+        &raw_requests(&[
+            "CONNECT xn--bcher-kva.test:443 HTTP/1.1\r\n\r\n".to_string(),
+            "CONNECT exfil-secret-42.wild.test:443 HTTP/1.1\r\n\r\n".to_string(),
+        ]),
     );
     let stdout = text(&out.stdout);
     assert!(stdout.contains("STATUS HTTP/1.1 403"), "{stdout}");
     let records = p.records();
     let d = net_records(&records, "decision");
-    assert_eq!(d.len(), 1);
-    assert_eq!(d[0]["check"], "argument_outside_constraint", "{:?}", d[0]);
+    assert_eq!(d.len(), 2, "{records:?}");
+    for decision in &d {
+        assert_eq!(
+            decision["check"], "argument_outside_constraint",
+            "{decision:?}"
+        );
+    }
+    assert!(net_records(&records, "result").is_empty(), "{records:?}");
     assert!(up.seen().is_empty());
 }
 

@@ -229,11 +229,17 @@ impl Mediator {
         body.action = Some("net.connect".into());
         body.args = json!(r.args);
         body.token = r.token;
-        body.decision = Some("allow".into());
-        body.reason = Some(match &r.error {
-            None => "succeeded".into(),
-            Some(e) => format!("failed: {e}"),
+        // Allowed, then refused before connecting (what the name resolved to): a denial, with its check.
+        body.decision = Some(if r.check.is_some() { "deny" } else { "allow" }.into());
+        body.reason = Some(match (&r.check, &r.error) {
+            (Some(_), Some(e)) => format!("refused: {e}"),
+            (_, None) => "succeeded".into(),
+            (_, Some(e)) => format!("failed: {e}"),
         });
+        if let Some(check) = r.check {
+            body.extra.insert("check".into(), json!(check));
+        }
+        body.extra.insert("addresses".into(), json!(r.addresses));
         body.extra.insert("ok".into(), json!(r.ok));
         body.extra.insert("via".into(), json!("proxy"));
         body.extra.insert("bytes_up".into(), json!(r.bytes_up));

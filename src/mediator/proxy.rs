@@ -13,12 +13,13 @@
 //!    dots, uppercase, malformed ports are refused; punycode (`xn--`) only when `allow` lists it exactly;
 //! 3. `[network] deny`, then `allow` (exact names, `*.suffix`, optional `:port`; without a port an entry
 //!    covers 80 and 443);
-//! 4. resolve the name (only once it is allowed) and refuse private, loopback, link-local, CGNAT,
-//!    multicast, reserved and unspecified addresses unless `allow_private` names the host;
-//! 5. the supervisor's loop decides the call `net.connect {host, port, method}` like any other (rules,
-//!    a token's capability, limits) and appends the decision record durably — only then does the proxy
-//!    connect, to the addresses it checked (never resolving again);
-//! 6. forward, then a `result` record with the bytes each way and the duration.
+//! 4. the supervisor's loop decides the call `net.connect {host, port, method}` like any other (rules,
+//!    a token's capability, limits) and appends the decision record durably;
+//! 5. only then is the name resolved (a name no token allows is never looked up: DNS labels would carry
+//!    data out), and private, loopback, link-local, CGNAT, multicast, reserved and unspecified addresses
+//!    are refused unless `allow_private` names the host (a `result` record with `check`); the proxy
+//!    connects to exactly the addresses it checked (never resolving again);
+//! 6. forward, then a `result` record with the addresses, the bytes each way and the duration.
 //!
 //! Every refusal is answered (400/403/502/503, with the reason in the body) and recorded.
 
@@ -76,6 +77,10 @@ pub struct NetResult {
     pub token: Option<String>,
     pub ok: bool,
     pub error: Option<String>,
+    /// Refused after the decision, before connecting (`private_address`, `resolve_failed`).
+    pub check: Option<&'static str>,
+    /// What the name resolved to.
+    pub addresses: Vec<String>,
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub duration_ms: u64,
@@ -677,36 +682,48 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
 }
 
 /// Resolves an allowed host (the test override first, when built with it) and checks every address.
-fn resolve(host: &str, port: u16, config: &Config) -> Result<Vec<SocketAddr>, Refused> {
+/// Resolves an allowed name; a refusal comes with the record's reason and what the agent is told
+/// (without the addresses).
+fn resolve(host: &str, port: u16, config: &Config) -> Result<Vec<SocketAddr>, (Refused, String)> {
     if let Some(addr) = config.test_resolve.get(host) {
-        return Ok(vec![*addr]);
+        return Ok(vec![*addr]); // (a test-utils mapping to a loopback upstream, on purpose)
     }
+    let failed = |reason: String| {
+        let refused = Refused {
+            status: 502,
+            check: "resolve_failed",
+            reason: reason.clone(),
+        };
+        (refused, reason)
+    };
     let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
-        .map_err(|e| Refused {
-            status: 502,
-            check: "resolve_failed",
-            reason: format!("cannot resolve {host}: {e}"),
-        })?
+        .map_err(|e| failed(format!("cannot resolve {host}: {e}")))?
         .collect();
     if addrs.is_empty() {
-        return Err(Refused {
-            status: 502,
-            check: "resolve_failed",
-            reason: format!("{host} has no address"),
-        });
+        return Err(failed(format!("{host} has no address")));
     }
+    check_addresses(host, addrs, config)
+}
+
+fn check_addresses(
+    host: &str,
+    addrs: Vec<SocketAddr>,
+    config: &Config,
+) -> Result<Vec<SocketAddr>, (Refused, String)> {
     if !config.allow_private.iter().any(|h| h == host) {
         if let Some(a) = addrs.iter().find(|a| !is_public(a.ip())) {
-            return Err(Refused {
+            let why = "(private, loopback, link-local or reserved): refused unless [network] \
+                       allow_private names it";
+            let refused = Refused {
                 status: 403,
                 check: "private_address",
-                reason: format!(
-                    "{host} resolves to {} (private, loopback, link-local or reserved): refused \
-                     unless [network] allow_private names it",
-                    a.ip()
-                ),
-            });
+                reason: format!("{host} resolves to {} {why}", a.ip()),
+            };
+            return Err((
+                refused,
+                format!("{host} resolves to a non-public address {why}"),
+            ));
         }
     }
     Ok(addrs)
@@ -792,18 +809,11 @@ fn serve(mut client: TcpStream, shared: &Shared) {
             &shared.config.deny,
         )?;
         check_method(&head.host, &head.method, &shared.config.methods)?;
-        let addrs = resolve(&head.host, head.port, &shared.config)?;
-        Ok((head, rest, addrs))
+        Ok((head, rest))
     });
     let (reply, verdict) = mpsc::channel();
     let (refusal, status) = match &checked {
-        Ok((_, _, addrs)) => {
-            extra.insert(
-                "addresses".into(),
-                json!(addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>()),
-            );
-            (None, 403)
-        }
+        Ok(_) => (None, 403),
         Err(r) => (Some((r.check, r.reason.clone())), r.status),
     };
     let call = NetCall {
@@ -827,27 +837,42 @@ fn serve(mut client: TcpStream, shared: &Shared) {
             return;
         }
     };
-    let (head, rest, addrs) = match checked {
+    let (head, rest) = match checked {
         Ok(c) if verdict.allowed => c,
         _ => {
             respond(&mut client, status, &format!("zt-aas: {}", verdict.reason));
             return;
         }
     };
-    let outcome = forward(&mut client, &head, rest, &addrs, &shared.config);
-    let (ok, error, up, down) = match outcome {
-        Ok((up, down)) => (true, None, up, down),
-        Err((e, up, down)) => (false, Some(e), up, down),
-    };
-    shared.send(ToMediator::Done(NetResult {
+    let mut result = NetResult {
         args,
         token: verdict.token,
-        ok,
-        error,
-        bytes_up: up,
-        bytes_down: down,
-        duration_ms: started.elapsed().as_millis() as u64,
-    }));
+        ok: false,
+        error: None,
+        check: None,
+        addresses: Vec::new(),
+        bytes_up: 0,
+        bytes_down: 0,
+        duration_ms: 0,
+    };
+    match resolve(&head.host, head.port, &shared.config) {
+        Err((refused, told)) => {
+            // The agent is told why, but not the addresses of a name it may not reach.
+            respond(&mut client, refused.status, &format!("zt-aas: {told}"));
+            result.check = Some(refused.check);
+            result.error = Some(refused.reason);
+        }
+        Ok(addrs) => {
+            result.addresses = addrs.iter().map(|a| a.to_string()).collect();
+            let outcome = forward(&mut client, &head, rest, &addrs, &shared.config);
+            (result.ok, result.error, result.bytes_up, result.bytes_down) = match outcome {
+                Ok((up, down)) => (true, None, up, down),
+                Err((e, up, down)) => (false, Some(e), up, down),
+            };
+        }
+    }
+    result.duration_ms = started.elapsed().as_millis() as u64;
+    shared.send(ToMediator::Done(result));
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -937,11 +962,12 @@ fn forward(
         return Err(("upstream write failed".into(), 0, 0));
     }
     // The body: exactly Content-Length bytes; anything after it (a pipelined request) is never sent.
-    let mut up = 0u64;
+    // (bytes_up counts the head too: its path and headers carry the agent's data as well.)
+    let mut up = out.len() as u64;
     let mut left = head.content_length;
     let first = rest.len().min(left as usize);
     if upstream.write_all(&rest[..first]).is_err() {
-        return Err(("upstream write failed".into(), 0, 0));
+        return Err(("upstream write failed".into(), up, 0));
     }
     up += first as u64;
     left -= first as u64;

@@ -305,6 +305,11 @@ fn other_names(p: &Path, writable: &[PathBuf]) -> Result<Vec<PathBuf>, PlanError
                 continue;
             };
             for entry in entries.flatten().take(100_000) {
+                use std::os::unix::fs::DirEntryExt;
+                // The inode number comes with the entry: a stat only for a match (same device?).
+                if entry.ino() != meta.ino() {
+                    continue;
+                }
                 let path = entry.path();
                 let same = entry
                     .metadata()

@@ -759,8 +759,14 @@ fn read_head(stream: &mut TcpStream) -> Result<(String, Vec<u8>), Refused> {
     let deadline = Instant::now() + HEAD_TIMEOUT;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
+    // Where the search for the blank line resumes: only new bytes (and the 3 before them) are looked
+    // at, so a head sent a byte at a time costs linear time, not quadratic.
+    let mut searched: usize = 0;
     loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+        let from = searched.saturating_sub(3);
+        let found = buf[from..].windows(4).position(|w| w == b"\r\n\r\n");
+        searched = buf.len();
+        if let Some(end) = found.map(|i| from + i) {
             let rest = buf.split_off(end + 4);
             buf.truncate(end);
             let text = String::from_utf8(buf).map_err(|_| bad("the request head is not UTF-8"))?;
@@ -1107,6 +1113,31 @@ fn write_all_blocking(dst: &mut TcpStream, mut data: &[u8]) -> std::io::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_head_sent_a_byte_at_a_time_is_read_whole() {
+        // The blank line that ends the head arrives split across reads: it is still found, once.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_nodelay(true).unwrap();
+            for b in b"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\nBODY" {
+                s.write_all(&[*b]).unwrap();
+                s.flush().unwrap();
+            }
+        });
+        let (mut server, _) = listener.accept().unwrap();
+        let (head, mut rest) = read_head(&mut server).unwrap();
+        writer.join().unwrap();
+        assert_eq!(head, "GET http://a.test/ HTTP/1.1\r\nHost: a.test");
+        // What followed the head came with it, or is still in the socket.
+        let mut more = Vec::new();
+        let _ = server.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = server.read_to_end(&mut more);
+        rest.extend(more);
+        assert_eq!(rest, b"BODY");
+    }
 
     fn lists(host: &str, port: u16) -> Result<(), Refused> {
         let (h, p, puny) = check_authority(&format!("{host}:{port}"), None)?;

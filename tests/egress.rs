@@ -391,6 +391,63 @@ fn a_token_bound_to_other_hosts_does_not_open_an_allowlisted_one() {
 }
 
 #[test]
+fn a_verdict_the_proxy_stopped_waiting_for_is_a_recorded_refusal_not_a_use() {
+    // A brokered command holds the supervisor's loop for 3 s; the proxy waits 1 s (a test-utils knob)
+    // for the verdict on a connection, then answers 503. The call must not be recorded as allowed (nor
+    // its use counted) for a connection that never happened.
+    let up = Upstream::start();
+    let p = Project::new(
+        "[network]\nmode = \"proxy\"\nallow = [\"allowed.test\"]\n\
+         [[action]]\nname = \"slow\"\nrun = [\"sleep\", \"3\"]\n\
+         [[rule]]\neffect = \"allow\"\nactions = [\"slow\"]\n",
+    );
+    p.token("t.tok", &["--arg", r"host=^allowed\.test$"]);
+    common::issue_bot_token(|d, a| zt(d, a, &[]), &p.dir, "slow", "slow.tok", &[]);
+    let script = format!(
+        "zt-aas call slow > /dev/null & sleep 0.5; {}; wait",
+        raw_requests(&[
+            "GET http://allowed.test/late HTTP/1.1\r\nHost: allowed.test\r\n\r\n".into()
+        ])
+    );
+    let resolve = format!("allowed.test=127.0.0.1:{}", up.port);
+    let out = zt(
+        &p.dir,
+        &[
+            "run",
+            "--policy",
+            "policy.toml",
+            "--token",
+            "t.tok",
+            "--token",
+            "slow.tok",
+            "--workspace",
+            ".",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        &[
+            ("ZT_AAS_TEST_RESOLVE", resolve.as_str()),
+            ("ZT_AAS_TEST_DECISION_TIMEOUT_MS", "1000"),
+        ],
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("STATUS HTTP/1.1 503"),
+        "{stdout} {}",
+        text(&out.stderr)
+    );
+    let records = p.records();
+    let d = net_records(&records, "decision");
+    assert_eq!(d.len(), 1, "{records:?}");
+    assert_eq!(d[0]["decision"], "deny", "{:?}", d[0]);
+    assert_eq!(d[0]["check"], "decision_timeout", "{:?}", d[0]);
+    assert!(up.seen().is_empty(), "{:?}", up.seen());
+    p.verify();
+}
+
+#[test]
 fn direct_sockets_are_still_refused_in_proxy_mode() {
     let up = Upstream::start();
     let p = Project::proxy();

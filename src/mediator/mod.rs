@@ -184,10 +184,21 @@ impl Mediator {
             spoofed: Map::new(),
         };
         let mut counts = None;
+        // A margin: the proxy must still be waiting when the verdict arrives.
+        let late =
+            std::time::Instant::now() + std::time::Duration::from_millis(500) >= call.deadline;
         let decision = match call.refusal {
             Some((check, reason)) => {
                 extra.insert("check".into(), json!(check));
                 Decision::deny(Check::Malformed, reason)
+            }
+            None if late => {
+                extra.insert("check".into(), json!("decision_timeout"));
+                Decision::deny(
+                    Check::Malformed,
+                    "the proxy stopped waiting for a decision (the supervisor was busy): refused, \
+                     no use counted",
+                )
             }
             None => match self.lock_counts() {
                 Ok(lock) => {

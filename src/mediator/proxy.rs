@@ -63,6 +63,9 @@ pub struct NetCall {
     /// Set when the proxy itself refused the request: (check code, reason). The loop records it.
     pub refusal: Option<(&'static str, String)>,
     pub reply: Sender<Verdict>,
+    /// When the proxy stops waiting for the verdict (it answers 503): a call decided later would be
+    /// recorded, and its use counted, for a connection that never happens.
+    pub deadline: Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +152,19 @@ fn test_resolve() -> Result<BTreeMap<String, SocketAddr>, String> {
 #[cfg(not(feature = "test-utils"))]
 fn test_resolve() -> Result<BTreeMap<String, SocketAddr>, String> {
     Ok(BTreeMap::new())
+}
+
+/// How long a connection waits for the supervisor's verdict ([`DECISION_TIMEOUT`]; test-utils builds
+/// take `ZT_AAS_TEST_DECISION_TIMEOUT_MS`, so that a test need not wait half a minute).
+fn decision_timeout() -> Duration {
+    #[cfg(feature = "test-utils")]
+    if let Some(ms) = std::env::var("ZT_AAS_TEST_DECISION_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Duration::from_millis(ms);
+    }
+    DECISION_TIMEOUT
 }
 
 /// The supervisor's handle on a running proxy.
@@ -827,12 +843,13 @@ fn serve(mut client: TcpStream, shared: &Shared) {
         extra,
         refusal,
         reply,
+        deadline: Instant::now() + decision_timeout(),
     };
     if !shared.send(ToMediator::Call(call)) {
         respond(&mut client, 503, "zt-aas proxy: the session is ending");
         return;
     }
-    let verdict = match verdict.recv_timeout(DECISION_TIMEOUT) {
+    let verdict = match verdict.recv_timeout(decision_timeout()) {
         Ok(v) => v,
         Err(_) => {
             respond(

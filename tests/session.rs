@@ -631,6 +631,12 @@ fn host_tempdir(prefix: &str) -> tempfile::TempDir {
         .expect("tempdir")
 }
 
+/// Where a test's planted hook or fsmonitor would leave its mark if the user's git ran it: beside `ws`,
+/// named after it (unique, and outside the sandbox's reach).
+fn pwned_marker(ws: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.ran-the-agents-code", ws.display()))
+}
+
 /// A plain workspace under /tmp (no policy: the built-in default applies).
 fn plain_workspace() -> (tempfile::TempDir, PathBuf) {
     let tmp = host_tempdir("zt-plain.");
@@ -1032,7 +1038,7 @@ fn host_git(dir: &Path, args: &[&str]) -> Output {
 fn git_redirection_planted_by_the_agent_is_quarantined_before_the_users_git_runs() {
     let (_t, ws) = plain_workspace();
     assert!(host_git(&ws, &["init", "-q"]).status.success());
-    let pwned = ws.with_extension("pwned");
+    let pwned = pwned_marker(&ws);
     let script = format!(
         "mkdir -p evil && cp -r .git/objects .git/refs .git/HEAD evil/; \
          printf '[core]\\n\\trepositoryformatversion = 0\\n\\tfsmonitor = \"touch {} ; false\"\\n' > evil/config; \
@@ -1064,7 +1070,7 @@ fn hooks_named_by_core_hookspath_are_read_only_even_before_they_exist() {
             std::fs::create_dir_all(ws.join(".husky/_")).unwrap();
             std::fs::write(ws.join(".husky/_/pre-commit"), "#!/bin/sh\nexit 0\n").unwrap();
         }
-        let pwned = ws.with_extension("pwned");
+        let pwned = pwned_marker(&ws);
         let out = run_sh(
             &ws,
             &format!(
@@ -1118,7 +1124,7 @@ fn a_config_file_the_repository_includes_from_the_workspace_is_guarded_like_git_
             std::fs::write(ws.join(".gitconfig-shared"), "[user]\n\tname = a\n").unwrap();
         }
         let before = std::fs::read(ws.join(".gitconfig-shared")).ok();
-        let pwned = ws.with_extension("pwned");
+        let pwned = pwned_marker(&ws);
         let out = run_sh(
             &ws,
             &format!(
@@ -1196,6 +1202,150 @@ fn submodule_and_worktree_work_inside_the_sandbox_stays_usable() {
     assert!(!ws.join("wt2").exists());
 }
 
+/// A workspace repository with a submodule `sub` registered in .gitmodules but not checked out (no
+/// `sub/.git`, no `.git/modules/sub`), as a fresh clone leaves it; its upstream lies in the workspace.
+fn repo_with_an_empty_submodule() -> (tempfile::TempDir, PathBuf) {
+    let (t, ws) = plain_workspace();
+    let src = ws.join("upstream");
+    std::fs::create_dir(&src).unwrap();
+    let git = |dir: &Path, args: &[&str]| {
+        let out = host_git(dir, args);
+        assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+    };
+    let id = ["-c", "user.name=a", "-c", "user.email=b"];
+    git(&src, &["init", "-q"]);
+    git(
+        &src,
+        &[&id[..], &["commit", "-q", "--allow-empty", "-m", "s"]].concat(),
+    );
+    git(&ws, &["init", "-q"]);
+    git(
+        &ws,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "add",
+            "-q",
+            src.to_str().unwrap(),
+            "sub",
+        ],
+    );
+    git(&ws, &[&id[..], &["commit", "-q", "-m", "add"]].concat());
+    git(&ws, &["submodule", "deinit", "-q", "-f", "sub"]);
+    std::fs::remove_dir_all(ws.join(".git/modules/sub")).unwrap();
+    (t, ws)
+}
+
+#[test]
+fn the_after_run_check_cannot_be_steered_outside_the_workspace_or_around_itself() {
+    let evil = |pwned: &Path| {
+        format!(
+            "[core]\\n\\tbare = false\\n\\tfsmonitor = \"touch {} ; false\"\\n",
+            pwned.display()
+        )
+    };
+    // 1. `sub` replaced by a symlink to a repository outside: the check must not move its .git.
+    let (_t, ws) = repo_with_an_empty_submodule();
+    let (_v, victim) = plain_workspace();
+    assert!(host_git(&victim, &["init", "-q"]).status.success());
+    let out = run_sh(
+        &ws,
+        &format!("rmdir sub && ln -s {} sub && echo LINKED", victim.display()),
+    );
+    assert!(
+        text(&out.stdout).contains("LINKED"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        victim.join(".git").is_dir(),
+        "the check moved a .git outside the workspace"
+    );
+    // 2. A pointer to a module directory the walk does not reach (too deep), or whose HEAD is a symlink.
+    for (dir, head_link) in [
+        (".git/modules/a/b/c/d/e/f/g/h/i/j/k/l", false),
+        (".git/modules/s2", true),
+    ] {
+        let (_t, ws) = repo_with_an_empty_submodule();
+        let pwned = pwned_marker(&ws);
+        let make = if head_link {
+            format!("mkdir -p {dir} && cp -r .git/objects .git/refs {dir}/ && ln -s refs/heads/master {dir}/HEAD")
+        } else {
+            format!("mkdir -p $(dirname {dir}) && git init -q --bare {dir}")
+        };
+        let out = run_sh(
+            &ws,
+            &format!(
+                "{make} && printf '{}' > {dir}/config && echo 'gitdir: ../{dir}' > sub/.git",
+                evil(&pwned).replace('\n', "\\n").replace('\t', "\\t")
+            ),
+        );
+        let _ = host_git(&ws, &["status"]);
+        assert!(
+            !pwned.exists(),
+            "{dir}: the user's git ran the agent's config: {}",
+            text(&out.stderr)
+        );
+    }
+    // 3. A worktree checked out inside the workspace: its .git pointer rewritten.
+    let (_t, ws) = plain_workspace();
+    assert!(host_git(&ws, &["init", "-q"]).status.success());
+    assert!(host_git(
+        &ws,
+        &[
+            "-c",
+            "user.name=a",
+            "-c",
+            "user.email=b",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "s"
+        ]
+    )
+    .status
+    .success());
+    assert!(host_git(&ws, &["worktree", "add", "-q", "wt-in"])
+        .status
+        .success());
+    let pwned = pwned_marker(&ws);
+    let out = run_sh(
+        &ws,
+        &format!(
+            "git init -q --bare .evilgit && printf '{}' > .evilgit/config && \
+             echo 'gitdir: ../.evilgit' > wt-in/.git && echo POINTED",
+            evil(&pwned).replace('\n', "\\n").replace('\t', "\\t")
+        ),
+    );
+    assert!(
+        text(&out.stdout).contains("POINTED"),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = host_git(&ws.join("wt-in"), &["status"]);
+    assert!(
+        !pwned.exists(),
+        "the user's git in the worktree ran the agent's config"
+    );
+    // 4. A module config whose core.worktree is the hooks directory: a checkout there writes hooks.
+    let (_t, ws) = repo_with_an_empty_submodule();
+    let out = run_sh(
+        &ws,
+        "git -c protocol.file.allow=always submodule update -q --init 2>/dev/null; \
+         mkdir -p .git/modules/x && cp -r .git/objects .git/refs .git/HEAD .git/modules/x/ && \
+         printf '[core]\\n\\trepositoryformatversion = 0\\n\\tbare = false\\n\\tworktree = ../../hooks\\n' \
+           > .git/modules/x/config && echo 'gitdir: ../.git/modules/x' > sub/.git; true",
+    );
+    let config = std::fs::read_to_string(ws.join(".git/modules/x/config")).unwrap_or_default();
+    assert!(
+        !config.contains("worktree = ../../hooks"),
+        "a core.worktree into .git was kept: {}",
+        text(&out.stderr)
+    );
+}
+
 #[test]
 fn junk_in_the_git_directory_cannot_outrun_the_checks() {
     // Thousands of entries in .git/modules: the walk is bounded, so the next run refuses to start
@@ -1256,7 +1406,7 @@ fn submodule_and_linked_worktree_git_directories_cannot_be_turned_against_the_us
     let wt = outside.join("wt");
     git(&ws, &["worktree", "add", "-q", wt.to_str().unwrap()]);
     let sub_config = std::fs::read(ws.join(".git/modules/sub/config")).unwrap();
-    let pwned = ws.with_extension("pwned");
+    let pwned = pwned_marker(&ws);
     let evil = format!(
         "[core]\n\trepositoryformatversion = 0\n\tfsmonitor = \"touch {} ; false\"\n",
         pwned.display()
@@ -1319,7 +1469,7 @@ fn a_repository_made_by_the_agent_keeps_plain_config_and_loses_executable_config
         "the agent's plain repository is usable"
     );
     let (_t2, ws2) = plain_workspace();
-    let pwned = ws2.with_extension("pwned");
+    let pwned = pwned_marker(&ws2);
     let script = format!(
         "git init -q && printf '[core]\\n\\tfsmonitor = \"touch {} ; false\"\\n' >> .git/config",
         pwned.display()
@@ -1593,7 +1743,7 @@ fn a_setting_hidden_on_a_section_header_line_is_quarantined() {
         "[core]fsmonitor=touch {} ; false]",
     ] {
         let (_t, ws) = plain_workspace();
-        let pwned = ws.with_extension("pwned");
+        let pwned = pwned_marker(&ws);
         let line = line.replace("{}", &pwned.display().to_string());
         let script = format!("git init -q && printf '%s\\n' '{line}' >> .git/config");
         let out = run_sh(&ws, &script);
@@ -1631,7 +1781,7 @@ fn a_supervisor_failure_still_kills_the_sandbox_quarantines_and_seals_the_sessio
     // ZT_AAS_TEST_PANIC (test-utils) makes the mediator panic on the first request: whatever the bug,
     // the agent must not outlive it, its git config must still be quarantined, the log still sealed.
     let (_t, ws) = plain_workspace();
-    let pwned = ws.with_extension("pwned");
+    let pwned = pwned_marker(&ws);
     let script = format!(
         "git init -q && printf '[core]\\n\\tfsmonitor = \"touch {} ; false\"\\n' >> .git/config && \
          zt-aas call sys.ping; echo AFTER-CALL",
@@ -1669,7 +1819,7 @@ fn a_daemon_cannot_rewrite_git_config_after_the_quarantine_check() {
     // the repository, every process of the agent must already be gone, or the daemon would write again
     // after the check.
     let (_t, ws) = plain_workspace();
-    let pwned = ws.with_extension("pwned");
+    let pwned = pwned_marker(&ws);
     let daemon = format!(
         r#"import os, time
 if os.fork() == 0:

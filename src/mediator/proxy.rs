@@ -917,19 +917,24 @@ fn forward(
     config: &Config,
 ) -> Forwarded {
     let mut upstream = None;
-    let mut last = String::from("no address");
+    let (mut last, mut last_error) = (String::from("no address"), String::new());
     for a in addrs {
         match TcpStream::connect_timeout(a, CONNECT_TIMEOUT) {
             Ok(s) => {
                 upstream = Some(s);
                 break;
             }
-            Err(e) => last = format!("{a}: {e}"),
+            Err(e) => (last, last_error) = (format!("{a}: {e}"), e.to_string()),
         }
     }
     let Some(mut upstream) = upstream else {
+        // The record names the address; the agent is told the error only.
+        let told = format!(
+            "cannot connect to {}:{} ({last_error})",
+            head.host, head.port
+        );
+        respond(client, 502, &format!("zt-aas: {told}"));
         let reason = format!("cannot connect to {}:{} ({last})", head.host, head.port);
-        respond(client, 502, &format!("zt-aas: {reason}"));
         return Err((reason, 0, 0));
     };
     let _ = upstream.set_write_timeout(Some(IDLE_TIMEOUT));

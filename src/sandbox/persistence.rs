@@ -47,6 +47,9 @@ pub struct GitDirs {
     /// The `.git` of each submodule checkout `.gitmodules` names (a `gitdir:` file, a directory, or
     /// nothing yet): where the user's git goes when it recurses into the submodule.
     pub pointers: Vec<PathBuf>,
+    /// The `.git` file of each linked worktree checked out inside the workspace (checked after the run,
+    /// not bound: the agent may `git worktree remove` it).
+    pub worktree_pointers: Vec<PathBuf>,
     /// The walk ran out of budget: what is listed is not all there is (see [`WALK_BUDGET`]).
     pub truncated: bool,
 }
@@ -80,6 +83,16 @@ pub fn git_dirs(workspace: &Path) -> GitDirs {
         }
         dirs.pointers.push(pointer);
     }
+    // The `.git` file of each linked worktree checked out inside the workspace: git run there follows it.
+    for w in &dirs.worktrees {
+        let Some(text) = read_config(&w.join("gitdir")) else {
+            continue;
+        };
+        let pointer = PathBuf::from(text.trim_end_matches(['\n', '\r']));
+        if pointer.is_absolute() && pointer.starts_with(workspace) {
+            dirs.worktree_pointers.push(pointer);
+        }
+    }
     dirs.truncated = budget == 0;
     dirs.top = Some(top);
     dirs
@@ -110,12 +123,21 @@ fn subdirs(dir: &Path, budget: &mut usize) -> Vec<PathBuf> {
 
 /// Under `.git/modules`: a directory holding `HEAD` is a submodule's git directory (whose own `modules`
 /// holds its submodules); any other is part of a submodule's name (`libs/foo`).
+/// Running out of depth counts as running out of budget: what lies deeper is not seen.
 fn walk_modules(dir: &Path, depth: usize, budget: &mut usize, out: &mut Vec<PathBuf>) {
+    let subs = subdirs(dir, budget);
     if depth > WALK_DEPTH {
+        if !subs.is_empty() {
+            *budget = 0;
+        }
         return;
     }
-    for sub in subdirs(dir, budget) {
-        if std::fs::symlink_metadata(sub.join("HEAD")).is_ok_and(|m| m.is_file()) {
+    for sub in subs {
+        // Whatever its type (git takes a symlinked HEAD), a HEAD, config or commondir makes it one.
+        let is_git_dir = ["HEAD", "config", "commondir"]
+            .iter()
+            .any(|f| std::fs::symlink_metadata(sub.join(f)).is_ok());
+        if is_git_dir {
             walk_modules(&sub.join("modules"), depth + 1, budget, out);
             out.push(sub);
         } else {
@@ -129,6 +151,7 @@ fn walk_modules(dir: &Path, depth: usize, budget: &mut usize, out: &mut Vec<Path
 fn watched(workspace: &Path, dirs: &GitDirs) -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = config_includes(workspace);
     paths.extend(dirs.pointers.iter().cloned());
+    paths.extend(dirs.worktree_pointers.iter().cloned());
     for (list, names) in [
         (dirs.top.as_slice(), WATCHED),
         (dirs.modules.as_slice(), WATCHED_MODULE),
@@ -158,10 +181,24 @@ fn read_git_config(path: &Path, depth: usize, out: &mut GitConfig) {
     let Some(text) = read_config(path) else {
         return;
     };
-    // A backslash at the end of a line continues the value on the next.
-    let text = text.replace("\\\n", "");
-    let (mut section, mut sub) = (String::new(), false);
+    // A backslash at the end of a setting's line continues its value on the next (not a comment's).
+    let mut lines: Vec<String> = Vec::new();
+    let mut continued = false;
     for raw in text.lines() {
+        let is_comment = raw.trim_start().starts_with(['#', ';']);
+        match lines.last_mut() {
+            Some(last) if continued => last.push_str(raw),
+            _ => lines.push(raw.to_string()),
+        }
+        continued = !is_comment && raw.ends_with('\\');
+        if continued {
+            if let Some(last) = lines.last_mut() {
+                last.pop();
+            }
+        }
+    }
+    let (mut section, mut sub) = (String::new(), false);
+    for raw in &lines {
         let line = raw.trim();
         let body = match line.strip_prefix('[') {
             Some(rest) => {
@@ -464,7 +501,27 @@ pub fn quarantine_changes(snap: &GitSnapshot, session: &str) -> Vec<String> {
             paths.push(p.clone());
         }
     }
+    // The module directories and worktree admin directories as they really are now: a `.git` pointer
+    // may lead to one of them, nowhere else.
+    let known: Vec<PathBuf> = dirs
+        .modules
+        .iter()
+        .chain(&dirs.worktrees)
+        .filter_map(|d| std::fs::canonicalize(d).ok())
+        .collect();
     for path in paths {
+        if !beneath_without_symlinks(&path, &snap.workspace) {
+            // Reached through a symlink (the agent's, possibly to anywhere): never read, moved or
+            // trusted. Said, when something is there.
+            if std::fs::symlink_metadata(&path).is_ok() {
+                done.push(format!(
+                    "{} is reached through a symlink in the workspace: not checked; do not run git in \
+                     this workspace before reviewing it",
+                    path.display()
+                ));
+            }
+            continue;
+        }
         let before = before.get(path.as_path()).copied().flatten();
         let now = digest(&path);
         if now.is_none() || now == before {
@@ -484,9 +541,8 @@ pub fn quarantine_changes(snap: &GitSnapshot, session: &str) -> Vec<String> {
         if name == "commondir" && leads_to(&path, &snap.workspace.join(".git")) {
             continue; // a worktree the agent added (`git worktree add`): it shares this repository
         }
-        if name == ".git" && gitfile_leads_into(&path, &snap.workspace.join(".git").join("modules"))
-        {
-            continue; // `git submodule update`: the checkout points at its git directory in .git/modules
+        if name == ".git" && gitfile_leads_to_one_of(&path, &known) {
+            continue; // `git submodule update`, `git worktree add`: a checkout points at its git directory
         }
         let aside = dir.join(format!(
             "{name}.zt-aas-quarantine-{}",
@@ -520,7 +576,13 @@ fn worktree_inside(config: &Path, workspace: &Path) -> bool {
         .iter()
         .filter(|(section, sub, key, _)| section == "core" && !sub && key == "worktree")
         .all(|(_, _, _, v)| {
-            expand_path(v, base).is_some_and(|p| real_path(&p).starts_with(workspace))
+            expand_path(v, base).is_some_and(|p| {
+                let p = real_path(&p);
+                // Not into the git directory, nor the hooks directory: a checkout there writes hooks.
+                p.starts_with(workspace)
+                    && !p.starts_with(workspace.join(".git"))
+                    && hooks_path(workspace).map_or(true, |h| !p.starts_with(workspace.join(h)))
+            })
         })
 }
 
@@ -548,8 +610,33 @@ fn real_path(path: &Path) -> PathBuf {
     }
 }
 
-/// Whether a `.git` file (`gitdir: PATH`, relative to its own directory) leads beneath `modules`.
-fn gitfile_leads_into(gitfile: &Path, modules: &Path) -> bool {
+/// Whether every directory between `workspace` and `path` (exclusive) is a real directory, not a
+/// symlink: then `path` names something in the workspace (its last component is never followed: the
+/// digest does not follow it, and a rename moves a symlink itself).
+fn beneath_without_symlinks(path: &Path, workspace: &Path) -> bool {
+    let Ok(rel) = path.strip_prefix(workspace) else {
+        return false;
+    };
+    let mut cur = workspace.to_path_buf();
+    let parts: Vec<_> = rel.components().collect();
+    if parts.is_empty() {
+        return false;
+    }
+    for part in &parts[..parts.len() - 1] {
+        if !matches!(part, std::path::Component::Normal(_)) {
+            return false;
+        }
+        cur.push(part);
+        if !is_dir(&cur) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether a `.git` file (`gitdir: PATH`, relative to its own directory) leads to exactly one of `dirs`
+/// (canonical): a git directory that the checks above cover.
+fn gitfile_leads_to_one_of(gitfile: &Path, dirs: &[PathBuf]) -> bool {
     let Some(text) = read_config(gitfile) else {
         return false;
     };
@@ -562,13 +649,7 @@ fn gitfile_leads_into(gitfile: &Path, modules: &Path) -> bool {
     let Some(base) = gitfile.parent() else {
         return false;
     };
-    match (
-        std::fs::canonicalize(base.join(target)),
-        std::fs::canonicalize(modules),
-    ) {
-        (Ok(a), Ok(b)) => a.starts_with(&b) && a != b,
-        _ => false,
-    }
+    std::fs::canonicalize(base.join(target)).is_ok_and(|t| dirs.contains(&t))
 }
 
 /// Whether a `commondir` file names `git_dir` itself (relative to its own directory, as git reads it).
@@ -712,6 +793,7 @@ mod tests {
                 Some(".husky/_"),
             ),
             ("[core]\n\thooksPath = .hu\\\nsky\n", Some(".husky")),
+            ("[core]\n\t# note \\\n\thooksPath = hk1\n", Some("hk1")),
         ] {
             std::fs::write(
                 ws.join("shared.gitconfig"),

@@ -1152,36 +1152,8 @@ fn a_config_file_the_repository_includes_from_the_workspace_is_guarded_like_git_
 fn submodule_and_worktree_work_inside_the_sandbox_stays_usable() {
     // What the protections must not break: `git submodule update --init`, `git worktree add/remove`
     // from inside, across runs; and the user's git afterwards.
-    let (_t, ws) = plain_workspace();
-    // The submodule's upstream lies in the workspace, where the sandbox can clone it from.
-    let src = ws.join("upstream");
-    std::fs::create_dir(&src).unwrap();
-    let git = |dir: &Path, args: &[&str]| {
-        let out = host_git(dir, args);
-        assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
-    };
-    let id = ["-c", "user.name=a", "-c", "user.email=b"];
-    git(&src, &["init", "-q"]);
-    git(
-        &src,
-        &[&id[..], &["commit", "-q", "--allow-empty", "-m", "s"]].concat(),
-    );
-    git(&ws, &["init", "-q"]);
-    git(
-        &ws,
-        &[
-            "-c",
-            "protocol.file.allow=always",
-            "submodule",
-            "add",
-            "-q",
-            src.to_str().unwrap(),
-            "sub",
-        ],
-    );
-    git(&ws, &[&id[..], &["commit", "-q", "-m", "add"]].concat());
-    git(&ws, &["submodule", "deinit", "-q", "-f", "sub"]);
-    std::fs::remove_dir_all(ws.join(".git/modules/sub")).unwrap();
+    let (_t, ws) = repo_with_an_empty_submodule();
+    let git = git_ok;
     // (`init` writes .git/config, which is read-only inside: the user's step.)
     git(&ws, &["submodule", "init", "-q"]);
     for script in [
@@ -1202,37 +1174,36 @@ fn submodule_and_worktree_work_inside_the_sandbox_stays_usable() {
     assert!(!ws.join("wt2").exists());
 }
 
-/// A workspace repository with a submodule `sub` registered in .gitmodules but not checked out (no
-/// `sub/.git`, no `.git/modules/sub`), as a fresh clone leaves it; its upstream lies in the workspace.
-fn repo_with_an_empty_submodule() -> (tempfile::TempDir, PathBuf) {
+/// Host git in `dir`, which must succeed.
+fn git_ok(dir: &Path, args: &[&str]) {
+    let out = host_git(dir, args);
+    assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+}
+
+/// A workspace repository with a submodule `sub` checked out; the submodule's upstream (`upstream/`, a
+/// repository with one commit) lies in the workspace, where a sandbox can clone it from.
+fn repo_with_a_submodule() -> (tempfile::TempDir, PathBuf) {
     let (t, ws) = plain_workspace();
     let src = ws.join("upstream");
     std::fs::create_dir(&src).unwrap();
-    let git = |dir: &Path, args: &[&str]| {
-        let out = host_git(dir, args);
-        assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
-    };
     let id = ["-c", "user.name=a", "-c", "user.email=b"];
-    git(&src, &["init", "-q"]);
-    git(
+    git_ok(&src, &["init", "-q"]);
+    git_ok(
         &src,
         &[&id[..], &["commit", "-q", "--allow-empty", "-m", "s"]].concat(),
     );
-    git(&ws, &["init", "-q"]);
-    git(
-        &ws,
-        &[
-            "-c",
-            "protocol.file.allow=always",
-            "submodule",
-            "add",
-            "-q",
-            src.to_str().unwrap(),
-            "sub",
-        ],
-    );
-    git(&ws, &[&id[..], &["commit", "-q", "-m", "add"]].concat());
-    git(&ws, &["submodule", "deinit", "-q", "-f", "sub"]);
+    git_ok(&ws, &["init", "-q"]);
+    let add = ["-c", "protocol.file.allow=always", "submodule", "add", "-q"];
+    git_ok(&ws, &[&add[..], &[src.to_str().unwrap(), "sub"]].concat());
+    git_ok(&ws, &[&id[..], &["commit", "-q", "-m", "add"]].concat());
+    (t, ws)
+}
+
+/// [`repo_with_a_submodule`] with `sub` registered in .gitmodules but not checked out (no `sub/.git`,
+/// no `.git/modules/sub`), as a fresh clone leaves it.
+fn repo_with_an_empty_submodule() -> (tempfile::TempDir, PathBuf) {
+    let (t, ws) = repo_with_a_submodule();
+    git_ok(&ws, &["submodule", "deinit", "-q", "-f", "sub"]);
     std::fs::remove_dir_all(ws.join(".git/modules/sub")).unwrap();
     (t, ws)
 }
@@ -1376,33 +1347,9 @@ fn submodule_and_linked_worktree_git_directories_cannot_be_turned_against_the_us
     // `git status` in the top-level repository runs git in each submodule, with the submodule's own
     // config (in .git/modules); git in a linked worktree outside the workspace follows its commondir
     // (in .git/worktrees). Existing ones are read-only; new ones the agent makes are checked after.
-    let (_t, ws) = plain_workspace();
-    let (_s, src) = plain_workspace();
+    let (_t, ws) = repo_with_a_submodule();
     let (_o, outside) = plain_workspace();
-    let git = |dir: &Path, args: &[&str]| {
-        let out = host_git(dir, args);
-        assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
-    };
-    let id = ["-c", "user.name=a", "-c", "user.email=b"];
-    git(&src, &["init", "-q"]);
-    git(
-        &src,
-        &[&id[..], &["commit", "-q", "--allow-empty", "-m", "s"]].concat(),
-    );
-    git(&ws, &["init", "-q"]);
-    git(
-        &ws,
-        &[
-            "-c",
-            "protocol.file.allow=always",
-            "submodule",
-            "add",
-            "-q",
-            src.to_str().unwrap(),
-            "sub",
-        ],
-    );
-    git(&ws, &[&id[..], &["commit", "-q", "-m", "add"]].concat());
+    let git = git_ok;
     let wt = outside.join("wt");
     git(&ws, &["worktree", "add", "-q", wt.to_str().unwrap()]);
     let sub_config = std::fs::read(ws.join(".git/modules/sub/config")).unwrap();

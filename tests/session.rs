@@ -1300,6 +1300,62 @@ fn the_after_run_check_cannot_be_steered_outside_the_workspace_or_around_itself(
         !pwned.exists(),
         "the user's git in the worktree ran the agent's config"
     );
+    // 3b. The same worktree's admin directory made a repository of its own (commondir removed, a config
+    //     and hooks of the agent's): git in the worktree would read them.
+    let pwned = pwned_marker(&ws.join("wt-in"));
+    let out = run_sh(
+        &ws,
+        &format!(
+            "W=.git/worktrees/wt-in; echo 'gitdir: ../.git/worktrees/wt-in' > wt-in/.git 2>/dev/null; \
+             rm -f $W/commondir && cp -r .git/objects .git/refs $W/ && printf '{}' > $W/config && echo MADE",
+            evil(&pwned).replace('\n', "\\n").replace('\t', "\\t")
+        ),
+    );
+    assert!(text(&out.stdout).contains("MADE"), "{}", text(&out.stderr));
+    let _ = host_git(&ws.join("wt-in"), &["status"]);
+    assert!(
+        !pwned.exists(),
+        "git in the worktree ran the agent's config: {}",
+        text(&out.stderr)
+    );
+    // 3c. A worktree's `gitdir` naming a file of the workspace: the check must not move that file.
+    let out = run_sh(
+        &ws,
+        "mkdir -p .git/worktrees/zz && echo \"$PWD/.git/hooks\" > .git/worktrees/zz/gitdir; \
+         mkdir -p .git/worktrees/ff && mkfifo .git/worktrees/ff/gitdir; echo PLANTED",
+    );
+    assert!(
+        text(&out.stdout).contains("PLANTED"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        ws.join(".git/hooks").is_dir(),
+        "the check moved the user's hooks: {}",
+        text(&out.stderr)
+    );
+    // ... and a FIFO there does not hang the next run.
+    let out = run_sh(&ws, "echo NEXT");
+    assert!(text(&out.stdout).contains("NEXT"), "{}", text(&out.stderr));
+    // 3d. A config of the agent's naming an include: the check judges that config, and never moves the
+    //     file it names (any file of the workspace, read-only ones included).
+    let (_t, ws) = plain_workspace();
+    std::fs::write(ws.join("notes.txt"), "the user's\n").unwrap();
+    let out = run_sh(
+        &ws,
+        "git init -q && printf '[include]\\n\\tpath = ../notes.txt\\n' >> .git/config && echo INCLUDED",
+    );
+    assert!(
+        text(&out.stdout).contains("INCLUDED"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.join("notes.txt")).unwrap(),
+        "the user's\n",
+        "{}",
+        text(&out.stderr)
+    );
     // 4. A module config whose core.worktree is the hooks directory: a checkout there writes hooks.
     let (_t, ws) = repo_with_an_empty_submodule();
     let out = run_sh(

@@ -27,8 +27,10 @@ const WATCHED: &[&str] = &["config", "commondir", "config.worktree"];
 /// The same in a submodule's git directory, and its hooks (a directory: see [`digest`]).
 const WATCHED_MODULE: &[&str] = &["config", "commondir", "config.worktree", "hooks"];
 
-/// The same in a linked worktree's administrative directory (its config is the repository's).
-const WATCHED_WORKTREE: &[&str] = &["commondir", "config.worktree"];
+/// The same in a linked worktree's administrative directory: normally only `commondir` and
+/// `config.worktree`, but without a `commondir` git takes the directory for a repository of its own,
+/// with its own `config` and `hooks`.
+const WATCHED_WORKTREE: &[&str] = &["config", "commondir", "config.worktree", "hooks"];
 
 /// The walk of `.git/modules` stops after this many directory entries and this depth.
 const WALK_BUDGET: usize = 4096;
@@ -89,7 +91,10 @@ pub fn git_dirs(workspace: &Path) -> GitDirs {
             continue;
         };
         let pointer = PathBuf::from(text.trim_end_matches(['\n', '\r']));
-        if pointer.is_absolute() && pointer.starts_with(workspace) {
+        // Only a `.git` (what git writes there): any other name would make the check act on a file
+        // the agent chose.
+        let named_git = pointer.file_name().is_some_and(|n| n == ".git");
+        if named_git && pointer.is_absolute() && pointer.starts_with(workspace) {
             dirs.worktree_pointers.push(pointer);
         }
     }
@@ -148,8 +153,10 @@ fn walk_modules(dir: &Path, depth: usize, budget: &mut usize, out: &mut Vec<Path
 
 /// Every watched path of the workspace's git directories, the submodule checkouts' `.git`, and the
 /// config files `.git/config` includes from the workspace (judged like a config).
-fn watched(workspace: &Path, dirs: &GitDirs) -> Vec<PathBuf> {
-    let mut paths: Vec<PathBuf> = config_includes(workspace);
+fn watched(dirs: &GitDirs, includes: &[PathBuf]) -> Vec<PathBuf> {
+    // The includes named at launch only: a config that names new ones is the agent's, and is itself
+    // judged (its includes could name any file of the workspace).
+    let mut paths: Vec<PathBuf> = includes.to_vec();
     paths.extend(dirs.pointers.iter().cloned());
     paths.extend(dirs.worktree_pointers.iter().cloned());
     for (list, names) in [
@@ -452,7 +459,7 @@ fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 /// A config's text, when it is a regular file small enough to judge.
-fn read_config(path: &Path) -> Option<String> {
+pub(crate) fn read_config(path: &Path) -> Option<String> {
     use std::io::Read;
     let mut text = String::new();
     let file = open_regular(path).ok()?;
@@ -462,7 +469,8 @@ fn read_config(path: &Path) -> Option<String> {
 
 /// Records the watched files of the workspace's git directories (when `.git` is a directory).
 pub fn snapshot(workspace: &Path) -> GitSnapshot {
-    let files = watched(workspace, &git_dirs(workspace))
+    let includes = config_includes(workspace);
+    let files = watched(&git_dirs(workspace), &includes)
         .into_iter()
         .map(|p| {
             let d = digest(&p);
@@ -472,7 +480,7 @@ pub fn snapshot(workspace: &Path) -> GitSnapshot {
     GitSnapshot {
         workspace: workspace.to_path_buf(),
         files,
-        includes: config_includes(workspace),
+        includes,
     }
 }
 
@@ -482,7 +490,7 @@ pub fn quarantine_changes(snap: &GitSnapshot, session: &str) -> Vec<String> {
     let mut done = Vec::new();
     // What is watched now (new submodules included), with what was at launch.
     let dirs = git_dirs(&snap.workspace);
-    let mut paths = watched(&snap.workspace, &dirs);
+    let mut paths = watched(&dirs, &snap.includes);
     if paths.is_empty() {
         return done; // no `.git` directory (any more): nothing the user's git reads from here
     }
@@ -503,10 +511,15 @@ pub fn quarantine_changes(snap: &GitSnapshot, session: &str) -> Vec<String> {
     }
     // The module directories and worktree admin directories as they really are now: a `.git` pointer
     // may lead to one of them, nowhere else.
+    let top = snap.workspace.join(".git");
     let known: Vec<PathBuf> = dirs
         .modules
         .iter()
-        .chain(&dirs.worktrees)
+        .chain(
+            dirs.worktrees
+                .iter()
+                .filter(|w| leads_to(&w.join("commondir"), &top)),
+        )
         .filter_map(|d| std::fs::canonicalize(d).ok())
         .collect();
     for path in paths {

@@ -244,7 +244,8 @@ fn git_entries(ws: &Path) -> Result<(Vec<Protected>, Vec<Protected>), PlanError>
     // is left writable, so that the agent can `git worktree remove` it; the after-run check still
     // covers its commondir.)
     for w in &dirs.worktrees {
-        let checkout = fs::read_to_string(w.join("gitdir")).ok();
+        // (Never blocking on a FIFO, nor reading a huge file: the agent may have planted either.)
+        let checkout = super::persistence::read_config(&w.join("gitdir"));
         let inside = checkout.is_some_and(|c| {
             let c = Path::new(c.trim_end());
             c.starts_with(ws) || fs::canonicalize(c).is_ok_and(|c| c.starts_with(ws))

@@ -140,6 +140,19 @@ pub fn run(args: &RunArgs) -> CmdResult {
             )));
         }
     }
+    // The layers this host cannot give, refused before anything is made (audit key, revocation list,
+    // placeholders): a refused run leaves nothing behind.
+    let require: Vec<Layer> = policy
+        .sandbox
+        .require
+        .iter()
+        .filter_map(|l| Layer::parse(l))
+        .collect();
+    sandbox::missing_layers(
+        &require,
+        args.allow_degraded || policy.sandbox.allow_degraded,
+        proxy,
+    )?;
     let cwd = std::fs::canonicalize(&cwd).unwrap_or(cwd);
     let agent_cwd = if cwd.starts_with(&workspace) {
         cwd.clone()
@@ -246,12 +259,6 @@ pub fn run(args: &RunArgs) -> CmdResult {
     limits.nofile = pl.nofile.or(limits.nofile);
     limits.fsize = pl.fsize.or(limits.fsize);
     limits.cpu = pl.cpu.or(limits.cpu);
-    let require = policy
-        .sandbox
-        .require
-        .iter()
-        .filter_map(|l| Layer::parse(l))
-        .collect();
     let config = SandboxConfig {
         session: session.clone(),
         profile,

@@ -1466,6 +1466,14 @@ fn without_userns_run_refuses_unless_degraded_is_allowed() {
         err.contains("userns") && err.contains("--allow-degraded"),
         "{err}"
     );
+    // A refused run leaves nothing behind: no audit log or key, no placeholder.
+    let state = ctx.root.path().join("state");
+    let left: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .chain(std::fs::read_dir(&ctx.ws).unwrap())
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    assert!(left.is_empty(), "a refused run made {left:?}");
 
     // Opted in: it runs, says so, and Landlock + seccomp still hold.
     let secret = ctx.root.path().join("secret.txt");

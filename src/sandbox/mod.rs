@@ -151,16 +151,25 @@ pub fn host_supports(layer: Layer) -> bool {
         return false;
     }
     match layer {
-        Layer::Userns => doctor::userns_works(),
+        Layer::Userns => {
+            // Probed once per process (a clone): `run` asks before it makes anything, then again.
+            static USERNS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+            *USERNS.get_or_init(doctor::userns_works)
+        }
         Layer::Landlock => landlock::kernel_abi() > 0,
         Layer::Seccomp => seccomp::available(),
         Layer::Cgroup => limits::cgroup_support() != "none",
     }
 }
 
-/// Decides the layers (fail closed), computes the mounts and rules, and creates the cgroup.
-pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
-    let mut layers = ActiveLayers::default();
+/// The layers this host lacks, or the refusal to run without them (fail closed): what the policy
+/// requires must be there, unless degraded mode is allowed; Landlock and seccomp always. `run` asks
+/// before it creates anything (audit key, placeholders, cgroup).
+pub fn missing_layers(
+    require: &[Layer],
+    allow_degraded: bool,
+    proxy: bool,
+) -> Result<Vec<Layer>, Failure> {
     let mut missing = Vec::new();
     for layer in [Layer::Userns, Layer::Landlock, Layer::Seccomp] {
         if !host_supports(layer) {
@@ -169,10 +178,10 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
     }
     let required_missing: Vec<&str> = missing
         .iter()
-        .filter(|l| config.require.contains(l))
+        .filter(|l| require.contains(l))
         .map(|l| l.name())
         .collect();
-    if !required_missing.is_empty() && !config.allow_degraded {
+    if !required_missing.is_empty() && !allow_degraded {
         return Err(Failure::refused(format!(
             "refusing to start: required sandbox layer(s) unavailable on this host: {}. \
              Run `zt-aas doctor` for details; to run with fewer layers anyway, pass --allow-degraded \
@@ -183,7 +192,7 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
     }
     // Landlock and seccomp are the floor even in degraded mode: without them there is no sandbox.
     for floor in [Layer::Landlock, Layer::Seccomp] {
-        if missing.contains(&floor) && config.require.contains(&floor) {
+        if missing.contains(&floor) && require.contains(&floor) {
             return Err(Failure::refused(format!(
                 "refusing to start: {} is unavailable and degraded mode still needs it \
                  (degraded mode = Landlock + seccomp + no capabilities + no_new_privs, without namespaces)",
@@ -192,12 +201,24 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
         }
     }
     let namespaces = !missing.contains(&Layer::Userns);
-    if config.proxy_port.is_some() && !namespaces {
+    if proxy && !namespaces {
         return Err(Failure::refused(
             "refusing to start: network.mode = \"proxy\" needs the sandbox's own network namespace \
              (user namespaces are unavailable here); without it the agent would share the host's network",
         ));
     }
+    Ok(missing)
+}
+
+/// Decides the layers (fail closed), computes the mounts and rules, and creates the cgroup.
+pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
+    let mut layers = ActiveLayers::default();
+    let missing = missing_layers(
+        &config.require,
+        config.allow_degraded,
+        config.proxy_port.is_some(),
+    )?;
+    let namespaces = !missing.contains(&Layer::Userns);
     layers.degraded = !missing.is_empty();
     layers.missing = missing.iter().map(|l| l.name().to_string()).collect();
     if config.require.contains(&Layer::Cgroup) && limits::cgroup_support() == "none" {

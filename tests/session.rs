@@ -1374,6 +1374,68 @@ fn the_after_run_check_cannot_be_steered_outside_the_workspace_or_around_itself(
 }
 
 #[test]
+fn the_workspace_itself_made_a_repository_is_not_used_by_the_users_git() {
+    // With `.git` made invalid (or absent), git takes the directory it runs in for a bare repository
+    // (safe.bareRepository=all): one the agent built in the workspace, with its config and hooks.
+    for existing_repo in [true, false] {
+        let (_t, ws) = plain_workspace();
+        std::fs::write(ws.join("f.txt"), "x").unwrap();
+        if existing_repo {
+            git_ok(&ws, &["init", "-q"]);
+            git_ok(
+                &ws,
+                &[
+                    "-c",
+                    "user.name=u",
+                    "-c",
+                    "user.email=u@x",
+                    "commit",
+                    "-q",
+                    "--allow-empty",
+                    "-m",
+                    "i",
+                ],
+            );
+        }
+        let pwned = pwned_marker(&ws);
+        let script = format!(
+            "git init -q --bare . && git --git-dir=. config core.bare false && \
+             git --git-dir=. config core.worktree {ws} && \
+             git --git-dir=. config core.fsmonitor 'touch {p} ; false' && mkdir -p hooks && \
+             printf '#!/bin/sh\\ntouch {p}\\n' > hooks/pre-commit && chmod +x hooks/pre-commit && \
+             {{ [ ! -e .git/HEAD ] || mv .git/HEAD .git/HEAD.bak; }} && echo BUILT",
+            ws = ws.display(),
+            p = pwned.display()
+        );
+        let out = run_sh(&ws, &script);
+        assert!(text(&out.stdout).contains("BUILT"), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("look like a git repository"),
+            "existing={existing_repo}: {}",
+            text(&out.stderr)
+        );
+        let _ = host_git(&ws, &["status"]);
+        let _ = host_git(&ws, &["add", "f.txt"]);
+        let _ = host_git(
+            &ws,
+            &[
+                "-c",
+                "user.name=u",
+                "-c",
+                "user.email=u@x",
+                "commit",
+                "-qm",
+                "t",
+            ],
+        );
+        assert!(
+            !pwned.exists(),
+            "existing={existing_repo}: the user's git ran the agent's code"
+        );
+    }
+}
+
+#[test]
 fn junk_in_the_git_directory_cannot_outrun_the_checks() {
     // Thousands of entries in .git/modules: the walk is bounded, so the next run refuses to start
     // (exit 125) rather than leave part of .git unprotected, and the run that made them says so.

@@ -367,6 +367,16 @@ pub struct GitSnapshot {
     files: Vec<(PathBuf, Option<[u8; 32]>)>,
     /// The included config files among them.
     includes: Vec<PathBuf>,
+    /// Whether the workspace directory itself looked like a git directory at launch.
+    root_was_git_dir: bool,
+}
+
+/// Whether git would take `dir` itself for a (bare) git directory: a `HEAD` (of any type: git takes
+/// a symlink), an `objects` and a `refs` directory.
+fn looks_like_git_dir(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir.join("HEAD")).is_ok()
+        && is_dir(&dir.join("objects"))
+        && is_dir(&dir.join("refs"))
 }
 
 /// At most this much of a watched file is read (the agent controls its size; the supervisor has no
@@ -481,6 +491,7 @@ pub fn snapshot(workspace: &Path) -> GitSnapshot {
         workspace: workspace.to_path_buf(),
         files,
         includes,
+        root_was_git_dir: looks_like_git_dir(workspace),
     }
 }
 
@@ -488,6 +499,29 @@ pub fn snapshot(workspace: &Path) -> GitSnapshot {
 /// keys outside [`PLAIN_KEYS`]); returns one line per file quarantined.
 pub fn quarantine_changes(snap: &GitSnapshot, session: &str) -> Vec<String> {
     let mut done = Vec::new();
+    // The workspace made a git directory itself: when `.git` is not a valid one (or is missing), git
+    // takes the directory it runs in for a bare repository (safe.bareRepository=all, git's default),
+    // with the agent's config and hooks. Its HEAD is moved aside: then git does not take it.
+    if !snap.root_was_git_dir && looks_like_git_dir(&snap.workspace) {
+        let head = snap.workspace.join("HEAD");
+        let aside = snap.workspace.join(format!(
+            "HEAD.zt-aas-quarantine-{}",
+            &session[..8.min(session.len())]
+        ));
+        done.push(match std::fs::rename(&head, &aside) {
+            Ok(()) => format!(
+                "{} made the workspace itself look like a git repository (HEAD, objects, refs), which \
+                 your git would use with the agent's config and hooks: HEAD moved to {}",
+                head.display(),
+                aside.display()
+            ),
+            Err(e) => format!(
+                "the workspace itself looks like a git repository made by the agent, and {} could NOT \
+                 be moved aside ({e}): do not run git in this workspace before reviewing it",
+                head.display()
+            ),
+        });
+    }
     // What is watched now (new submodules included), with what was at launch.
     let dirs = git_dirs(&snap.workspace);
     let mut paths = watched(&dirs, &snap.includes);

@@ -309,7 +309,7 @@ pub fn main() -> ExitCode {
             let _ = std::io::stdout().flush();
             // A message may quote untrusted input (a log, a token, a policy): no escape sequences.
             let message = crate::audit::show::printable_lines(&failure.to_string());
-            eprintln!("zt-aas: {message}");
+            errln!("zt-aas: {message}");
             ExitCode::from(failure.code)
         }
     }

@@ -67,7 +67,7 @@ pub fn print_line(args: std::fmt::Arguments) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
         Err(e) => {
             if !STDOUT_FAILED.swap(true, Ordering::Relaxed) {
-                eprintln!("zt-aas: cannot write to stdout: {e}");
+                errln!("zt-aas: cannot write to stdout: {e}");
             }
         }
     }

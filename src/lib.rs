@@ -17,6 +17,15 @@ macro_rules! outln {
     };
 }
 
+/// `eprintln!` that never panics: a message to a stderr that is gone (`zt-aas run ... 2>&1 | head`)
+/// is dropped, and `run` goes on to seal its session and return the agent's status.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod audit;
 pub mod capability;
 pub mod cli;

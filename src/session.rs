@@ -205,7 +205,19 @@ pub fn run(args: &RunArgs) -> CmdResult {
     // --head-out: opened now, by us, never through a symlink or into a FIFO, and guarded like the log,
     // so that the agent can neither redirect the write nor replace the file.
     let mut head_out = match &args.head_out {
-        Some(path) => Some(open_head_out(path)?),
+        Some(path) => {
+            // Never one of the files the session relies on: the head would replace their content.
+            let relied_on: Vec<&Path> = [log_path.as_path(), key_path.as_path()]
+                .into_iter()
+                .chain(policy.source.as_deref())
+                .chain(policy.revocation.as_deref())
+                .chain(policy.mediator.use_counts.as_deref())
+                .chain(policy.key_files.iter().map(PathBuf::as_path))
+                .collect();
+            let pub_key = key_path.with_extension("pub");
+            refuse_same_file(path, relied_on.into_iter().chain([pub_key.as_path()]))?;
+            Some(open_head_out(path)?)
+        }
         None => None,
     };
 
@@ -301,13 +313,13 @@ pub fn run(args: &RunArgs) -> CmdResult {
     let _terminal = sandbox::terminal::Terminal::save();
     let prepared = sandbox::prepare(&config)?;
     if !prepared.layers.unapplied_limits.is_empty() && !args.quiet {
-        eprintln!(
+        errln!(
             "zt-aas: note: limits not enforced on this host: {}",
             prepared.layers.unapplied_limits.join("; ")
         );
     }
     if prepared.layers.degraded {
-        eprintln!(
+        errln!(
             "zt-aas: DEGRADED sandbox: missing {}; running with {} (recorded in the audit log)",
             prepared.layers.missing.join(", "),
             prepared.layers.names().join(" + ")
@@ -461,14 +473,14 @@ pub fn run(args: &RunArgs) -> CmdResult {
         }
     };
     if let Some(m) = exit.message() {
-        eprintln!("zt-aas: {m}");
+        errln!("zt-aas: {m}");
     }
     let code = exit.code();
     let quarantined = sandbox::persistence::quarantine_changes(&git_before, &session);
     for line in &quarantined {
         // The paths are the agent's choice: no escape sequence may rewrite the warning.
         let line = crate::audit::show::printable_lines(line);
-        eprintln!("zt-aas: WARNING: {line}");
+        errln!("zt-aas: WARNING: {line}");
     }
     // While the session is sealed: the placeholders are removed (an rmdir can take a fraction of a
     // millisecond here; no process of the agent is left), the sandbox's init finishes exiting, and then
@@ -568,7 +580,7 @@ fn seal(
             .map_err(|e| Failure::refused(format!("--head-out: {e}")))?;
     }
     if !quiet {
-        eprintln!(
+        errln!(
             "zt-aas: session {session}: {} call(s) allowed, {} denied; audit {} head {}",
             stats.allowed,
             stats.denied + stats.errors,
@@ -580,6 +592,28 @@ fn seal(
 }
 
 /// Opens (creating) the `--head-out` file for writing: no symlink followed, a regular file only.
+/// Refuses `--head-out` naming (by any path) a file the session relies on.
+fn refuse_same_file<'a>(
+    head_out: &Path,
+    relied_on: impl Iterator<Item = &'a Path>,
+) -> Result<(), Failure> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(target) = std::fs::metadata(head_out) else {
+        return Ok(()); // a new file is none of them
+    };
+    for p in relied_on {
+        if std::fs::metadata(p).is_ok_and(|m| m.dev() == target.dev() && m.ino() == target.ino()) {
+            return Err(refused(format!(
+                "--head-out {} is {}, which the session relies on: writing the head there would \
+                 destroy it; name another file",
+                head_out.display(),
+                p.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn open_head_out(path: &Path) -> Result<std::fs::File, Failure> {
     use std::os::unix::fs::OpenOptionsExt;
     let fail = |e: &dyn std::fmt::Display| refused(format!("--head-out {}: {e}", path.display()));

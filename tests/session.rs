@@ -43,6 +43,82 @@ impl Project {
 }
 
 #[test]
+fn a_stderr_that_is_gone_neither_breaks_the_exit_status_nor_the_seal() {
+    // `zt-aas run ... 2>&1 | head`: once the reader is gone, every message of `run` (the agent's exit,
+    // a quarantine warning, the summary) meets a broken pipe. `run` must still seal the session and
+    // return the agent's status.
+    let p = Project::new("");
+    // (The agent writes to stdout: its own write to the gone stderr would kill it with SIGPIPE, which
+    // `run` reports as 141, as it should.)
+    for (quiet, script) in [
+        (false, "echo output; exit 4"),
+        (
+            true,
+            "git init -q --bare . && rm -f .git/HEAD; seq 1 1000; exit 4",
+        ),
+    ] {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        drop(read);
+        let mut args = vec!["run", "--policy", "policy.toml", "--workspace", "."];
+        if quiet {
+            args.push("-q");
+        }
+        args.extend(["--", "sh", "-c", script]);
+        let child = Command::new(ZT)
+            .args(&args)
+            .current_dir(&p.dir)
+            .env("XDG_STATE_HOME", p.dir.join("state"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(write))
+            .spawn()
+            .unwrap();
+        let out = wait_bounded(child, &["run"]);
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "quiet={quiet}: {:?}",
+            out.status
+        );
+        let verify = zt(&p.dir, &["audit", "verify", "audit.jsonl"]);
+        assert!(
+            verify.status.success(),
+            "quiet={quiet}: {}",
+            text(&verify.stderr)
+        );
+    }
+}
+
+#[test]
+fn head_out_never_overwrites_a_file_the_session_relies_on() {
+    let p = Project::new("");
+    assert!(p.run(&[], "true").status.success());
+    for relied_on in [
+        "audit.jsonl",
+        "keys/audit.key",
+        "policy.toml",
+        "revoked.txt",
+    ] {
+        let before = std::fs::read(p.dir.join(relied_on)).unwrap();
+        let out = p.run(&["--head-out", relied_on], "echo RAN");
+        assert_eq!(
+            out.status.code(),
+            Some(125),
+            "{relied_on}: {}",
+            text(&out.stderr)
+        );
+        assert!(!text(&out.stdout).contains("RAN"));
+        assert_eq!(
+            std::fs::read(p.dir.join(relied_on)).unwrap(),
+            before,
+            "{relied_on}"
+        );
+    }
+    let verify = zt(&p.dir, &["audit", "verify", "audit.jsonl"]);
+    assert!(verify.status.success(), "{}", text(&verify.stderr));
+}
+
+#[test]
 fn guarded_files_inside_the_workspace_are_read_only_and_keys_hidden() {
     let p = Project::new("");
     p.token("t.tok", &[]);

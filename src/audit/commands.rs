@@ -137,7 +137,7 @@ pub fn show(args: &AuditShowArgs) -> CmdResult {
     let (text, shown) = show::render(&bytes, &filter, args.json);
     print(&text)?;
     if !args.json {
-        eprintln!(
+        errln!(
             "{shown} records shown (not verified: run `zt-aas audit verify {}`)",
             args.log.display()
         );
@@ -158,7 +158,7 @@ pub fn export(args: &AuditExportArgs) -> CmdResult {
     let (text, skipped) = super::export::to_ocsf(&bytes, &name);
     print(&text)?;
     if skipped > 0 {
-        eprintln!("zt-aas: {skipped} lines of {name} are not records and were skipped");
+        errln!("zt-aas: {skipped} lines of {name} are not records and were skipped");
     }
     Ok(0)
 }

@@ -113,7 +113,7 @@ pub fn issue(args: &TokenIssueArgs) -> CmdResult {
         Some(out) => {
             keys::write_file(out, format!("{}\n", token.raw).as_bytes(), 0o600, true)
                 .map_err(|e| Failure::failed(e.to_string()))?;
-            eprintln!(
+            errln!(
                 "issued token {} for agent {} under policy {}, expires {} -> {}",
                 token.id,
                 token.sub,

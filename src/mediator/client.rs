@@ -64,7 +64,7 @@ pub fn main(args: &CallArgs) -> CmdResult {
             Ok(if reason == "allowed" { 0 } else { 1 })
         }
         "deny" => {
-            eprintln!("zt-aas: denied: {reason}");
+            errln!("zt-aas: denied: {reason}");
             Ok(DENIED)
         }
         _ => Err(Failure::new(REFUSED, format!("mediator error: {reason}"))),

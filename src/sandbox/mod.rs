@@ -244,7 +244,7 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
     let plan = plan::build(&input).map_err(|e| Failure::refused(format!("sandbox plan: {e}")))?;
     placeholders.record(&plan.placeholders);
     if !namespaces && !plan.protected.is_empty() {
-        eprintln!(
+        errln!(
             "zt-aas: degraded: without a mount namespace these workspace files are NOT read-only for the \
              agent: {}",
             plan.protected.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")

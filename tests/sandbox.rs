@@ -1448,6 +1448,71 @@ fn sigterm_is_forwarded_to_the_agent() {
 // ---------------------------------------------------------------------------------------------------------
 
 #[test]
+fn counts_the_kernel_keeps_per_user_leave_the_users_other_programs_their_share() {
+    // inotify instances and queued signals are counted per user across the host: an agent must not be
+    // able to take them all from the user's editor, file watchers or systemd --user.
+    let ctx = Ctx::new();
+    let host_instances: u64 = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let o = run_python(
+        &ctx,
+        r#"
+import signal, struct
+n = 0
+while libc.inotify_init1(0) >= 0:
+    n += 1
+out("inotify_instances", n)
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGRTMIN])
+info = ctypes.create_string_buffer(128)
+queued = 0
+while queued < 200000:
+    ctypes.memmove(info, struct.pack("iii", int(signal.SIGRTMIN), 0, -1), 12)
+    if sc(129, os.getpid(), int(signal.SIGRTMIN), ctypes.addressof(info)) != 0:
+        break
+    queued += 1
+out("signals_queued", queued)
+"#,
+    );
+    let kv = kv(&o);
+    let instances: u64 = kv["inotify_instances"].parse().unwrap();
+    assert!(
+        instances <= host_instances / 2,
+        "{instances} of {host_instances}: {}",
+        describe(&o)
+    );
+    let queued: u64 = kv["signals_queued"].parse().unwrap();
+    assert!(queued <= 1024, "{queued} signals queued: {}", describe(&o));
+}
+
+#[test]
+fn a_profile_denying_a_syscall_denies_its_twin() {
+    // `deny = ["inotify_init1"]` must not leave the older inotify_init open.
+    let ctx = Ctx::new();
+    let profile = ctx.root.path().join("no-inotify.toml");
+    std::fs::write(
+        &profile,
+        "extends = \"minimal\"\n[seccomp]\ndeny = [\"inotify_init1\"]\n",
+    )
+    .unwrap();
+    let program =
+        format!("{PY_PRELUDE}\nout('inotify_init1', sc(294, 0))\nout('inotify_init', sc(253))");
+    let o = run_with(
+        &ctx,
+        &Opts {
+            flags: &["--profile", profile.to_str().unwrap()],
+            ..Opts::default()
+        },
+        &["/usr/bin/python3", "-c", &program],
+    );
+    let kv = kv(&o);
+    assert_eq!(kv["inotify_init1"], "-1", "{}", describe(&o));
+    assert_eq!(kv["inotify_init"], "-1", "{}", describe(&o));
+}
+
+#[test]
 fn without_userns_run_refuses_unless_degraded_is_allowed() {
     let ctx = Ctx::new();
     let disable = [("ZT_AAS_TEST_DISABLE", "userns")];

@@ -137,6 +137,13 @@ fn setup(plan: &ChildPlan, fds: &mut ChildFds) -> Result<String, String> {
             .map_err(|e| format!("gid_map: {e}"))?;
     }
 
+    // 2b. Per-user kernel counts shared with the host (inotify): bounded in our user namespace.
+    let inotify = if plan.namespaces {
+        limits::bound_inotify()?
+    } else {
+        String::new()
+    };
+
     // 3. A new session: no controlling terminal to inject keystrokes into.
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     if plan.namespaces {
@@ -183,9 +190,11 @@ fn setup(plan: &ChildPlan, fds: &mut ChildFds) -> Result<String, String> {
         seccomp::install(filters).map_err(|e| e.to_string())?;
     }
     Ok(format!(
-        "landlock_abi={abi} caps_bounding_cleared={} securebits_locked={}",
+        "landlock_abi={abi} caps_bounding_cleared={} securebits_locked={} {inotify}",
         dropped.bounding, dropped.securebits
-    ))
+    )
+    .trim_end()
+    .to_string())
 }
 
 /// Brings `lo` up and listens on 127.0.0.1:`port` (inside the sandbox's network namespace).

@@ -219,6 +219,11 @@ pub fn planned_rlimits(limits: &Limits) -> Vec<String> {
         ),
         (Resource::RLIMIT_FSIZE, limits.fsize, "RLIMIT_FSIZE"),
         (Resource::RLIMIT_CPU, limits.cpu, "RLIMIT_CPU"),
+        (
+            Resource::RLIMIT_SIGPENDING,
+            Some(SIGPENDING),
+            "RLIMIT_SIGPENDING",
+        ),
     ] {
         if let (Some(v), Ok((_, hard))) = (value, nix::sys::resource::getrlimit(res)) {
             planned.push(format!("{name}={}", v.min(hard)));
@@ -267,5 +272,45 @@ pub fn apply_rlimits(limits: &Limits) -> Result<Vec<String>, nix::Error> {
     )?;
     set(Resource::RLIMIT_FSIZE, limits.fsize, "RLIMIT_FSIZE")?;
     set(Resource::RLIMIT_CPU, limits.cpu, "RLIMIT_CPU")?;
+    set(
+        Resource::RLIMIT_SIGPENDING,
+        Some(SIGPENDING),
+        "RLIMIT_SIGPENDING",
+    )?;
     Ok(applied)
+}
+
+/// Signals queued to the agent's processes: the count is the caller's user's, across the host, so an
+/// agent left unbounded would use up the quota of every other process of that user.
+pub const SIGPENDING: u64 = 1024;
+
+/// The same for inotify (counted per user, across user namespaces): inside its own user namespace the
+/// sandbox gets at most half of what the host allows the user, so that the user's other programs
+/// (editors, `systemd --user`, file watchers) keep the other half. Written while the sandbox's first
+/// process still holds its capabilities in the new namespace. Returns what was set.
+pub fn bound_inotify() -> Result<String, String> {
+    let mut set = Vec::new();
+    for (host, ours) in [
+        (
+            "/proc/sys/fs/inotify/max_user_instances",
+            "/proc/sys/user/max_inotify_instances",
+        ),
+        (
+            "/proc/sys/fs/inotify/max_user_watches",
+            "/proc/sys/user/max_inotify_watches",
+        ),
+    ] {
+        let limit: u64 = std::fs::read_to_string(host)
+            .map_err(|e| format!("{host}: {e}"))?
+            .trim()
+            .parse()
+            .map_err(|_| format!("{host}: not a number"))?;
+        let half = (limit / 2).max(1);
+        std::fs::write(ours, half.to_string()).map_err(|e| format!("{ours}: {e}"))?;
+        set.push(format!(
+            "{}={half}",
+            ours.rsplit('/').next().unwrap_or(ours)
+        ));
+    }
+    Ok(set.join(" "))
 }

@@ -101,6 +101,7 @@ const EXTRA_NAMES: &[(&str, i64)] = &[
     ("memfd_create", libc::SYS_memfd_create),
     ("execveat", libc::SYS_execveat),
     ("inotify_init1", libc::SYS_inotify_init1),
+    ("inotify_init", libc::SYS_inotify_init),
     ("mknod", libc::SYS_mknod),
     ("mknodat", libc::SYS_mknodat),
     ("sethostname", libc::SYS_sethostname),
@@ -111,6 +112,19 @@ const EXTRA_NAMES: &[(&str, i64)] = &[
     ("mbind", libc::SYS_mbind),
     ("migrate_pages", libc::SYS_migrate_pages),
     ("move_pages", libc::SYS_move_pages),
+];
+
+/// Syscalls and their older (or newer) twins: denying one in a profile denies both.
+const TWINS: &[(i64, i64)] = &[
+    (libc::SYS_inotify_init1, libc::SYS_inotify_init),
+    (libc::SYS_inotify_init, libc::SYS_inotify_init1),
+    (libc::SYS_pipe2, libc::SYS_pipe),
+    (libc::SYS_dup3, libc::SYS_dup2),
+    (libc::SYS_accept4, libc::SYS_accept),
+    (libc::SYS_epoll_create1, libc::SYS_epoll_create),
+    (libc::SYS_eventfd2, libc::SYS_eventfd),
+    (libc::SYS_signalfd4, libc::SYS_signalfd),
+    (libc::SYS_renameat2, libc::SYS_renameat),
 ];
 
 /// SysV IPC, refused where the sandbox has no IPC namespace of its own (degraded mode).
@@ -215,6 +229,12 @@ fn rule_sets(extra_deny: &[String], sockets: Sockets) -> Result<[RuleSet; 3], Se
             .map(|(_, nr)| *nr)
             .ok_or_else(|| SeccompError::UnknownSyscall(name.clone()))?;
         eperm.insert(nr, Vec::new());
+        // A syscall with an older twin doing the same is refused with it.
+        for (a, b) in TWINS {
+            if nr == *a {
+                eperm.insert(*b, Vec::new());
+            }
+        }
     }
     // ioctl: compare the low 32 bits of the request, like the kernel (which takes an unsigned int).
     eperm.insert(

@@ -197,6 +197,10 @@ def b64(s, n):
         raw = base64.b64decode(s, validate=True)
     except (binascii.Error, ValueError):
         return None
+    # Canonical only (padding bits zero): Python ignores unused bits, so "Xy==" and "Xz==" would both
+    # pass for the same bytes, and a byte of the unhashed `sig` could change unnoticed.
+    if base64.b64encode(raw).decode() != s:
+        return None
     return raw if len(raw) == n else None
 
 

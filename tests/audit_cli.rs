@@ -255,6 +255,30 @@ fn no_escape_sequence_from_the_log_reaches_the_terminal() {
 }
 
 #[test]
+fn a_second_spelling_of_a_signature_fails_in_both_verifiers() {
+    // The last base64 character of a 64-byte signature carries 4 unused bits: flipping one keeps the
+    // bytes, and `sig` is not hashed. A lenient decoder would accept an edited log.
+    let f = fixture();
+    let mut l = lines(&f.log);
+    let mut record: Value = serde_json::from_str(&l[1]).unwrap();
+    let sig = record["sig"].as_str().unwrap().to_string();
+    let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let third_last = sig.chars().rev().nth(2).unwrap();
+    let flipped = alphabet
+        .chars()
+        .nth(alphabet.find(third_last).unwrap() ^ 1)
+        .unwrap();
+    let edited = format!("{}{flipped}==", &sig[..sig.len() - 3]);
+    assert_ne!(edited, sig);
+    record["sig"] = edited.into();
+    l[1] = serde_json::to_string(&record).unwrap();
+    write_lines(&f.log, &l);
+    let r = verify_both(&f.log, &["--key", f.public.to_str().unwrap()]);
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["error"]["line"], 2, "{r}");
+}
+
+#[test]
 fn deleted_swapped_and_duplicated_lines_fail() {
     let f = fixture();
     let orig = lines(&f.log);

@@ -359,6 +359,18 @@ const PLAIN_KEYS: &[&str] = &[
     "remote.*.fetch",
     "branch.*.remote",
     "branch.*.merge",
+    "branch.*.rebase",
+    "pull.rebase",
+    "pull.ff",
+    "push.default",
+    "push.autosetupremote",
+    "merge.ff",
+    "fetch.prune",
+    "rebase.autostash",
+    // What `git submodule add/init` writes (never `update`, which may name a command).
+    "submodule.*.url",
+    "submodule.*.active",
+    "submodule.*.branch",
 ];
 
 /// The state of the watched files at launch.
@@ -873,6 +885,9 @@ mod tests {
         assert!(only_plain_keys(
             "[core] # comment\n\tbare\n[branch \"a\\\"b\"]\n\tremote = o\n"
         ));
+        assert!(only_plain_keys(
+            "[pull]\n\trebase = true\n[submodule \"sm\"]\n\turl = ./sub\n\tactive = true\n"
+        ));
         for bad in [
             "[core]\n\tfsmonitor = touch /tmp/x\n",
             "[core]\n\thooksPath = /tmp\n",
@@ -880,6 +895,7 @@ mod tests {
             "[alias]\n\tst = !sh -c id\n",
             "[core]\n\tbare = false \\\n[core] fsmonitor = x\n",
             "[filter \"lfs\"]\n\tsmudge = x\n",
+            "[submodule \"s\"]\n\tupdate = !sh -c id\n",
             "fsmonitor = x\n",
             "[core.x]\n\tbare = true\n",
             // git ends a header at its `]` and reads the rest of the line as a setting.

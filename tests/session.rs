@@ -1602,9 +1602,15 @@ fn a_repository_made_by_the_agent_keeps_plain_config_and_loses_executable_config
     let (_t, ws) = plain_workspace();
     let out = run_sh(
         &ws,
-        "git init -q && git -c user.name=a -c user.email=b commit -q --allow-empty -m ok",
+        "git init -q && git config pull.rebase true && git config push.autoSetupRemote true && \
+         git -c user.name=a -c user.email=b commit -q --allow-empty -m ok",
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("quarantine"),
+        "ordinary settings were quarantined: {}",
+        text(&out.stderr)
+    );
     assert!(
         host_git(&ws, &["log", "--oneline"]).status.success(),
         "the agent's plain repository is usable"

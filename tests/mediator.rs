@@ -1580,10 +1580,15 @@ fn call_outside_a_sandbox_and_usage_errors() {
             "hello-world.say_hello name=A --args-json '{\"name\":\"B\"}'",
         ),
         call("ok", "sys.ping"),
+        call("huge", "sys.ping a=$(head -c 70000 /dev/zero | tr '\\0' a)"),
     ]
     .concat();
     let out = fx.run(&script);
     assert_status(&out, 0);
+    // A request over the 64 KiB frame limit is refused by the client, saying why.
+    let (rc, _, err) = fx.outcome("huge");
+    assert_eq!(rc, 125, "{err}");
+    assert!(err.contains("more than"), "{err}");
     for tag in ["novalue", "badjson", "nonstring", "twice"] {
         let (rc, stdout, stderr) = fx.outcome(tag);
         assert_eq!(rc, 2, "{tag}: {stdout}{stderr}");

@@ -98,6 +98,17 @@ fn mediator_fd() -> Result<RawFd, Failure> {
 
 /// Sends `request` with a private reply socket and waits for the answer on it.
 fn exchange(fd: RawFd, request: &[u8]) -> Result<Value, Failure> {
+    // The mediator refuses a larger frame unread (and with it the reply socket): say so here.
+    let max = crate::mediator::protocol::MAX_REQUEST;
+    if request.len() > max {
+        return Err(Failure::new(
+            REFUSED,
+            format!(
+                "the request is {} bytes, more than the {max} a request may be: send less",
+                request.len()
+            ),
+        ));
+    }
     let (mine, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,

@@ -630,6 +630,7 @@ fn worktree_inside(config: &Path, workspace: &Path) -> bool {
     let mut parsed = GitConfig::default();
     read_git_config(config, 4, &mut parsed);
     let base = config.parent().unwrap_or(Path::new("/"));
+    let hooks = hooks_path(workspace).map(|h| workspace.join(h));
     parsed
         .entries
         .iter()
@@ -640,7 +641,7 @@ fn worktree_inside(config: &Path, workspace: &Path) -> bool {
                 // Not into the git directory, nor the hooks directory: a checkout there writes hooks.
                 p.starts_with(workspace)
                     && !p.starts_with(workspace.join(".git"))
-                    && hooks_path(workspace).map_or(true, |h| !p.starts_with(workspace.join(h)))
+                    && hooks.as_ref().map_or(true, |h| !p.starts_with(h))
             })
         })
 }
@@ -693,43 +694,25 @@ fn beneath_without_symlinks(path: &Path, workspace: &Path) -> bool {
     true
 }
 
-/// Whether a `.git` file (`gitdir: PATH`, relative to its own directory) leads to exactly one of `dirs`
-/// (canonical): a git directory that the checks above cover.
-fn gitfile_leads_to_one_of(gitfile: &Path, dirs: &[PathBuf]) -> bool {
-    let Some(text) = read_config(gitfile) else {
-        return false;
-    };
-    let Some(target) = text.trim_end_matches(['\n', '\r']).strip_prefix("gitdir: ") else {
-        return false;
-    };
-    if target.contains('\n') {
-        return false;
+/// Where a one-line git pointer file leads (a `.git` file's `gitdir: PATH`, a `commondir`'s `PATH`;
+/// relative to the file's own directory, as git reads it), resolved; nothing when it is not one.
+fn pointed_to(file: &Path, prefix: &str) -> Option<PathBuf> {
+    let text = read_config(file)?;
+    let target = text.trim_end_matches(['\n', '\r']).strip_prefix(prefix)?;
+    if target.is_empty() || target.contains('\n') {
+        return None;
     }
-    let Some(base) = gitfile.parent() else {
-        return false;
-    };
-    std::fs::canonicalize(base.join(target)).is_ok_and(|t| dirs.contains(&t))
+    std::fs::canonicalize(file.parent()?.join(target)).ok()
 }
 
-/// Whether a `commondir` file names `git_dir` itself (relative to its own directory, as git reads it).
+/// Whether a `.git` file leads to exactly one of `dirs` (canonical): a git directory the checks cover.
+fn gitfile_leads_to_one_of(gitfile: &Path, dirs: &[PathBuf]) -> bool {
+    pointed_to(gitfile, "gitdir: ").is_some_and(|t| dirs.contains(&t))
+}
+
+/// Whether a `commondir` file names `git_dir` itself.
 fn leads_to(commondir: &Path, git_dir: &Path) -> bool {
-    let Some(text) = read_config(commondir) else {
-        return false;
-    };
-    let target = text.trim_end_matches(['\n', '\r']);
-    if target.is_empty() || target.contains('\n') {
-        return false;
-    }
-    let Some(base) = commondir.parent() else {
-        return false;
-    };
-    match (
-        std::fs::canonicalize(base.join(target)),
-        std::fs::canonicalize(git_dir),
-    ) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
+    pointed_to(commondir, "").is_some_and(|t| std::fs::canonicalize(git_dir).is_ok_and(|g| g == t))
 }
 
 /// Whether a git config text holds only allowlisted keys, in a form simple enough to judge. Stricter

@@ -31,6 +31,7 @@ pub mod capability;
 pub mod cli;
 pub mod demo;
 pub mod exit;
+pub mod files;
 pub mod lock;
 pub mod mediator;
 pub mod policy;

@@ -12,7 +12,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD;
@@ -110,6 +110,13 @@ fn read_small(path: &Path) -> Result<(File, String), KeyError> {
         source,
     };
     let file = File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if meta.file_type().is_char_device() || meta.file_type().is_block_device() {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a key file (a device)",
+        )));
+    }
     let mut text = String::new();
     // Key files are one short line; refuse to slurp anything large by mistake.
     (&file).take(4096).read_to_string(&mut text).map_err(io)?;

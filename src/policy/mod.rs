@@ -276,11 +276,13 @@ impl fmt::Display for PolicyError {
 impl Policy {
     /// Reads, parses and checks the policy at `path`.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let bytes = std::fs::read(path).map_err(|e| PolicyError {
-            file: path.display().to_string(),
-            line: None,
-            key: None,
-            problem: format!("cannot read: {e}"),
+        let bytes = crate::files::read_bounded(path, crate::files::MAX_CONFIG).map_err(|e| {
+            PolicyError {
+                file: path.display().to_string(),
+                line: None,
+                key: None,
+                problem: format!("cannot read: {e}"),
+            }
         })?;
         let text = String::from_utf8(bytes).map_err(|_| PolicyError {
             file: path.display().to_string(),

@@ -179,11 +179,17 @@ impl Profile {
             });
         }
         let (origin, text) = if name_or_path.contains('/') || name_or_path.ends_with(".toml") {
-            let text =
-                std::fs::read_to_string(name_or_path).map_err(|source| ProfileError::Read {
-                    path: name_or_path.to_string(),
-                    source,
-                })?;
+            let read =
+                crate::files::read_bounded(Path::new(name_or_path), crate::files::MAX_CONFIG)
+                    .and_then(|bytes| {
+                        String::from_utf8(bytes).map_err(|_| {
+                            std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text")
+                        })
+                    });
+            let text = read.map_err(|source| ProfileError::Read {
+                path: name_or_path.to_string(),
+                source,
+            })?;
             (name_or_path.to_string(), text)
         } else {
             let text = SHIPPED

@@ -1,0 +1,32 @@
+//! Reading the small files an operator names (policy, profile, keys): a path that names a device or a
+//! huge file must give an error, not read until memory runs out. A pipe is accepted (`<(...)`,
+//! `/dev/stdin`): the operator chose it, and the read is bounded all the same.
+
+use std::io::{Error, ErrorKind, Read};
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+
+/// The largest policy or profile read (real ones are a few KiB).
+pub const MAX_CONFIG: u64 = 1 << 20;
+
+/// Reads the regular file or pipe at `path`, at most `max` bytes; a device, a socket or a longer file is
+/// an error that says why.
+pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let file = std::fs::File::open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !(kind.is_file() || kind.is_fifo()) {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file (a device or socket)",
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
+        ));
+    }
+    Ok(bytes)
+}

@@ -133,7 +133,7 @@ fi
     echo "zt-ci: step exit:   $status"
     echo "zt-ci: calls:       $calls"
     echo "zt-ci: audit:       $verify_msg"
-    echo "zt-ci: artifacts:   $artifacts (audit.jsonl, head, audit.pub)"
+    echo "zt-ci: artifacts:   $artifacts (audit.jsonl, head, audit.pub; audit.key is the signing key: never upload it)"
 } >&2
 
 if [[ "$verified" != "yes" && "$status" -ne "$REFUSED" ]]; then

@@ -155,9 +155,12 @@ pub struct TokenIssueArgs {
 pub struct TokenInspectArgs {
     /// The token file.
     pub file: PathBuf,
-    /// Check the capabilities against this policy (and its trusted issuers).
+    /// Check the signature, status and capabilities against this policy (and its trusted issuers).
+    /// Exit 0 then means `run --token` would accept the token now; 1 that it would not (the output
+    /// says why). Without it, exit 0 once the token could be decoded and shown (signature unchecked).
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// Print one JSON object (payload, signature, status, capabilities).
     #[arg(long)]
     pub json: bool,
 }
@@ -194,8 +197,10 @@ pub struct PolicyExplainArgs {
     pub action: String,
     #[arg(value_name = "KEY=VALUE")]
     pub args: Vec<String>,
+    /// Decide as if this token were presented (default: no token).
     #[arg(long, value_name = "FILE")]
     pub token: Option<PathBuf>,
+    /// Print the decision as one JSON object (decision, check, rule, reason, token, notes).
     #[arg(long)]
     pub json: bool,
 }
@@ -231,6 +236,7 @@ pub struct AuditVerifyArgs {
     /// Fail unless the log ends in this head (catches truncation of whole sessions).
     #[arg(long, value_name = "HEX")]
     pub expect_head: Option<String>,
+    /// Print a machine-readable summary (one JSON object; fields in docs/audit-format.md).
     #[arg(long)]
     pub json: bool,
 }
@@ -238,6 +244,7 @@ pub struct AuditVerifyArgs {
 #[derive(Args, Debug, Clone)]
 pub struct AuditShowArgs {
     pub log: PathBuf,
+    /// Print the records themselves, one JSON object a line.
     #[arg(long)]
     pub json: bool,
     /// Only this session.
@@ -253,6 +260,7 @@ pub struct AuditReplayArgs {
     pub log: PathBuf,
     #[arg(long, value_name = "FILE")]
     pub policy: PathBuf,
+    /// Print the differences as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -274,6 +282,7 @@ pub struct DemoArgs {
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct DoctorArgs {
+    /// Print one JSON object (what this host can enforce).
     #[arg(long)]
     pub json: bool,
 }

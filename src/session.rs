@@ -340,7 +340,12 @@ pub fn run(args: &RunArgs) -> CmdResult {
     );
     e.insert("policy_name".into(), json!(policy.name));
     e.insert("policy_sha256".into(), json!(policy.sha256));
-    e.insert("profile".into(), json!(config.profile.origin));
+    // A shipped profile by its name (as `--profile` and `[sandbox] profile` name it), a file by its path.
+    let profile = &config.profile.origin;
+    e.insert(
+        "profile".into(),
+        json!(profile.strip_prefix("builtin:").unwrap_or(profile)),
+    );
     e.insert(
         "profile_sources".into(),
         json!(config

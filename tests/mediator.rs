@@ -731,6 +731,11 @@ fn fs_builtins_stay_beneath_their_root() {
         ),
         call("list_ok", "fs.list path=."),
         call("list_dirlink", "fs.list path=dirlink"),
+        // Ordinary failures of allowed calls: recorded as allowed, then failed (exit 1), not denials.
+        call("read_missing", "fs.read path=nothing-here.txt"),
+        call("read_dir", "fs.read path=sub"),
+        call("list_file", "fs.list path=readme.txt"),
+        call("write_noparent", "fs.write path=nodir/new.txt content=x"),
     ]
     .concat();
     let out = fx.run(&script);
@@ -807,6 +812,33 @@ fn fs_builtins_stay_beneath_their_root() {
         .collect();
     assert!(names.contains(&"readme.txt"), "{listing}");
     assert_eq!(fx.outcome("list_dirlink").0, 3);
+
+    for (tag, action, path, error) in [
+        (
+            "read_missing",
+            "fs.read",
+            "nothing-here.txt",
+            "No such file",
+        ),
+        ("read_dir", "fs.read", "sub", "is a directory"),
+        ("list_file", "fs.list", "readme.txt", "Not a directory"),
+        (
+            "write_noparent",
+            "fs.write",
+            "nodir/new.txt",
+            "No such file",
+        ),
+    ] {
+        let (rc, stdout, stderr) = fx.outcome(tag);
+        assert_eq!(rc, 1, "{tag}: {stdout}{stderr}");
+        assert!(
+            fx.result(tag)["error"].as_str().unwrap().contains(error),
+            "{tag}: {stdout}"
+        );
+        let d = fx.decision_with(action, "path", path);
+        assert_eq!(d["decision"], "allow", "{tag}: {d}");
+    }
+    assert!(!fx.ws.join("nodir").exists());
 
     // The secret appears nowhere the agent (or anyone reading the log) could see it.
     let mut seen = text(&out.stdout) + &text(&out.stderr);
@@ -984,6 +1016,17 @@ print(json.dumps(out))
         .filter(|r| r["kind"] == "decision" && r["decision"] == "error")
         .count();
     assert_eq!(errors, 8);
+    // A request that named its action keeps it in the record (what was asked, even if malformed).
+    let named: Vec<Value> = fx
+        .records()
+        .into_iter()
+        .filter(|r| r["kind"] == "decision" && r["decision"] == "error")
+        .filter_map(|r| r.get("action").cloned())
+        .filter(|a| !a.is_null())
+        .collect();
+    assert!(named.iter().all(|a| a == "sys.ping"), "{named:?}");
+    // (unknown_field and non_string_arg at least)
+    assert!(named.len() >= 2, "{named:?}");
     assert_status(&fx.verify_audit(), 0);
 }
 

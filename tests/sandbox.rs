@@ -1610,6 +1610,56 @@ fn without_userns_run_refuses_unless_degraded_is_allowed() {
         left.is_empty(),
         "degraded run left {left:?} in the workspace"
     );
+    // ...and in the session record, in the vocabulary of the policy's `require`.
+    let start = last_session_start(&ctx);
+    assert_eq!(start["degraded"], true, "{start}");
+    // (`cgroup` where this host lets the caller make one.)
+    let layers: Vec<&serde_json::Value> = start["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| *l != "cgroup")
+        .collect();
+    assert_eq!(
+        layers,
+        ["landlock", "seccomp", "caps-dropped", "no_new_privs"],
+        "{start}"
+    );
+    assert_eq!(
+        start["sandbox"]["missing"],
+        serde_json::json!(["userns"]),
+        "{start}"
+    );
+    // A full run names every layer.
+    let o = run_with(&ctx, &Opts::default(), &["true"]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let start = last_session_start(&ctx);
+    assert_eq!(start["degraded"], false, "{start}");
+    assert_eq!(start["profile"], "minimal", "{start}");
+    let layers: Vec<&str> = start["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    for layer in [
+        "userns",
+        "landlock",
+        "seccomp",
+        "caps-dropped",
+        "no_new_privs",
+    ] {
+        assert!(layers.contains(&layer), "{layer} missing: {start}");
+    }
+}
+
+/// The last `session.start` record of the default audit log of `ctx`.
+fn last_session_start(ctx: &Ctx) -> serde_json::Value {
+    let log = std::fs::read_to_string(ctx.root.path().join("state/audit.jsonl")).unwrap();
+    log.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .rfind(|r| r["kind"] == "session.start")
+        .expect("a session.start record")
 }
 
 /// `zt-aas doctor --json` as the given user (outside any sandbox).

@@ -30,6 +30,18 @@ fn ok(out: Output) -> String {
     stdout
 }
 
+/// The stdout of a command that exited 1 (a refusal that still reports).
+#[track_caller]
+fn refused_stdout(out: Output) -> String {
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    stdout
+}
+
 #[track_caller]
 fn fails(out: Output, code: i32) -> String {
     let (stdout, stderr) = text(&out);
@@ -547,7 +559,8 @@ fn wrong_agent_wrong_policy_expired_revoked() {
         &["token", "revoke", "--policy", "policy.toml", &id],
     ));
     assert!(again.contains("already revoked"), "{again}");
-    let inspect = ok(zt(
+    // With the policy, inspect exits 1 for a token `run --token` would refuse, and says why.
+    let inspect = refused_stdout(zt(
         dir.path(),
         &[
             "token",
@@ -773,7 +786,8 @@ fn inspect_shows_payload_validity_and_policy_verdicts() {
     // The policy changes: fs.read becomes denied. Inspect says so per capability.
     let stricter = format!("{POLICY}\n[[rule]]\neffect = \"deny\"\nactions = [\"fs.read\"]\nreason = \"no more reading\"\n");
     std::fs::write(dir.path().join("policy.toml"), stricter).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&ok(zt(
+    // A capability the policy no longer allows makes the token one `run --token` refuses: exit 1.
+    let v: serde_json::Value = serde_json::from_str(&refused_stdout(zt(
         dir.path(),
         &[
             "token",
@@ -793,7 +807,7 @@ fn inspect_shows_payload_validity_and_policy_verdicts() {
         .as_str()
         .unwrap()
         .contains("no more reading"));
-    let human = ok(zt(
+    let human = refused_stdout(zt(
         dir.path(),
         &["token", "inspect", "t.tok", "--policy", "policy.toml"],
     ));
@@ -801,6 +815,39 @@ fn inspect_shows_payload_validity_and_policy_verdicts() {
         human.contains("#1 fs.read (max 3 uses): NOT ALLOWED"),
         "{human}"
     );
+}
+
+#[test]
+fn inspect_with_a_policy_judges_the_signature_before_the_payload() {
+    let dir = setup();
+    issue_to(dir.path(), "t.tok", &["--action", "hello-world.say_hello"]);
+    // Without a policy a decodable token is shown (exit 0); with it, a usable one exits 0.
+    ok(zt(dir.path(), &["token", "inspect", "t.tok"]));
+    ok(zt(
+        dir.path(),
+        &["token", "inspect", "t.tok", "--policy", "policy.toml"],
+    ));
+    // An unknown payload key under a signature that does not hold: it is unsigned garbage first.
+    let raw = std::fs::read_to_string(dir.path().join("t.tok")).unwrap();
+    let parts: Vec<&str> = raw.trim().split('.').collect();
+    let mut payload: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    payload["extra"] = serde_json::json!(1);
+    let forged = format!(
+        "ztcap1.{}.{}",
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&payload).unwrap()),
+        parts[2]
+    );
+    std::fs::write(dir.path().join("forged.tok"), forged).unwrap();
+    let err = fails(
+        zt(
+            dir.path(),
+            &["token", "inspect", "forged.tok", "--policy", "policy.toml"],
+        ),
+        1,
+    );
+    assert!(err.contains("bad signature"), "{err}");
+    assert!(!err.contains("unknown field"), "{err}");
 }
 
 #[test]

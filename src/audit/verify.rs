@@ -326,7 +326,13 @@ fn fields<'a>(get: &dyn Fn(&str) -> Option<Field<'a>>) -> Result<Rec, String> {
                 .map_err(|_| "field `pubkey` is not 32 bytes".to_string())?;
             let vk = VerifyingKey::from_bytes(&arr)
                 .map_err(|_| "field `pubkey` is not an ed25519 public key".to_string())?;
-            if vk.is_weak() || record::key_id(&vk) != key {
+            if vk.is_weak() {
+                return Err(
+                    "field `pubkey` is a weak (small-order) key, which nobody can be held to"
+                        .into(),
+                );
+            }
+            if record::key_id(&vk) != key {
                 return Err("field `pubkey` does not match the record's `key` id".into());
             }
             Some(vk)

@@ -144,8 +144,15 @@ pub fn inspect(args: &TokenInspectArgs) -> CmdResult {
     let raw = read_token_file(&args.file).map_err(Failure::failed)?;
     let now = now();
     let policy = args.policy.as_deref().map(load_policy).transpose()?;
-    let decoded = Token::decode_unverified(&raw)
-        .map_err(|e| Failure::failed(format!("{}: {e}", args.file.display())))?;
+    // With the trusted issuers at hand the signature is judged first (SPEC): a token whose payload is
+    // malformed is called what it is, unsigned garbage, when its signature does not hold either.
+    let decoded = Token::decode_unverified(&raw).map_err(|e| {
+        let e = match policy.as_ref().map(|p| Token::verify(&raw, &p.issuers)) {
+            Some(Err(signature)) => signature.to_string(),
+            _ => e.to_string(),
+        };
+        Failure::failed(format!("{}: {e}", args.file.display()))
+    })?;
     // (signature state, its explanation, the token to report on)
     let (signature, signature_note, verified) = match &policy {
         None => (
@@ -239,7 +246,11 @@ pub fn inspect(args: &TokenInspectArgs) -> CmdResult {
             outln!("{line}: {mark}: {reason}");
         }
     }
-    Ok(if signature == "invalid" { 1 } else { 0 })
+    // With a policy: 0 only for a token `run --token` would accept now (signature, window, revocation,
+    // every capability still allowed). Without one: 0 once it could be decoded and shown.
+    let refused = policy.is_some()
+        && (verified.is_none() || status != "usable" || caps.iter().any(|c| c["allowed"] != true));
+    Ok(if refused { 1 } else { 0 })
 }
 
 pub fn revoke(args: &TokenRevokeArgs) -> CmdResult {

@@ -158,6 +158,10 @@ pub enum Prepared {
         dir: OwnedFd,
     },
     Ping,
+    /// An allowed file action that cannot be done for an ordinary reason (no such file, a directory
+    /// where a file is needed, the host's permissions): recorded as allowed, then as failed (`call`
+    /// exits 1). Only what the agent may touch anyway gets this far: the path rules refused the rest.
+    Failed(String),
 }
 
 impl Prepared {
@@ -175,6 +179,9 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// The check code of an ordinary failure (see [`Prepared::Failed`]), never a decision's.
+const FAILED: &str = "failed";
+
 fn refuse(check: &'static str, reason: impl Into<String>) -> Refusal {
     Refusal {
         check,
@@ -185,6 +192,19 @@ fn refuse(check: &'static str, reason: impl Into<String>) -> Refusal {
 /// Resolves what an allowed call will touch. File paths are opened here, beneath their root.
 /// Commands run in `dir` (the policy's directory).
 pub fn prepare(
+    action: &Action,
+    args: &BTreeMap<String, String>,
+    default_timeout: u64,
+    dir: &Path,
+    shield: &Shield,
+) -> Result<Prepared, Refusal> {
+    match resolve(action, args, default_timeout, dir, shield) {
+        Err(r) if r.check == FAILED => Ok(Prepared::Failed(r.reason)),
+        resolved => resolved,
+    }
+}
+
+fn resolve(
     action: &Action,
     args: &BTreeMap<String, String>,
     default_timeout: u64,
@@ -222,6 +242,9 @@ pub fn prepare(
             let meta = file
                 .metadata()
                 .map_err(|e| refuse("path_refused", e.to_string()))?;
+            if meta.is_dir() {
+                return Err(refuse(FAILED, format!("`{path}` is a directory")));
+            }
             if !meta.is_file() {
                 return Err(refuse(
                     "path_refused",
@@ -328,6 +351,46 @@ fn open_beneath(root: &Path, path: &str, flags: libc::c_int) -> Result<OwnedFd, 
     }
     // SAFETY: root_fd was just opened by us and is owned here.
     let root_fd = unsafe { OwnedFd::from_raw_fd(root_fd) };
+    let err = match openat2_beneath(&root_fd, &path_c, flags) {
+        Ok(fd) => return Ok(fd),
+        Err(err) => err,
+    };
+    let (check, why) = match err.raw_os_error() {
+        Some(libc::EXDEV) => ("path_outside_root", "leaves the action's root".to_string()),
+        Some(libc::ELOOP) => (
+            "symlink_refused",
+            "goes through a symbolic link".to_string(),
+        ),
+        // ENOTDIR is also what O_DIRECTORY | O_NOFOLLOW says of a symlink as the last component: look
+        // at the path itself before calling it an ordinary failure.
+        Some(libc::ENOTDIR)
+            if openat2_beneath(&root_fd, &path_c, libc::O_PATH).is_ok_and(|fd| {
+                File::from(fd)
+                    .metadata()
+                    .is_ok_and(|m| m.file_type().is_symlink())
+            }) =>
+        {
+            (
+                "symlink_refused",
+                "goes through a symbolic link".to_string(),
+            )
+        }
+        Some(libc::ENOENT | libc::ENOTDIR | libc::EISDIR | libc::EACCES | libc::ENAMETOOLONG) => {
+            (FAILED, err.to_string())
+        }
+        _ => ("path_refused", err.to_string()),
+    };
+    Err(refuse(check, format!("path `{path}` {why}")))
+}
+
+/// openat2 relative to `root_fd`, never leaving it nor following any link (`O_NOFOLLOW` on the last
+/// component too).
+fn openat2_beneath(
+    root_fd: &OwnedFd,
+    path: &CString,
+    flags: libc::c_int,
+) -> std::io::Result<OwnedFd> {
+    // SAFETY: open_how is plain data; zeroed is its documented initial state.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64;
     how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
@@ -336,22 +399,13 @@ fn open_beneath(root: &Path, path: &str, flags: libc::c_int) -> Result<OwnedFd, 
         libc::syscall(
             libc::SYS_openat2,
             root_fd.as_raw_fd(),
-            path_c.as_ptr(),
+            path.as_ptr(),
             &how as *const libc::open_how,
             std::mem::size_of::<libc::open_how>(),
         )
     };
     if fd < 0 {
-        let err = std::io::Error::last_os_error();
-        let (check, why) = match err.raw_os_error() {
-            Some(libc::EXDEV) => ("path_outside_root", "leaves the action's root".to_string()),
-            Some(libc::ELOOP) => (
-                "symlink_refused",
-                "goes through a symbolic link".to_string(),
-            ),
-            _ => ("path_refused", err.to_string()),
-        };
-        return Err(refuse(check, format!("path `{path}` {why}")));
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: openat2 returned a new descriptor that we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -378,6 +432,7 @@ pub fn execute(prepared: Prepared, output_cap: u64, audit: Option<(&Path, &Path)
             shield,
         } => write_file(&dir, &name, &content, &shield),
         Prepared::List { dir } => list_dir(dir),
+        Prepared::Failed(message) => failed(message),
     }
 }
 

@@ -274,6 +274,7 @@ impl Mediator {
             Some(reason) => Err(protocol::ProtocolError {
                 id: Value::Null,
                 reason,
+                action: None,
             }),
             None => protocol::parse_request(frame),
         };
@@ -284,6 +285,7 @@ impl Mediator {
                 let mut body = RecordBody::new("", Kind::Decision, self.agent.clone());
                 body.decision = Some("error".into());
                 body.reason = Some(e.reason.clone());
+                body.action = e.action.clone();
                 body.extra.insert("check".into(), json!("protocol_error"));
                 let _ = self.record(body);
                 return (

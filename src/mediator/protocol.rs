@@ -34,12 +34,15 @@ pub struct Request {
 pub struct ProtocolError {
     pub id: Value,
     pub reason: String,
+    /// The action the request named, when it could be read (for the audit record).
+    pub action: Option<String>,
 }
 
 fn error(id: &Value, reason: impl Into<String>) -> ProtocolError {
     ProtocolError {
         id: id.clone(),
         reason: reason.into(),
+        action: None,
     }
 }
 
@@ -58,7 +61,10 @@ pub fn parse_request(frame: &[u8]) -> Result<Request, ProtocolError> {
         Err(strict) => match explain(frame) {
             Err(e) => Err(e),
             // Only a repeated member fails the strict reading and passes the tree's.
-            Ok(request) => Err(error(&request.id, format!("malformed request: {strict}"))),
+            Ok(request) => Err(ProtocolError {
+                action: Some(request.action),
+                ..error(&request.id, format!("malformed request: {strict}"))
+            }),
         },
     }
 }
@@ -184,6 +190,10 @@ fn explain(frame: &[u8]) -> Result<Request, ProtocolError> {
         Some(_) => return Err(error(&id, "`action` must be a non-empty string")),
         None => return Err(error(&id, "missing `action`")),
     };
+    let error = |id: &Value, reason: String| ProtocolError {
+        action: Some(action.clone()),
+        ..error(id, reason)
+    };
     let mut args = BTreeMap::new();
     match obj.remove("args") {
         None | Some(Value::Null) => {}
@@ -197,12 +207,12 @@ fn explain(frame: &[u8]) -> Result<Request, ProtocolError> {
                 }
             }
         }
-        Some(_) => return Err(error(&id, "`args` must be an object of strings")),
+        Some(_) => return Err(error(&id, "`args` must be an object of strings".into())),
     }
     let token = match obj.remove("token") {
         None | Some(Value::Null) => None,
         Some(Value::String(t)) => Some(t),
-        Some(_) => return Err(error(&id, "`token` must be a string")),
+        Some(_) => return Err(error(&id, "`token` must be a string".into())),
     };
     let mut spoofed = Map::new();
     for field in IDENTITY_FIELDS {

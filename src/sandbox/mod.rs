@@ -94,6 +94,8 @@ pub struct ActiveLayers {
     pub seccomp: bool,
     pub capabilities_dropped: bool,
     pub no_new_privs: bool,
+    /// A cgroup limit (memory or pids) applies.
+    pub cgroup: bool,
     pub limits: Vec<String>,
     pub degraded: bool,
     /// Layers the policy asked for that did not run (only in degraded mode).
@@ -105,16 +107,22 @@ pub struct ActiveLayers {
 }
 
 impl ActiveLayers {
+    /// The layers that ran, in the vocabulary of the policy's `require` (`userns`, `landlock`,
+    /// `seccomp`, `cgroup`) plus `caps-dropped` and `no_new_privs`; the details (which namespaces, the
+    /// Landlock ABI, each limit) are in the record's `sandbox` object.
     pub fn names(&self) -> Vec<String> {
         let mut v = Vec::new();
         if !self.namespaces.is_empty() {
-            v.push(format!("namespaces({})", self.namespaces.join(",")));
+            v.push("userns".into());
         }
         if self.landlock_abi > 0 {
-            v.push(format!("landlock(abi {})", self.landlock_abi));
+            v.push("landlock".into());
         }
         if self.seccomp {
             v.push("seccomp".into());
+        }
+        if self.cgroup {
+            v.push("cgroup".into());
         }
         if self.capabilities_dropped {
             v.push("caps-dropped".into());
@@ -313,6 +321,7 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
     layers.no_new_privs = true;
 
     let cgroup = limits::Cgroup::create(&config.session, &config.limits);
+    layers.cgroup = !cgroup.applied.is_empty();
     layers.limits = cgroup.applied.clone();
     layers
         .limits

@@ -256,7 +256,18 @@ pub fn run(args: &RunArgs) -> CmdResult {
     guarded.hidden.push(key_path.clone());
     guarded.hidden.extend(policy.revocation.clone());
     guarded.hidden.extend(policy.mediator.use_counts.clone());
-    guarded.hidden.extend(private_keys_near(&policy.dir));
+    // Private keys: beside the policy, and beside every public key it names (`keygen` writes X.key
+    // next to X.pub: an issuer's secret readable inside would let the agent mint its own tokens).
+    let key_dirs = [policy.dir.clone(), policy.dir.join("keys")]
+        .into_iter()
+        .chain(
+            policy
+                .key_files
+                .iter()
+                .filter_map(|k| k.parent().map(Path::to_path_buf)),
+        )
+        .chain(key_path.parent().map(Path::to_path_buf));
+    guarded.hidden.extend(private_keys_in(key_dirs));
 
     let session = audit::log::new_session_id();
     let mut limits = profile.limits.clone();
@@ -586,9 +597,13 @@ fn seal(
     }
     if !quiet {
         errln!(
-            "zt-aas: session {session}: {} call(s) allowed, {} denied; audit {} head {}",
+            "zt-aas: session {session}: {} call(s) allowed, {} denied{}; audit {} head {}",
             stats.allowed,
             stats.denied + stats.errors,
+            match stats.errors {
+                0 => String::new(),
+                n => format!(" ({n} of them protocol errors)"),
+            },
             log.display(),
             sealed.hash
         );
@@ -637,10 +652,14 @@ fn open_head_out(path: &Path) -> Result<std::fs::File, Failure> {
     }
 }
 
-/// Private keys lying next to the policy (its directory and `keys/`): hidden from the agent.
-fn private_keys_near(dir: &Path) -> Vec<PathBuf> {
+/// The private keys (`*.key`) in `dirs`: hidden from the agent.
+fn private_keys_in(dirs: impl Iterator<Item = PathBuf>) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for d in [dir.to_path_buf(), dir.join("keys")] {
+    let mut seen = std::collections::HashSet::new();
+    for d in dirs {
+        if !seen.insert(d.clone()) {
+            continue;
+        }
         let Ok(entries) = std::fs::read_dir(&d) else {
             continue;
         };

@@ -188,6 +188,34 @@ fn guarded_files_inside_the_workspace_are_read_only_and_keys_hidden() {
 }
 
 #[test]
+fn an_issuers_private_key_beside_its_public_key_is_hidden_wherever_it_lies_in_the_workspace() {
+    // The policy trusts sec/issuer.pub; keygen wrote sec/issuer.key beside it. Readable inside, it would
+    // let the agent sign tokens of its own: any action an allow rule names, without the issuer's limits.
+    let p = Project::new("");
+    std::fs::create_dir(p.dir.join("sec")).unwrap();
+    for f in ["issuer.key", "issuer.pub"] {
+        std::fs::rename(p.dir.join("keys").join(f), p.dir.join("sec").join(f)).unwrap();
+    }
+    let policy = std::fs::read_to_string(p.dir.join("policy.toml")).unwrap();
+    std::fs::write(
+        p.dir.join("policy.toml"),
+        policy.replace("keys/issuer.pub", "sec/issuer.pub"),
+    )
+    .unwrap();
+    let out = p.run(
+        &[],
+        "test -s sec/issuer.pub && echo PUB-READABLE; \
+         grep -q ed25519 sec/issuer.key 2>/dev/null && echo READ-ISSUER-KEY; \
+         (echo x >> sec/issuer.pub) 2>/dev/null && echo WROTE-PUB; true",
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", text(&out.stderr));
+    assert!(!stdout.contains("READ-ISSUER-KEY"), "{stdout}");
+    assert!(!stdout.contains("WROTE-PUB"), "{stdout}");
+    assert!(stdout.contains("PUB-READABLE"), "{stdout}");
+}
+
+#[test]
 fn the_placeholder_lists_are_hidden_when_the_state_directory_lies_in_the_workspace() {
     // Run from a home directory, the workspace holds the state directory; the lists there name what the
     // supervisor removes after the run, so the agent must not be able to add to them.

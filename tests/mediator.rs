@@ -953,6 +953,33 @@ def ask(frame):
 "#;
 
 #[test]
+fn an_agent_that_stops_sending_is_not_served_empty_requests_for_ever() {
+    // shutdown(SHUT_WR) on fd 3: every read is then an end of file. Taken for empty requests, each was
+    // answered and recorded (fsynced) in a loop: thousands of records a second from an idle agent.
+    let fx = Fixture::new("", &[]);
+    let program = format!(
+        "{PY_PRELUDE}{}",
+        r#"
+import time
+out = {"first": ask(b'{"id":0,"action":"sys.ping"}')}
+s.send(b'{"id":1,"action":"sys.ping"}')
+s.shutdown(socket.SHUT_WR)
+# What was sent before the shutdown is still answered.
+out["last"] = json.loads(s.recv(1 << 20))
+time.sleep(1.5)
+print(json.dumps(out))
+"#
+    );
+    let r = fx.python_json(&program);
+    assert_eq!(r["first"]["decision"], "allow", "{r}");
+    assert_eq!(r["last"]["decision"], "allow", "{r}");
+    let records = fx.records();
+    let decisions = records.iter().filter(|r| r["kind"] == "decision").count();
+    assert_eq!(decisions, 2, "{} records", records.len());
+    assert_status(&fx.verify_audit(), 0);
+}
+
+#[test]
 fn malformed_and_oversized_frames_get_errors_and_the_session_goes_on() {
     let fx = Fixture::new("", &[]);
     let program = format!(

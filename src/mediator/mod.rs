@@ -60,6 +60,8 @@ pub struct Mediator {
     pub stats: Stats,
     /// The receive buffer, reused across requests.
     frame: Vec<u8>,
+    /// The agent closed its end, or shut down its sending side: no request can come any more.
+    eof: bool,
     /// Set when the audit log failed: every further call is denied with this reason.
     audit_broken: Option<String>,
     now: fn() -> u64,
@@ -116,6 +118,7 @@ impl Mediator {
             window: (0, 0),
             stats: Stats::default(),
             frame: Vec::new(),
+            eof: false,
             audit_broken: None,
             now: unix_now,
             proxy: None,
@@ -653,6 +656,7 @@ impl Mediator {
         if len == 0 && reply_fd.is_none() && refused.is_none() && peer_closed(self.socket.as_fd()) {
             // EOF: the agent closed its end (an empty message is answered below). Nothing follows to
             // carry a deferred result record: write it now.
+            self.eof = true;
             if let Err(e) = self.audit.flush() {
                 self.audit_broken = Some(e.to_string());
             }
@@ -766,14 +770,24 @@ fn test_panic() -> bool {
 const COALESCE_WINDOW: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// What `poll` reports for `fd` within `window` (`None`: nothing, or poll failed).
+/// The peer shut down its sending side (nix does not name this flag).
+const POLLRDHUP: nix::poll::PollFlags = nix::poll::PollFlags::from_bits_retain(libc::POLLRDHUP);
+
+/// The events of `fd` within `window` (POLLRDHUP included), or `None` when nothing happened.
 fn poll_one(fd: BorrowedFd<'_>, window: std::time::Duration) -> Option<nix::poll::PollFlags> {
-    use nix::poll::{ppoll, PollFd, PollFlags};
-    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-    let window = nix::sys::time::TimeSpec::from_duration(window);
-    match ppoll(&mut fds, Some(window), None) {
-        Ok(n) if n > 0 => fds[0].revents(),
-        _ => None,
-    }
+    // libc directly: nix's `revents()` drops every flag when one is unknown to it, as POLLRDHUP is.
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: window.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: window.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: one valid pollfd, a valid timespec, no signal mask change.
+    let n = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+    (n > 0).then(|| nix::poll::PollFlags::from_bits_retain(pfd.revents))
 }
 
 /// Whether a request arrives on the socket within `window`. A hang-up also reads as POLLIN: it is no
@@ -781,14 +795,17 @@ fn poll_one(fd: BorrowedFd<'_>, window: std::time::Duration) -> Option<nix::poll
 fn request_queued(fd: BorrowedFd<'_>, window: std::time::Duration) -> bool {
     use nix::poll::PollFlags;
     poll_one(fd, window).is_some_and(|r| {
-        r.contains(PollFlags::POLLIN) && !r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)
+        r.contains(PollFlags::POLLIN)
+            && !r.intersects(PollFlags::POLLHUP | POLLRDHUP | PollFlags::POLLERR)
     })
 }
 
-/// Whether the other end of the socket is gone (a zero-length read is EOF, not an empty message).
+/// Whether the other end of the socket is gone or will send nothing more (`shutdown(SHUT_WR)`): a
+/// zero-length read is then EOF, not an empty message.
 fn peer_closed(fd: BorrowedFd<'_>) -> bool {
+    use nix::poll::PollFlags;
     poll_one(fd, std::time::Duration::ZERO)
-        .is_some_and(|r| r.intersects(nix::poll::PollFlags::POLLHUP))
+        .is_some_and(|r| r.intersects(PollFlags::POLLHUP | POLLRDHUP))
 }
 
 /// The signed part of a presented token (`ztcap1.<payload>`), if it has that shape.
@@ -805,7 +822,8 @@ fn is_seqpacket(fd: BorrowedFd<'_>) -> bool {
 
 impl Events for Mediator {
     fn fd(&self) -> Option<BorrowedFd<'_>> {
-        Some(self.socket.as_fd())
+        // Once at EOF the socket stays readable for ever: it is no longer polled.
+        (!self.eof).then(|| self.socket.as_fd())
     }
 
     fn extra_fd(&self) -> Option<BorrowedFd<'_>> {

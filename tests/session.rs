@@ -1034,6 +1034,58 @@ fn a_protected_file_reached_through_a_symlink_is_refused() {
 }
 
 #[test]
+fn degraded_mode_ends_a_tree_that_keeps_forking() {
+    // Without a pid namespace the agent's processes are killed one by one: a tree whose members fork and
+    // exit at once (each orphan reparented to the init) used to keep the killing busy for ever, so `run`
+    // never returned and the tree outlived it. (The racer stops by itself after 90 s, so a failure
+    // leaves nothing running for long; it outlasts the 60 s for which the test waits on run.)
+    let (_t, ws) = plain_workspace();
+    let state = host_tempdir("zt-racer-state.");
+    // In C: a tree of Python processes forks too slowly to race anything. (`cc` is there wherever
+    // cargo links.)
+    let racer = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+int main(void) {
+    time_t stop = time(NULL) + 90;
+    if (fork()) { sleep(1); return 0; }
+    setsid();
+    for (int i = 0; i < 16; i++) if (!fork()) break;
+    for (unsigned n = 1; time(NULL) < stop; n++) {
+        pid_t p = fork();
+        if (p < 0) continue;
+        if (p > 0) _exit(0);
+        if (n % 4096 == 0) { FILE *f = fopen("alive.log", "a"); if (f) { fputs("alive\n", f); fclose(f); } }
+    }
+    return 0;
+}
+"#;
+    std::fs::write(ws.join("racer.c"), racer).unwrap();
+    let cc = Command::new("cc")
+        .args(["-O2", "-o", "racer", "racer.c"])
+        .current_dir(&ws)
+        .status()
+        .unwrap();
+    assert!(cc.success());
+    let out = zt_env(
+        &ws,
+        &["run", "-q", "--allow-degraded", "--", "./racer"],
+        &[
+            ("ZT_AAS_TEST_DISABLE", "userns"),
+            ("XDG_STATE_HOME", state.path().to_str().unwrap()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let size = || std::fs::metadata(ws.join("alive.log")).map_or(0, |m| m.len());
+    std::thread::sleep(Duration::from_millis(300));
+    let before = size();
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(size(), before, "the forking tree outlived run");
+}
+
+#[test]
 fn degraded_mode_refuses_unix_sockets_and_kills_orphans_of_a_killed_init() {
     let (_t, ws) = plain_workspace();
     let sock_dir = host_tempdir("zt-sock.");

@@ -137,21 +137,59 @@ fn reap(agent: Pid) -> Option<i32> {
 
 /// Degraded mode: SIGKILL every descendant (they were reparented to us as the subreaper), until none.
 /// Used by the sandbox's init and, in case the agent killed that init, by the supervisor too.
+///
+/// A tree that keeps forking (each child forks and exits, its orphan reparented to us) must not outrun
+/// the killing: the tree is first frozen with SIGSTOP, walked again until no process it has not stopped
+/// appears (a stopped process cannot fork), then killed; reaping never blocks; and the whole is bounded
+/// in time so that the caller's wall clock and signals are served again.
 pub(crate) fn kill_descendants() {
-    for _ in 0..1000 {
-        let children = children_of(std::process::id());
-        if children.is_empty() {
-            return;
+    use std::collections::HashSet;
+    use std::time::{Duration, Instant};
+    let me = std::process::id();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut frozen = HashSet::new();
+        loop {
+            let fresh: Vec<i32> = descendants(me)
+                .into_iter()
+                .filter(|pid| frozen.insert(*pid))
+                .collect();
+            if fresh.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            for pid in fresh {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
+            }
         }
-        for pid in children {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        for pid in &frozen {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
         }
-        while let Ok(status) = waitpid(None, None) {
+        while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             if matches!(status, WaitStatus::StillAlive) {
                 break;
             }
         }
+        if children_of(me).is_empty() || Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// Every process below `pid` (bounded: a tree can hold at most the pids limit).
+fn descendants(pid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut next = vec![pid as i32];
+    while let Some(p) = next.pop() {
+        for child in children_of(p as u32) {
+            if out.len() >= 1 << 16 {
+                return out;
+            }
+            out.push(child);
+            next.push(child);
+        }
+    }
+    out
 }
 
 fn children_of(pid: u32) -> Vec<i32> {

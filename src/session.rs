@@ -321,7 +321,7 @@ pub fn run(args: &RunArgs) -> CmdResult {
     };
     let git_before = sandbox::persistence::snapshot(&workspace);
     // Put back when `run` ends, whatever the agent left the user's terminal in.
-    let _terminal = sandbox::terminal::Terminal::save();
+    let terminal = sandbox::terminal::Terminal::save();
     let prepared = sandbox::prepare(&config)?;
     if !prepared.layers.unapplied_limits.is_empty() && !args.quiet {
         errln!(
@@ -488,6 +488,8 @@ pub fn run(args: &RunArgs) -> CmdResult {
             return Err(failure);
         }
     };
+    // The agent is gone: the caller's terminal and stdio as they were, before run's own messages.
+    drop(terminal);
     if let Some(m) = exit.message() {
         errln!("zt-aas: {m}");
     }

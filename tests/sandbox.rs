@@ -469,6 +469,11 @@ for i, p in enumerate({targets:?}):
     out("new%d" % i, err(lambda: open(p, "w").write("x")))
 out("overwrite", err(lambda: open("/usr/bin/true", "r+b").write(b"x")))
 out("mkdir", err(os.mkdir, "/etc/{name}.d"))
+# The device nodes are the host's inodes, owned by root (the caller, when root): their mode is not the
+# agent's to change (tried with the mode they have, so a failure of this test changes nothing).
+import stat
+out("chmod_dev", err(os.chmod, "/dev/full", stat.S_IMODE(os.stat("/dev/full").st_mode)))
+open("/dev/null", "w").write("still a sink")
 open("inside.txt", "w").write("written inside")
 "#
         ),
@@ -486,7 +491,7 @@ open("inside.txt", "w").write("written inside")
     assert!(!Path::new(&format!("/usr/{name}")).exists());
     assert!(!Path::new(&format!("/etc/{name}")).exists());
     assert!(!Path::new(&format!("/{name}")).exists());
-    for k in ["overwrite", "mkdir"] {
+    for k in ["overwrite", "mkdir", "chmod_dev"] {
         let e = num(&m, k);
         assert!(refused.contains(&e), "{k}: errno {e}: {m:?}");
     }

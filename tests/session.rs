@@ -1092,13 +1092,31 @@ fn degraded_mode_refuses_unix_sockets_and_kills_orphans_of_a_killed_init() {
     let path = sock_dir.path().join("daemon.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     listener.set_nonblocking(true).unwrap();
+    let dgram_path = sock_dir.path().join("log.sock");
+    let dgram = std::os::unix::net::UnixDatagram::bind(&dgram_path).unwrap();
+    dgram.set_nonblocking(true).unwrap();
+    // A file of the caller's outside the workspace: Landlock keeps it unreadable, but has no right for
+    // its mode (which another user would then read it by).
+    let private = sock_dir.path().join("private.txt");
+    std::fs::write(&private, "private").unwrap();
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let script = format!(
-        "python3 -c 'import socket\n\
+        "python3 -c 'import os, socket\n\
 try:\n    s = socket.socket(socket.AF_UNIX); s.connect(\"{}\"); print(\"connected\")\n\
 except OSError as e:\n    print(\"socket refused\", e.errno)\n\
-a, b = socket.socketpair(); a.send(b\"x\"); print(\"pair\", b.recv(1))'; \
+a, b = socket.socketpair(); a.send(b\"x\"); print(\"pair\", b.recv(1))\n\
+try:\n    d, _ = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM); d.sendto(b\"MARK\", \"{}\"); print(\"dgram sent\")\n\
+except OSError as e:\n    print(\"dgram refused\", e.errno)\n\
+try:\n    os.chmod(\"{}\", 0o644); print(\"chmod done\")\n\
+except OSError as e:\n    print(\"chmod refused\", e.errno)'; \
          sleep 300 </dev/null >/dev/null 2>&1 & echo $! > orphan.pid; kill -9 $PPID",
-        path.display()
+        path.display(),
+        dgram_path.display(),
+        private.display(),
     );
     // Degraded mode refuses when the audit log lies in the workspace: keep the state elsewhere.
     let state = sock_dir.path().join("state");
@@ -1117,6 +1135,16 @@ a, b = socket.socketpair(); a.send(b\"x\"); print(\"pair\", b.recv(1))'; \
         text(&out.stderr)
     );
     assert!(listener.accept().is_err(), "the host socket was reached");
+    assert!(stdout.contains("dgram refused 1"), "{stdout}");
+    assert!(
+        dgram.recv(&mut [0; 16]).is_err(),
+        "the host datagram socket was reached"
+    );
+    assert!(stdout.contains("chmod refused 1"), "{stdout}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&private).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "the agent changed a host file's mode");
     let pid: i32 = std::fs::read_to_string(ws.join("orphan.pid"))
         .unwrap()
         .trim()
@@ -1816,12 +1844,25 @@ fn the_users_terminal_is_left_as_the_agent_found_it() {
     // In a pseudo-terminal (`script`): the agent turns echo off and tries exclusive mode (which would
     // keep the user's later programs from opening their terminal); after `run`, echo is back and the
     // terminal opens.
+    // It also makes the terminal device world-writable (it owns it: the caller's uid), makes the
+    // shared stdout non-blocking and suspends the terminal's output: all put back after `run`.
     let (_t, ws) = plain_workspace();
+    std::fs::write(
+        ws.join("mess.py"),
+        "import fcntl, os, termios\n\
+         os.fchmod(0, 0o666)\n\
+         fcntl.fcntl(1, fcntl.F_SETFL, fcntl.fcntl(1, fcntl.F_GETFL) | os.O_NONBLOCK)\n\
+         termios.tcflow(1, termios.TCOOFF)\n",
+    )
+    .unwrap();
     let agent =
         "stty raw -echo; python3 -c 'import fcntl, termios; fcntl.ioctl(0, termios.TIOCEXCL)' \
-                 2>/dev/null && echo EXCL-SET; true";
+                 2>/dev/null && echo EXCL-SET; python3 mess.py; true";
     let inner = format!(
-        "XDG_STATE_HOME={state} {zt} run -q --workspace {ws} -- sh -c \"{agent}\"; \
+        "before=$(stat -c %a $(tty)); \
+         XDG_STATE_HOME={state} {zt} run -q --workspace {ws} -- sh -c \"{agent}\"; \
+         echo MODE $before $(stat -c %a $(tty)); \
+         python3 -c 'import fcntl, os; print(\"NONBLOCK\", bool(fcntl.fcntl(1, fcntl.F_GETFL) & os.O_NONBLOCK))'; \
          stty -a | tr ' ;' '\\n\\n' | grep -x -- '-\\?echo'; \
          python3 -c 'import os; os.close(os.open(\"/dev/tty\", os.O_RDWR)); print(\"TTY-OPEN\")'",
         state = ws.join("state").display(),
@@ -1829,6 +1870,13 @@ fn the_users_terminal_is_left_as_the_agent_found_it() {
         ws = ws.display(),
     );
     let (out, stdout) = in_a_pseudo_terminal(&inner);
+    let mode = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("MODE "))
+        .unwrap_or_else(|| panic!("{stdout} {}", text(&out.stderr)));
+    let (before, after) = mode.split_once(' ').unwrap();
+    assert_eq!(before, after, "the terminal's mode was left changed");
+    assert!(stdout.contains("NONBLOCK False"), "{stdout}");
     assert!(
         !stdout.contains("EXCL-SET"),
         "exclusive mode was set: {stdout}"

@@ -255,10 +255,13 @@ fn apply(op: &MountOp) -> Result<(), MountError> {
                     none,
                     &dst,
                     none,
+                    // Read-only: reading and writing the device still work, but its inode is the
+                    // host's, which the agent (as the caller's uid, the owner) could chmod or touch.
                     MsFlags::MS_REMOUNT
                         | MsFlags::MS_BIND
                         | MsFlags::MS_NOSUID
-                        | MsFlags::MS_NOEXEC,
+                        | MsFlags::MS_NOEXEC
+                        | MsFlags::MS_RDONLY,
                     none,
                 )
                 .step(|| format!("remounting /dev/{name}"))?;

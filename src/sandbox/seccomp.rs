@@ -145,6 +145,28 @@ const SYSV_IPC: &[i64] = &[
 
 const TIOCSTI: u64 = 0x5412;
 const SYS_FCHMODAT2: i64 = 452;
+const SYS_SETXATTRAT: i64 = 463;
+const SYS_REMOVEXATTRAT: i64 = 466;
+
+/// What changes a file's mode, owner or extended attributes: refused in degraded mode.
+const DEGRADED_NO_ATTRIBUTES: &[i64] = &[
+    libc::SYS_chmod,
+    libc::SYS_fchmod,
+    libc::SYS_fchmodat,
+    SYS_FCHMODAT2,
+    libc::SYS_chown,
+    libc::SYS_fchown,
+    libc::SYS_lchown,
+    libc::SYS_fchownat,
+    libc::SYS_setxattr,
+    libc::SYS_lsetxattr,
+    libc::SYS_fsetxattr,
+    SYS_SETXATTRAT,
+    libc::SYS_removexattr,
+    libc::SYS_lremovexattr,
+    libc::SYS_fremovexattr,
+    SYS_REMOVEXATTRAT,
+];
 const TIOCLINUX: u64 = 0x541C;
 /// Terminal settings that would outlast the run on the user's terminal: exclusive mode (nobody else may
 /// open it), the line discipline, console redirection.
@@ -372,6 +394,24 @@ fn rule_sets(extra_deny: &[String], sockets: Sockets) -> Result<[RuleSet; 3], Se
         // Degraded mode has no IPC namespace either: SysV shared memory, message queues and semaphores
         // would be the host's (Landlock does not cover them), and their ids are small and guessable.
         for nr in SYSV_IPC {
+            eperm.insert(*nr, Vec::new());
+        }
+        // A datagram socketpair sends to any address given to sendto/sendmsg, past its peer: a host
+        // pathname socket (/dev/log, the journal, a daemon's control socket). Stream and seqpacket
+        // pairs ignore or refuse an address.
+        eperm.insert(
+            libc::SYS_socketpair,
+            vec![rule(vec![cond(
+                1,
+                Len::Dword,
+                Op::MaskedEq(0xf),
+                libc::SOCK_DGRAM as u64,
+            )?])?],
+        );
+        // Landlock has no right for a file's mode, owner or extended attributes (ACLs), and without a
+        // mount namespace every file of the caller's is reachable by path: the agent could make the
+        // user's ~/.ssh world-readable (as root: /etc/shadow). So they are not changed at all.
+        for nr in DEGRADED_NO_ATTRIBUTES {
             eperm.insert(*nr, Vec::new());
         }
     }

@@ -10,10 +10,24 @@ use std::os::fd::{BorrowedFd, RawFd};
 
 use nix::sys::termios::{tcgetattr, tcsetattr, SetArg, Termios};
 
-/// The first of stdin/stdout/stderr that is a terminal, with its modes; restored when dropped.
+/// What the agent could change of the caller's stdin/stdout/stderr, as they were before the launch:
+/// restored when dropped (once the agent is gone, before `run` writes its last messages).
+/// - the modes of the first of them that is a terminal (`stty raw -echo`), and output suspended with
+///   `tcflow(TCOOFF)`, when `run` is the terminal's foreground job;
+/// - each one's file status flags: `O_NONBLOCK` is shared with the caller's shell, whose next `cat`
+///   would fail with EAGAIN, and a non-blocking stderr could swallow `run`'s own warnings;
+/// - each one's permission bits: the agent owns the caller's terminal device (the caller's uid) and could
+///   `fchmod` it world-writable for the rest of the login.
 pub struct Terminal {
+    tty: Option<(RawFd, Termios)>,
+    stdio: Vec<Saved>,
+}
+
+struct Saved {
     fd: RawFd,
-    modes: Termios,
+    flags: libc::c_int,
+    /// (device, inode, permission bits)
+    inode: (u64, u64, u32),
 }
 
 fn borrow(fd: RawFd) -> BorrowedFd<'static> {
@@ -28,21 +42,58 @@ fn in_foreground(fd: RawFd) -> bool {
     foreground > 0 && foreground == unsafe { libc::getpgrp() }
 }
 
+fn inode(fd: RawFd) -> Option<(u64, u64, u32)> {
+    let st = nix::sys::stat::fstat(fd).ok()?;
+    Some((st.st_dev, st.st_ino, st.st_mode & 0o7777))
+}
+
 impl Terminal {
     pub fn save() -> Option<Terminal> {
-        (0..=2).find_map(|fd: RawFd| {
+        let tty = (0..=2).find_map(|fd: RawFd| {
             let modes = tcgetattr(borrow(fd)).ok()?;
-            Some(Terminal { fd, modes })
-        })
+            Some((fd, modes))
+        });
+        let stdio = (0..=2)
+            .filter_map(|fd: RawFd| {
+                // SAFETY: F_GETFL takes no pointer.
+                let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+                Some(Saved {
+                    fd,
+                    flags: (flags >= 0).then_some(flags)?,
+                    inode: inode(fd)?,
+                })
+            })
+            .collect();
+        Some(Terminal { tty, stdio })
     }
 }
 
 impl Drop for Terminal {
     fn drop(&mut self) {
-        if in_foreground(self.fd) && tcgetattr(borrow(self.fd)).is_ok_and(|now| now != self.modes) {
-            let _ = tcsetattr(borrow(self.fd), SetArg::TCSANOW, &self.modes);
+        for saved in &self.stdio {
+            // SAFETY: F_GETFL/F_SETFL take no pointer.
+            if unsafe { libc::fcntl(saved.fd, libc::F_GETFL) } != saved.flags {
+                unsafe { libc::fcntl(saved.fd, libc::F_SETFL, saved.flags) };
+            }
+            if let Some(now) = inode(saved.fd) {
+                let (dev, ino, mode) = saved.inode;
+                if (now.0, now.1) == (dev, ino) && now.2 != mode {
+                    // SAFETY: fchmod of our own descriptor to the bits it had.
+                    unsafe { libc::fchmod(saved.fd, mode) };
+                }
+            }
         }
-        // SAFETY: TIOCNXCL takes no argument (the agent cannot set exclusive mode; this is belt and braces).
-        unsafe { libc::ioctl(self.fd, libc::TIOCNXCL) };
+        if let Some((fd, modes)) = &self.tty {
+            if in_foreground(*fd) {
+                if tcgetattr(borrow(*fd)).is_ok_and(|now| now != *modes) {
+                    let _ = tcsetattr(borrow(*fd), SetArg::TCSANOW, modes);
+                }
+                // SAFETY: tcflow takes no pointer; resuming output that is not suspended does nothing.
+                unsafe { libc::tcflow(*fd, libc::TCOON) };
+            }
+            // SAFETY: TIOCNXCL takes no argument (the agent cannot set exclusive mode; this is belt and
+            // braces).
+            unsafe { libc::ioctl(*fd, libc::TIOCNXCL) };
+        }
     }
 }

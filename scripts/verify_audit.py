@@ -204,15 +204,33 @@ def b64(s, n):
     return raw if len(raw) == n else None
 
 
+MAX_DEPTH = 128
+
+
+def depth(value):
+    """Nesting depth of objects and arrays (iterative: a hostile line must not exhaust the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
 def parse(line_bytes):
     """Returns (record, problem, what); record is None when the line is not a valid record."""
     try:
         text = line_bytes.decode("utf-8")
         rec = json.loads(text, parse_constant=lambda c: float("nan"))
+    except RecursionError:
+        return None, "garbage", "nested more than %d levels" % MAX_DEPTH
     except (UnicodeDecodeError, ValueError) as e:
         return None, "garbage", "not a JSON record (%s)" % e
     if not isinstance(rec, dict):
         return None, "garbage", "not a JSON object"
+    if depth(rec) > MAX_DEPTH:
+        return None, "garbage", "nested more than %d levels" % MAX_DEPTH
     try:
         if canonical(rec) != line_bytes:
             return None, "not-canonical", "not the canonical encoding of itself"

@@ -12,14 +12,7 @@ pub const MAX_CONFIG: u64 = 1 << 20;
 /// Reads the regular file or pipe at `path`, at most `max` bytes; a device, a socket or a longer file is
 /// an error that says why.
 pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    let file = std::fs::File::open(path)?;
-    let kind = file.metadata()?.file_type();
-    if !(kind.is_file() || kind.is_fifo()) {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            "not a regular file (a device or socket)",
-        ));
-    }
+    let file = open_file_or_pipe(path)?;
     let mut bytes = Vec::new();
     file.take(max + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
@@ -28,5 +21,25 @@ pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
             format!("larger than {max} bytes"),
         ));
     }
+    Ok(bytes)
+}
+
+/// Opens the regular file or pipe at `path` for reading; a device or socket is refused unread.
+pub fn open_file_or_pipe(path: &Path) -> std::io::Result<std::fs::File> {
+    let file = std::fs::File::open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !(kind.is_file() || kind.is_fifo()) {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file (a device or socket)",
+        ));
+    }
+    Ok(file)
+}
+
+/// The whole regular file or pipe at `path` (an audit log: no size bound, but never a device).
+pub fn read_file_or_pipe(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    open_file_or_pipe(path)?.read_to_end(&mut bytes)?;
     Ok(bytes)
 }

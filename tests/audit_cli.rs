@@ -331,6 +331,20 @@ fn a_torn_half_line_fails_and_blocks_appends_until_recovered() {
         "a refused open must not write"
     );
 
+    // `audit recover` with a key that is not the log's refuses, writing nothing (its recovery record
+    // would only fail later, at verify).
+    let other = f.dir.join("other.key");
+    load_or_create_key(&other).unwrap();
+    let log = f.log.to_str().unwrap();
+    let out = zt(&["audit", "recover", log, "--key", other.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("did not sign this log"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(std::fs::read(&f.log).unwrap(), bytes);
+
     let (_log, recovery) = AuditLog::open_recovering(&f.log, key, Durability::Fsync).unwrap();
     assert!(recovery.is_some());
     // The torn session (its end was torn off) stays unsealed; the log is otherwise whole again.
@@ -451,11 +465,25 @@ fn expect_head_catches_a_removed_last_session() {
 #[test]
 fn empty_binary_and_garbage_input_are_clear_errors() {
     let f = fixture();
+    // Nesting: 128 levels parse (and fail later, as a record without fields), 129 do not; so deep a line
+    // must not blow the independent verifier's stack either.
+    let nested = |levels: usize| {
+        format!(
+            "{{\"a\":{}{}}}\n",
+            "[".repeat(levels - 1),
+            "]".repeat(levels - 1)
+        )
+        .into_bytes()
+    };
+    let (ok_depth, too_deep, far_too_deep) = (nested(128), nested(129), nested(200_000));
     for (bytes, want) in [
         (&b""[..], "empty"),
         (&b"\x7fELF\x02\x01\x01\x00\x00\n"[..], "garbage"),
         (&b"this is not a log\n"[..], "garbage"),
         (&b"{\"seq\": 0}\n"[..], "not-canonical"),
+        (&ok_depth[..], "bad-field"),
+        (&too_deep[..], "garbage"),
+        (&far_too_deep[..], "garbage"),
     ] {
         std::fs::write(&f.log, bytes).unwrap();
         assert_eq!(problem(&verify_both(&f.log, &[])).0, want);
@@ -481,6 +509,20 @@ fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let out = zt(&["audit", "export", log, "--format", "csv"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    // A device is no log: refused unread (/dev/zero was read until memory ran out).
+    for args in [
+        &["audit", "verify", "/dev/zero"][..],
+        &["audit", "show", "/dev/zero"],
+        &["audit", "replay", "/dev/zero", "--policy", "/dev/null"],
+    ] {
+        let out = zt(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("not a regular file"),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
 }
 
 #[test]

@@ -1649,6 +1649,11 @@ fn call_outside_a_sandbox_and_usage_errors() {
             "twice",
             "hello-world.say_hello name=A --args-json '{\"name\":\"B\"}'",
         ),
+        call(
+            "twice_in_json",
+            "hello-world.say_hello --args-json '{\"name\":\"A\",\"name\":\"B\"}'",
+        ),
+        call("empty_action", "''"),
         call("ok", "sys.ping"),
         call("huge", "sys.ping a=$(head -c 70000 /dev/zero | tr '\\0' a)"),
     ]
@@ -1659,7 +1664,14 @@ fn call_outside_a_sandbox_and_usage_errors() {
     let (rc, _, err) = fx.outcome("huge");
     assert_eq!(rc, 125, "{err}");
     assert!(err.contains("more than"), "{err}");
-    for tag in ["novalue", "badjson", "nonstring", "twice"] {
+    for tag in [
+        "novalue",
+        "badjson",
+        "nonstring",
+        "twice",
+        "twice_in_json",
+        "empty_action",
+    ] {
         let (rc, stdout, stderr) = fx.outcome(tag);
         assert_eq!(rc, 2, "{tag}: {stdout}{stderr}");
     }

@@ -10,7 +10,7 @@ use std::path::Path;
 
 /// Reads a whole log; a missing or unreadable file is a usage error.
 pub(crate) fn read_log(path: &Path) -> Result<Vec<u8>, Failure> {
-    std::fs::read(path).map_err(|e| {
+    crate::files::read_file_or_pipe(path).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::NotFound {
             " (no such file; the default log is $XDG_STATE_HOME/zt-aas/audit.jsonl)"
         } else {
@@ -72,7 +72,8 @@ pub fn verify(args: &AuditVerifyArgs) -> CmdResult {
 
 fn summary(r: &VerifyReport, log: &Path) -> String {
     let signer = match &r.pinned {
-        Some(id) => format!("signed by the pinned key {id}"),
+        Some(id) if r.error.is_none() => format!("signed by the pinned key {id}"),
+        Some(id) => format!("the pinned key is {id}"),
         None => format!(
             "signer NOT pinned: key ids in the log: {} (pass --key PUBFILE to check who signed)",
             if r.key_ids.is_empty() {
@@ -181,6 +182,26 @@ pub fn recover(args: &crate::cli::AuditRecoverArgs) -> CmdResult {
     }
     let key =
         super::keys::load_signing_key(&key_path).map_err(|e| Failure::failed(e.to_string()))?;
+    // A recovery record signed by another key than the log's would only fail later, at `verify`: the
+    // key must be the one that signed the log's last whole record.
+    let bytes = read_log(&args.log)?;
+    let last_signer = bytes
+        .split(|b| *b == b'\n')
+        .rev()
+        .skip(1) // the torn piece after the last newline (empty when there is none)
+        .find_map(|line| {
+            let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+            v.get("key")?.as_str().map(str::to_string)
+        });
+    let id = super::record::key_id(&key.verifying_key());
+    if let Some(signer) = last_signer.filter(|s| *s != id) {
+        return Err(Failure::failed(format!(
+            "{}: the key {} ({id}) did not sign this log (its last record is signed by {signer}); \
+             give the log's own key with --key",
+            args.log.display(),
+            key_path.display()
+        )));
+    }
     let (_, recovered) = super::AuditLog::open_recovering(&args.log, key, super::Durability::Fsync)
         .map_err(|e| Failure::failed(e.to_string()))?;
     match recovered {

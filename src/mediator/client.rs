@@ -19,6 +19,9 @@ use crate::exit::{CmdResult, Failure, REFUSED};
 pub const DENIED: u8 = 3;
 
 pub fn main(args: &CallArgs) -> CmdResult {
+    if args.action.is_empty() {
+        return Err(Failure::usage("the action name is empty"));
+    }
     let mut map: BTreeMap<String, String> = parse_key_values(&args.args)?;
     if let Some(json) = &args.args_json {
         let v: Value =
@@ -26,6 +29,10 @@ pub fn main(args: &CallArgs) -> CmdResult {
         let Value::Object(obj) = v else {
             return Err(Failure::usage("--args-json must be a JSON object"));
         };
+        // The mediator refuses a name given twice; so does the client, rather than keep the last.
+        if let Err(e) = serde_json::from_str::<super::protocol::StrictArgs>(json) {
+            return Err(Failure::usage(format!("--args-json: {e}")));
+        }
         for (k, v) in obj {
             let Value::String(s) = v else {
                 return Err(Failure::usage(format!(

@@ -143,7 +143,7 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
 
 /// `args`: string values, each name once.
 #[derive(Default)]
-struct StrictArgs(BTreeMap<String, String>);
+pub(crate) struct StrictArgs(pub(crate) BTreeMap<String, String>);
 
 impl<'de> serde::Deserialize<'de> for StrictArgs {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

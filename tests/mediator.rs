@@ -980,6 +980,50 @@ print(json.dumps(out))
 }
 
 #[test]
+fn an_agent_cannot_grow_the_audit_log_past_the_sessions_budget() {
+    // Refused and malformed calls are recorded too, each with up to 64 KiB of the agent's arguments:
+    // without a bound a flood fills the host's disk. Past `max_session_bytes` the session ends.
+    let fx = Fixture::with_audit("max_session_bytes = \"256KiB\"", "", &[]);
+    let program = format!(
+        "{PY_PRELUDE}{}",
+        r#"
+big = b'{"id":1,"action":"no.such","args":{"x":"' + b"a" * 60000 + b'"}}'
+for i in range(1000):
+    try:
+        ask(big)
+        ask(b"not json")
+    except OSError:
+        break
+print("agent still running after 1000 rounds")
+"#
+    );
+    let out = fx.run_python(&program, RUN_LIMIT);
+    assert_status(&out, 137);
+    assert!(
+        !text(&out.stdout).contains("still running"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        text(&out.stderr).contains("max_session_bytes"),
+        "{}",
+        show(&out)
+    );
+    let size = std::fs::metadata(fx.dir.join("audit.jsonl")).unwrap().len();
+    assert!(size < 1 << 20, "the log grew to {size} bytes");
+    let end = fx.records().into_iter().last().unwrap();
+    assert_eq!(end["kind"], "session.end", "{end}");
+    assert!(
+        end["detail"]["end"]
+            .as_str()
+            .unwrap()
+            .contains("max_session_bytes"),
+        "{end}"
+    );
+    assert_status(&fx.verify_audit(), 0);
+}
+
+#[test]
 fn malformed_and_oversized_frames_get_errors_and_the_session_goes_on() {
     let fx = Fixture::new("", &[]);
     let program = format!(

@@ -49,6 +49,8 @@ pub struct AuditLog {
     /// The file's length and chain point right after our own last append. When the file still has that
     /// length at the next append (nobody else appended), the tail need not be read and parsed again.
     after_last_write: Option<(u64, ChainPoint)>,
+    /// Bytes appended through this handle.
+    written: u64,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -168,6 +170,7 @@ impl AuditLog {
             durability,
             recover,
             after_last_write: None,
+            written: 0,
         })
     }
 
@@ -218,6 +221,11 @@ impl AuditLog {
     /// Key id of the signing key (first 16 hex of SHA-256 of the public key).
     pub fn key_id(&self) -> &str {
         self.key.key_id()
+    }
+
+    /// Bytes this handle has appended to the log (its records, and any recovery record it wrote).
+    pub fn bytes_written(&self) -> u64 {
+        self.written
     }
 
     pub fn path(&self) -> &Path {
@@ -314,6 +322,7 @@ impl AuditLog {
         if !buf.is_empty() {
             // O_APPEND: each write lands at the current end; we hold the lock, so nothing interleaves.
             self.after_last_write = None;
+            self.written = self.written.saturating_add(buf.len() as u64);
             (&self.file).write_all(&buf).map_err(|e| self.io(e))?;
             if self.durability == Durability::Fsync {
                 self.file.sync_data().map_err(|e| self.io(e))?;

@@ -744,7 +744,18 @@ impl Mediator {
                 self.audit_broken = Some(e.to_string());
             }
         }
-        end
+        end.or_else(|| self.over_budget())
+    }
+
+    /// The session's end when its records reached `[audit] max_session_bytes`: an agent must not fill
+    /// the host's disk with records of calls (refused or malformed ones included).
+    fn over_budget(&self) -> Option<String> {
+        let max = self.policy.audit.max_session_bytes;
+        (self.audit.log().bytes_written() >= max).then(|| {
+            format!(
+                "its audit records reached the policy's [audit] max_session_bytes ({max} bytes)"
+            )
+        })
     }
 }
 
@@ -831,7 +842,7 @@ impl Events for Mediator {
     }
 
     fn on_extra(&mut self) -> Option<String> {
-        self.serve_proxy()
+        self.serve_proxy().or_else(|| self.over_budget())
     }
 
     fn on_readable(&mut self) -> Option<String> {

@@ -147,6 +147,9 @@ pub struct AuditSettings {
     pub key: Option<PathBuf>,
     /// fsync every decision record before acting (default); `false` is the documented relaxed mode.
     pub fsync: bool,
+    /// The most a session may add to the log, in bytes: past it the session ends (the agent could
+    /// otherwise fill the host's disk with records of refused calls).
+    pub max_session_bytes: u64,
 }
 
 /// `[mediator]`.
@@ -371,6 +374,7 @@ impl Default for AuditSettings {
             log: None,
             key: None,
             fsync: true,
+            max_session_bytes: 1 << 30,
         }
     }
 }

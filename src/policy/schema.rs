@@ -96,6 +96,7 @@ struct RawAudit {
     log: Option<Spanned<String>>,
     key: Option<Spanned<String>>,
     fsync: Option<bool>,
+    max_session_bytes: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -321,6 +322,15 @@ pub(super) fn parse(text: &str, origin: &Path) -> Result<Policy, PolicyError> {
             log: opt_path(&src, &dir, &audit.log, "log")?,
             key: opt_path(&src, &dir, &audit.key, "key")?,
             fsync: audit.fsync.unwrap_or(true),
+            max_session_bytes: match &audit.max_session_bytes {
+                Some(v) => positive(
+                    &src,
+                    v,
+                    "max_session_bytes",
+                    size(&src, v, "max_session_bytes")?,
+                )?,
+                None => AuditSettings::default().max_session_bytes,
+            },
         };
     }
     if let Some(revocation) = &raw.revocation {

@@ -153,28 +153,28 @@ fn a_device_or_an_oversized_file_named_as_policy_or_profile_is_refused_unread() 
     // A 2 MB policy of comments would parse: it is refused for its size, before anything reads it whole.
     let big = format!("{GOOD}{}", "# padding\n".repeat(200_000));
     std::fs::write(dir.path().join("big.toml"), big).unwrap();
-    let out = common::zt(dir.path(), &["policy", "check", "big.toml"]);
-    assert_eq!(out.status.code(), Some(1), "{}", common::show(&out));
-    assert!(
-        common::text(&out.stderr).contains("larger than 1048576 bytes"),
-        "{}",
-        common::show(&out)
-    );
     // A device would be read until memory runs out (/dev/zero) or forever: refused unread.
-    let out = common::zt(dir.path(), &["policy", "check", "/dev/zero"]);
-    assert_eq!(out.status.code(), Some(1), "{}", common::show(&out));
-    assert!(
-        common::text(&out.stderr).contains("not a regular file"),
-        "{}",
-        common::show(&out)
-    );
-    let out = common::zt(dir.path(), &["run", "--profile", "/dev/zero", "--", "true"]);
-    assert_eq!(out.status.code(), Some(125), "{}", common::show(&out));
-    assert!(
-        common::text(&out.stderr).contains("not a regular file"),
-        "{}",
-        common::show(&out)
-    );
+    for (args, code, says) in [
+        (
+            &["policy", "check", "big.toml"][..],
+            1,
+            "larger than 1048576 bytes",
+        ),
+        (&["policy", "check", "/dev/zero"], 1, "not a regular file"),
+        (
+            &["run", "--profile", "/dev/zero", "--", "true"],
+            125,
+            "not a regular file",
+        ),
+    ] {
+        let out = common::zt(dir.path(), args);
+        assert_eq!(out.status.code(), Some(code), "{}", common::show(&out));
+        assert!(
+            common::text(&out.stderr).contains(says),
+            "{}",
+            common::show(&out)
+        );
+    }
     // A pipe stays usable (`policy check <(generate)`), bounded all the same.
     let mut child = Command::new(common::ZT)
         .args(["policy", "check", "/dev/stdin"])

@@ -19,38 +19,32 @@ fn text(out: &Output) -> (String, String) {
     )
 }
 
+/// (stdout, stderr) of a command that must have exited with `code`.
 #[track_caller]
-fn ok(out: Output) -> String {
-    let (stdout, stderr) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {stdout}\nstderr: {stderr}"
-    );
-    stdout
-}
-
-/// The stdout of a command that exited 1 (a refusal that still reports).
-#[track_caller]
-fn refused_stdout(out: Output) -> String {
-    let (stdout, stderr) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "stdout: {stdout}\nstderr: {stderr}"
-    );
-    stdout
-}
-
-#[track_caller]
-fn fails(out: Output, code: i32) -> String {
+fn exited(out: Output, code: i32) -> (String, String) {
     let (stdout, stderr) = text(&out);
     assert_eq!(
         out.status.code(),
         Some(code),
         "stdout: {stdout}\nstderr: {stderr}"
     );
-    stderr
+    (stdout, stderr)
+}
+
+#[track_caller]
+fn ok(out: Output) -> String {
+    exited(out, 0).0
+}
+
+/// The stdout of a command that exited 1 (a refusal that still reports).
+#[track_caller]
+fn refused_stdout(out: Output) -> String {
+    exited(out, 1).0
+}
+
+#[track_caller]
+fn fails(out: Output, code: i32) -> String {
+    exited(out, code).1
 }
 
 const POLICY: &str = r#"version = 1

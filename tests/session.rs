@@ -1558,6 +1558,67 @@ fn the_after_run_check_cannot_be_steered_outside_the_workspace_or_around_itself(
 }
 
 #[test]
+fn a_workspace_repository_made_of_symlinks_or_a_commondir_is_not_used_by_the_users_git() {
+    // The same with `objects` and `refs` as symlinks into `.git`, or found through a `commondir`: git
+    // takes either, with the agent's config, once `.git/HEAD` is broken.
+    for variant in ["symlinks", "commondir"] {
+        let (_t, ws) = plain_workspace();
+        std::fs::write(ws.join("f.txt"), "x").unwrap();
+        git_ok(&ws, &["init", "-q", "-b", "main"]);
+        git_ok(&ws, &["add", "f.txt"]);
+        git_ok(
+            &ws,
+            &[
+                "-c",
+                "user.name=u",
+                "-c",
+                "user.email=u@x",
+                "commit",
+                "-q",
+                "-m",
+                "i",
+            ],
+        );
+        let pwned = pwned_marker(&ws);
+        let store = if variant == "symlinks" {
+            "ln -s .git/objects objects && ln -s .git/refs refs"
+        } else {
+            "mkdir -p build/cache && cp -r .git/objects .git/refs build/cache/ && \
+             echo build/cache > commondir"
+        };
+        let script = format!(
+            "cp .git/index index && echo 'ref: refs/heads/main' > HEAD && {store} && \
+             printf '[core]\\n\\trepositoryformatversion = 0\\n\\tbare = false\\n\\tworktree = .\\n\\t\
+             fsmonitor = \"touch {p}; false\"\\n' > config && echo 'not a ref' > .git/HEAD && echo BUILT",
+            p = pwned.display()
+        );
+        let out = run_sh(&ws, &script);
+        assert!(
+            text(&out.stdout).contains("BUILT"),
+            "{variant}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains("take the workspace itself for a repository"),
+            "{variant}: {}",
+            text(&out.stderr)
+        );
+        for args in [
+            &["status"][..],
+            &["diff"],
+            &["add", "f.txt"],
+            &["log", "-1"],
+        ] {
+            let _ = host_git(&ws, args);
+        }
+        assert!(
+            !pwned.exists(),
+            "{variant}: the user's git ran the agent's code"
+        );
+    }
+}
+
+#[test]
 fn the_workspace_itself_made_a_repository_is_not_used_by_the_users_git() {
     // With `.git` made invalid (or absent), git takes the directory it runs in for a bare repository
     // (safe.bareRepository=all): one the agent built in the workspace, with its config and hooks.
@@ -1594,7 +1655,7 @@ fn the_workspace_itself_made_a_repository_is_not_used_by_the_users_git() {
         let out = run_sh(&ws, &script);
         assert!(text(&out.stdout).contains("BUILT"), "{}", text(&out.stderr));
         assert!(
-            text(&out.stderr).contains("look like a git repository"),
+            text(&out.stderr).contains("take the workspace itself for a repository"),
             "existing={existing_repo}: {}",
             text(&out.stderr)
         );

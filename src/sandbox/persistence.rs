@@ -379,17 +379,16 @@ pub struct GitSnapshot {
     files: Vec<(PathBuf, Option<[u8; 32]>)>,
     /// The included config files among them.
     includes: Vec<PathBuf>,
-    /// Whether the workspace directory itself looked like a git directory at launch.
-    root_was_git_dir: bool,
+    /// The workspace's own `HEAD`, `commondir` and `config`, at launch (see [`ROOT_GIT_FILES`]).
+    root_files: Vec<(PathBuf, Option<[u8; 32]>)>,
 }
 
-/// Whether git would take `dir` itself for a (bare) git directory: a `HEAD` (of any type: git takes
-/// a symlink), an `objects` and a `refs` directory.
-fn looks_like_git_dir(dir: &Path) -> bool {
-    std::fs::symlink_metadata(dir.join("HEAD")).is_ok()
-        && is_dir(&dir.join("objects"))
-        && is_dir(&dir.join("refs"))
-}
+/// What makes git take the workspace directory itself for a (bare) git directory, when `.git` is
+/// invalid or missing (safe.bareRepository=all, git's default): a `HEAD` beside `objects` and `refs`
+/// — which may be symlinks, or be found through a `commondir` file — and then its `config` (fsmonitor,
+/// pager, hooksPath: the agent's code, run by the user's `git status`). With a `HEAD` there after the
+/// run, each of these that is new or changed is moved aside: git then does not take the directory.
+const ROOT_GIT_FILES: &[&str] = &["HEAD", "commondir", "config"];
 
 /// At most this much of a watched file is read (the agent controls its size; the supervisor has no
 /// memory limit).
@@ -414,8 +413,16 @@ fn digest(path: &Path) -> Option<[u8; 32]> {
         }
         return dir_digest(path);
     }
+    if meta.is_symlink() {
+        // Never followed: its target (git takes a symlinked HEAD or objects) is the state.
+        let target = std::fs::read_link(path).map(|t| t.into_os_string().into_encoded_bytes());
+        let mut hash = Sha256::new();
+        hash.update(b"symlink\0");
+        hash.update(target.unwrap_or_default());
+        return Some(hash.finalize().into());
+    }
     if !meta.is_file() {
-        // A symlink, FIFO or device: never read it; its presence alone is the state.
+        // A FIFO or device: never read it; its presence alone is the state.
         return Some([0xff; 32]);
     }
     let mut hash = Sha256::new();
@@ -503,7 +510,14 @@ pub fn snapshot(workspace: &Path) -> GitSnapshot {
         workspace: workspace.to_path_buf(),
         files,
         includes,
-        root_was_git_dir: looks_like_git_dir(workspace),
+        root_files: ROOT_GIT_FILES
+            .iter()
+            .map(|name| {
+                let p = workspace.join(name);
+                let d = digest(&p);
+                (p, d)
+            })
+            .collect(),
     }
 }
 
@@ -511,28 +525,34 @@ pub fn snapshot(workspace: &Path) -> GitSnapshot {
 /// keys outside [`PLAIN_KEYS`]); returns one line per file quarantined.
 pub fn quarantine_changes(snap: &GitSnapshot, session: &str) -> Vec<String> {
     let mut done = Vec::new();
-    // The workspace made a git directory itself: when `.git` is not a valid one (or is missing), git
-    // takes the directory it runs in for a bare repository (safe.bareRepository=all, git's default),
-    // with the agent's config and hooks. Its HEAD is moved aside: then git does not take it.
-    if !snap.root_was_git_dir && looks_like_git_dir(&snap.workspace) {
-        let head = snap.workspace.join("HEAD");
-        let aside = snap.workspace.join(format!(
-            "HEAD.zt-aas-quarantine-{}",
-            &session[..8.min(session.len())]
-        ));
-        done.push(match std::fs::rename(&head, &aside) {
-            Ok(()) => format!(
-                "{} made the workspace itself look like a git repository (HEAD, objects, refs), which \
-                 your git would use with the agent's config and hooks: HEAD moved to {}",
-                head.display(),
-                aside.display()
-            ),
-            Err(e) => format!(
-                "the workspace itself looks like a git repository made by the agent, and {} could NOT \
-                 be moved aside ({e}): do not run git in this workspace before reviewing it",
-                head.display()
-            ),
-        });
+    // The workspace made a git directory itself (see ROOT_GIT_FILES).
+    let tag = &session[..8.min(session.len())];
+    let head = snap.workspace.join("HEAD");
+    if std::fs::symlink_metadata(&head).is_ok_and(|m| !m.is_dir()) {
+        for (path, before) in &snap.root_files {
+            let now = digest(path);
+            if now.is_none() || now == *before {
+                continue;
+            }
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            let aside = snap
+                .workspace
+                .join(format!("{name}.zt-aas-quarantine-{tag}"));
+            done.push(match std::fs::rename(path, &aside) {
+                Ok(()) => format!(
+                    "{} was written by the agent where, beside a HEAD, it makes your git take the \
+                     workspace itself for a repository (with the agent's config and hooks): moved to {}",
+                    path.display(),
+                    aside.display()
+                ),
+                Err(e) => format!(
+                    "{} was written by the agent where, beside a HEAD, it makes your git take the \
+                     workspace itself for a repository, and could NOT be moved aside ({e}): do not run \
+                     git in this workspace before reviewing it",
+                    path.display()
+                ),
+            });
+        }
     }
     // What is watched now (new submodules included), with what was at launch.
     let dirs = git_dirs(&snap.workspace);

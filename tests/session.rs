@@ -1798,6 +1798,27 @@ fn a_repository_made_by_the_agent_keeps_plain_config_and_loses_executable_config
     );
     let _ = host_git(&ws2, &["status"]);
     assert!(!pwned.exists(), "the user's git ran the agent's fsmonitor");
+    // Only plain keys, but the remote is a repository the agent made in the workspace: the user's
+    // `git push` would run its pre-receive hook.
+    let (_t3, ws3) = plain_workspace();
+    let pwned = pwned_marker(&ws3);
+    let script = format!(
+        "git init -q -b main && git -c user.name=a -c user.email=b commit -q --allow-empty -m w && \
+         git init -q --bare vendor/cache.git && mkdir -p vendor/cache.git/hooks && \
+         printf '#!/bin/sh\\ntouch {}\\n' > vendor/cache.git/hooks/pre-receive && \
+         chmod +x vendor/cache.git/hooks/pre-receive && git remote add origin \"$PWD/vendor/cache.git\" && \
+         git config branch.main.remote origin && git config branch.main.merge refs/heads/main",
+        pwned.display()
+    );
+    let out = run_sh(&ws3, &script);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("quarantine"),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = host_git(&ws3, &["push"]);
+    assert!(!pwned.exists(), "the user's git push ran the agent's hook");
 }
 
 #[test]

@@ -779,8 +779,35 @@ fn only_plain_keys(text: &str) -> bool {
         if !PLAIN_KEYS.contains(&full.as_str()) {
             return false;
         }
+        // A remote in a local directory runs that repository's hooks (pre-receive, update,
+        // post-receive) on the user's `git push`: one the agent made in the workspace would run its code.
+        if full == "remote.*.url" && !split_setting(line).is_some_and(|(_, url)| network_url(&url))
+        {
+            return false;
+        }
     }
     true
+}
+
+/// A URL git reaches over the network: `https://`, `http://`, `ssh://`, `git://` (and git's ssh
+/// spellings), or scp-like `[user@]host:path`. Not a local path, `file://`, nor a `transport::address`
+/// helper.
+fn network_url(url: &str) -> bool {
+    let lower = url.to_ascii_lowercase();
+    if let Some((scheme, rest)) = lower.split_once("://") {
+        return ["https", "http", "ssh", "git", "git+ssh", "ssh+git"].contains(&scheme)
+            && !rest.is_empty();
+    }
+    // scp-like: a colon before any slash, after a non-empty host that is not an option.
+    match url.split_once(':') {
+        Some((host, path)) => {
+            !host.is_empty()
+                && !host.contains('/')
+                && !host.starts_with('-')
+                && !path.starts_with(':')
+        }
+        None => false,
+    }
 }
 
 /// A section header after its `[`: `name]` or `name "subsection"]`, then only a comment. Returns the
@@ -891,6 +918,34 @@ mod tests {
         assert!(only_plain_keys(
             "[pull]\n\trebase = true\n[submodule \"sm\"]\n\turl = ./sub\n\tactive = true\n"
         ));
+        for url in [
+            "https://h/r.git",
+            "ssh://git@h:22/r",
+            "git@github.com:o/r.git",
+            "\"h:r\"",
+        ] {
+            assert!(
+                only_plain_keys(&format!("[remote \"o\"]\n\turl = {url}\n")),
+                "{url}"
+            );
+        }
+        // A remote in a local directory: `git push` runs its hooks.
+        for url in [
+            "/tmp/x.git",
+            "./vendor/cache.git",
+            "vendor/cache.git",
+            "../x",
+            "file:///tmp/x",
+            "FILE:///tmp/x",
+            "ext::sh -c id",
+            "-oProxyCommand=x:y",
+            "\"/tmp/x\"",
+        ] {
+            assert!(
+                !only_plain_keys(&format!("[remote \"o\"]\n\turl = {url}\n")),
+                "{url}"
+            );
+        }
         for bad in [
             "[core]\n\tfsmonitor = touch /tmp/x\n",
             "[core]\n\thooksPath = /tmp\n",

@@ -627,3 +627,43 @@ EOF";
     );
     assert!(!seen.iter().any(|h| h.starts_with("TRACE")), "{seen:?}");
 }
+
+#[test]
+fn a_flood_of_proxy_connections_does_not_hold_the_supervisor_past_the_wall_clock() {
+    // Refused connections, opened again at once from 32 threads: every refusal is a record, and the
+    // supervisor used to answer them until none was queued, which a flood never lets happen. Its loop
+    // then never came back to the wall clock, signals or fd-3 calls. (The flood stops by itself after
+    // 90 s, longer than the 60 s the test waits for `run`.)
+    let p = Project::new(
+        "[network]\nmode = \"proxy\"\nallow = [\"allowed.test\"]\n\
+         [sandbox.limits]\nwall = \"3s\"\n",
+    );
+    p.token("t.tok", &[]);
+    let flood = r#"
+import os, socket, threading, time
+port = int(os.environ["HTTP_PROXY"].rsplit(":", 1)[1])
+stop = time.time() + 90
+def flood():
+    while time.time() < stop:
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(b"garbage\r\n\r\n")
+            s.recv(100)
+            s.close()
+        except OSError:
+            pass
+for _ in range(32):
+    threading.Thread(target=flood, daemon=True).start()
+time.sleep(95)
+"#;
+    std::fs::write(p.dir.join("flood.py"), flood).unwrap();
+    let upstream = Upstream::start();
+    let out = p.run(&upstream, "python3 flood.py");
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("wall-clock limit"),
+        "{}",
+        text(&out.stderr)
+    );
+    p.verify();
+}

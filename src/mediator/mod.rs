@@ -152,27 +152,49 @@ impl Mediator {
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        self.serve_proxy();
+        // What the connections reported last (bounded: nothing new is accepted any more).
+        for _ in 0..1024 {
+            if !self.proxy_batch().1 {
+                break;
+            }
+        }
         self.proxy = None;
     }
 
-    /// Answers every queued proxy message.
+    /// Answers the queued proxy messages, at most [`PROXY_BATCH`] a turn: a flood of connections must
+    /// not keep the loop from its wall clock, signals, fd-3 requests and the audit budget. What is left
+    /// waits for the next turn (the wake-up pipe is made readable again).
     fn serve_proxy(&mut self) -> Option<String> {
-        let mut end = None;
-        while let Some(msg) = self.proxy.as_ref().and_then(|p| {
+        self.proxy_batch().0
+    }
+
+    /// One batch: why the session must end, if it must; whether messages may be left.
+    fn proxy_batch(&mut self) -> (Option<String>, bool) {
+        if let Some(p) = &self.proxy {
             p.drain_wake();
-            p.rx.try_recv().ok()
-        }) {
-            match msg {
-                proxy::ToMediator::Call(call) => {
-                    if let Some(e) = self.net_call(call) {
-                        end = Some(e);
-                    }
+        }
+        for _ in 0..PROXY_BATCH {
+            let Some(msg) = self.proxy.as_ref().and_then(|p| p.rx.try_recv().ok()) else {
+                return (None, false);
+            };
+            let end = match msg {
+                proxy::ToMediator::Call(call) => self.net_call(call),
+                proxy::ToMediator::Done(r) => {
+                    self.net_result(r);
+                    None
                 }
-                proxy::ToMediator::Done(r) => self.net_result(r),
+            };
+            if let Some(end) = end.or_else(|| self.over_budget()) {
+                if let Some(p) = &self.proxy {
+                    p.rewake();
+                }
+                return (Some(end), true);
             }
         }
-        end
+        if let Some(p) = &self.proxy {
+            p.rewake();
+        }
+        (None, true)
     }
 
     /// One proxy connection: decided like any call (`net.connect`), recorded durably, then answered.
@@ -773,6 +795,9 @@ fn test_panic() -> bool {
     }
 }
 
+/// Proxy messages answered per turn of the loop (see [`Mediator::serve_proxy`]).
+const PROXY_BATCH: usize = 32;
+
 /// How long, with the log fsynced per write, a result record waits for the agent's next request, to be
 /// written with its decision record (group commit: one locked write and one fsync for both). An agent
 /// that calls in a burst answers within it; one that does not only has its result record written this
@@ -842,7 +867,7 @@ impl Events for Mediator {
     }
 
     fn on_extra(&mut self) -> Option<String> {
-        self.serve_proxy().or_else(|| self.over_budget())
+        self.serve_proxy()
     }
 
     fn on_readable(&mut self) -> Option<String> {

@@ -172,6 +172,8 @@ pub struct Proxy {
     pub rx: Receiver<ToMediator>,
     /// Readable when `rx` may hold messages (a byte per wake-up).
     pub wake: OwnedFd,
+    /// The write end of `wake`: the supervisor wakes itself when it leaves messages for its next turn.
+    waker: Waker,
     stop: Arc<AtomicBool>,
     active: Arc<AtomicUsize>,
 }
@@ -198,12 +200,13 @@ impl Proxy {
         let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let active = Arc::new(AtomicUsize::new(0));
+        let waker = Waker {
+            fd: Arc::new(wake_w),
+        };
         let shared = Shared {
             config: Arc::new(config),
             tx,
-            waker: Waker {
-                fd: Arc::new(wake_w),
-            },
+            waker: waker.clone(),
             active: active.clone(),
         };
         let stop2 = stop.clone();
@@ -214,6 +217,7 @@ impl Proxy {
         Ok(Proxy {
             rx,
             wake: wake_r,
+            waker,
             stop,
             active,
         })
@@ -227,6 +231,11 @@ impl Proxy {
 
     pub fn active(&self) -> usize {
         self.active.load(Ordering::SeqCst)
+    }
+
+    /// Makes `wake` readable again (messages are left for the loop's next turn).
+    pub fn rewake(&self) {
+        self.waker.wake();
     }
 
     /// Empties the wake-up pipe.

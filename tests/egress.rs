@@ -548,16 +548,26 @@ fn proxy_mode_is_refused_without_a_network_namespace() {
 fn methods_per_host_are_enforced() {
     let up = Upstream::start();
     let p = Project::new(
-        "[network]\nmode = \"proxy\"\nallow = [\"allowed.test\", \"tunnel.test\"]\n\
-         methods = { \"allowed.test\" = [\"GET\"], \"tunnel.test\" = [\"POST\"] }\n",
+        "[network]\nmode = \"proxy\"\nallow = [\"allowed.test\", \"allowed.test:8080\", \"tunnel.test\"]\n\
+         methods = { \"allowed.test\" = [\"GET\", \"CONNECT\"], \"tunnel.test\" = [\"POST\"] }\n",
     );
     p.token("t.tok", &["--arg", r"host=^(allowed|tunnel)\.test$"]);
+    // A CONNECT tunnel to the plain-HTTP port 8080 would carry the POST the entry refuses.
     let out = p.run(
         &up,
-        "python3 - <<'EOF'\nimport urllib.request, urllib.error\n\
+        "python3 - <<'EOF'\nimport socket, urllib.request, urllib.error\n\
 for url, data in [('http://allowed.test/get', None), ('http://allowed.test/post', b'x'), ('http://tunnel.test/get', None)]:\n    \
 try:\n        urllib.request.urlopen(urllib.request.Request(url, data=data))\n        print('OPENED', url)\n    \
-except urllib.error.HTTPError as e:\n        print('HTTP', e.code, url)\nEOF",
+except urllib.error.HTTPError as e:\n        print('HTTP', e.code, url)\n\
+s = socket.create_connection(('127.0.0.1', 3128), timeout=10)\n\
+s.sendall(b'CONNECT allowed.test:8080 HTTP/1.1\\r\\n\\r\\nPOST /via-tunnel HTTP/1.1\\r\\nHost: allowed.test\\r\\n\\r\\n')\n\
+print('TUNNEL', s.recv(100).split(b'\\r\\n')[0].decode())\nEOF",
+    );
+    assert!(
+        text(&out.stdout).contains("TUNNEL HTTP/1.1 403"),
+        "{} {}",
+        text(&out.stdout),
+        text(&out.stderr)
     );
     let stdout = text(&out.stdout);
     assert!(
@@ -584,7 +594,7 @@ except urllib.error.HTTPError as e:\n        print('HTTP', e.code, url)\nEOF",
         .iter()
         .filter(|d| d["check"] == "network_method")
         .count();
-    assert_eq!(methods_denied, 2, "{records:?}");
+    assert_eq!(methods_denied, 3, "{records:?}");
 }
 
 #[test]

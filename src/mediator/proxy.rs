@@ -643,9 +643,12 @@ fn host_matches(pattern: &str, host: &str, exact_only: bool) -> bool {
 
 /// `[network] methods`: the entry for `host` (an exact name before any `*.suffix`, the longest suffix
 /// first) must list `method`; a host no entry covers may use any method. A `*.suffix` entry covers
-/// punycode names too: unlike an allowance, a restriction must not miss a host.
+/// punycode names too: unlike an allowance, a restriction must not miss a host. A host with an entry
+/// is tunnelled (CONNECT) to port 443 only: a tunnel to a plain-HTTP port would carry any method (and
+/// any Host) past the entry.
 pub fn check_method(
     host: &str,
+    port: u16,
     method: &str,
     methods: &[(String, Vec<String>)],
 ) -> Result<(), Refused> {
@@ -660,6 +663,14 @@ pub fn check_method(
             reason: format!(
                 "{method} to {host} is not allowed: [network] methods `{pattern}` allows {}",
                 allowed.join(", ")
+            ),
+        }),
+        Some((pattern, _)) if method == "CONNECT" && port != 443 => Err(Refused {
+            status: 403,
+            check: "network_method",
+            reason: format!(
+                "CONNECT to {host}:{port} is not allowed: a tunnel would carry any method past \
+                 [network] methods `{pattern}`; hosts with a methods entry are tunnelled to 443 only"
             ),
         }),
         _ => Ok(()),
@@ -758,6 +769,7 @@ fn status_text(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
         403 => "Forbidden",
+        405 => "Method Not Allowed",
         431 => "Request Header Fields Too Large",
         501 => "Not Implemented",
         502 => "Bad Gateway",
@@ -839,7 +851,7 @@ fn serve(mut client: TcpStream, shared: &Shared) {
             &shared.config.allow,
             &shared.config.deny,
         )?;
-        check_method(&head.host, &head.method, &shared.config.methods)?;
+        check_method(&head.host, head.port, &head.method, &shared.config.methods)?;
         Ok((head, rest))
     });
     let (reply, verdict) = mpsc::channel();
@@ -1219,23 +1231,34 @@ mod tests {
             ),
             ("api.example.com".to_string(), vec!["POST".to_string()]),
         ];
-        assert!(check_method("api.example.com", "POST", &m).is_ok());
+        assert!(check_method("api.example.com", 80, "POST", &m).is_ok());
         assert_eq!(
-            check_method("api.example.com", "GET", &m)
+            check_method("api.example.com", 80, "GET", &m)
                 .unwrap_err()
                 .check,
             "network_method"
         );
-        assert!(check_method("www.example.com", "CONNECT", &m).is_ok());
-        assert!(check_method("www.example.com", "DELETE", &m).is_err());
+        assert!(check_method("www.example.com", 443, "CONNECT", &m).is_ok());
+        assert!(check_method("www.example.com", 80, "DELETE", &m).is_err());
         assert!(
-            check_method("xn--bcher-kva.example.com", "DELETE", &m).is_err(),
+            check_method("xn--bcher-kva.example.com", 80, "DELETE", &m).is_err(),
             "a suffix restriction covers punycode names"
         );
         assert!(
-            check_method("other.org", "DELETE", &m).is_ok(),
+            check_method("other.org", 80, "DELETE", &m).is_ok(),
             "no entry: any method"
         );
+        // A tunnel to a plain-HTTP port would carry any method past the entry.
+        for port in [80, 8080] {
+            assert_eq!(
+                check_method("www.example.com", port, "CONNECT", &m)
+                    .unwrap_err()
+                    .check,
+                "network_method",
+                "{port}"
+            );
+        }
+        assert!(check_method("other.org", 8080, "CONNECT", &m).is_ok());
     }
 
     #[test]

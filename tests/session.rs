@@ -1111,10 +1111,14 @@ except OSError as e:\n    print(\"socket refused\", e.errno)\n\
 a, b = socket.socketpair(); a.send(b\"x\"); print(\"pair\", b.recv(1))\n\
 try:\n    d, _ = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM); d.sendto(b\"MARK\", \"{}\"); print(\"dgram sent\")\n\
 except OSError as e:\n    print(\"dgram refused\", e.errno)\n\
-try:\n    os.chmod(\"{}\", 0o644); print(\"chmod done\")\n\
+try:\n    r, _ = socket.socketpair(socket.AF_UNIX, socket.SOCK_RAW); r.sendto(b\"MARK\", \"{}\"); print(\"raw sent\")\n\
+except OSError as e:\n    print(\"raw refused\", e.errno)\n\
+try:\n    os.chmod(\"{}\", 0o666); print(\"chmod done\")\n\
 except OSError as e:\n    print(\"chmod refused\", e.errno)'; \
+         git init -q && printf '#!/bin/sh\\necho ORDINARY-OK\\n' > run.sh && chmod 755 run.sh && ./run.sh; \
          sleep 300 </dev/null >/dev/null 2>&1 & echo $! > orphan.pid; kill -9 $PPID",
         path.display(),
+        dgram_path.display(),
         dgram_path.display(),
         private.display(),
     );
@@ -1136,6 +1140,13 @@ except OSError as e:\n    print(\"chmod refused\", e.errno)'; \
     );
     assert!(listener.accept().is_err(), "the host socket was reached");
     assert!(stdout.contains("dgram refused 1"), "{stdout}");
+    assert!(stdout.contains("raw refused 1"), "{stdout}");
+    // Ordinary work still changes modes (git init, chmod +x), never to group- or world-writable.
+    assert!(
+        stdout.contains("ORDINARY-OK"),
+        "{stdout} {}",
+        text(&out.stderr)
+    );
     assert!(
         dgram.recv(&mut [0; 16]).is_err(),
         "the host datagram socket was reached"

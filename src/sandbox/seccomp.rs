@@ -148,12 +148,8 @@ const SYS_FCHMODAT2: i64 = 452;
 const SYS_SETXATTRAT: i64 = 463;
 const SYS_REMOVEXATTRAT: i64 = 466;
 
-/// What changes a file's mode, owner or extended attributes: refused in degraded mode.
+/// What changes a file's owner or extended attributes (ACLs): refused in degraded mode.
 const DEGRADED_NO_ATTRIBUTES: &[i64] = &[
-    libc::SYS_chmod,
-    libc::SYS_fchmod,
-    libc::SYS_fchmodat,
-    SYS_FCHMODAT2,
     libc::SYS_chown,
     libc::SYS_fchown,
     libc::SYS_lchown,
@@ -397,22 +393,40 @@ fn rule_sets(extra_deny: &[String], sockets: Sockets) -> Result<[RuleSet; 3], Se
             eperm.insert(*nr, Vec::new());
         }
         // A datagram socketpair sends to any address given to sendto/sendmsg, past its peer: a host
-        // pathname socket (/dev/log, the journal, a daemon's control socket). Stream and seqpacket
-        // pairs ignore or refuse an address.
-        eperm.insert(
-            libc::SYS_socketpair,
-            vec![rule(vec![cond(
-                1,
-                Len::Dword,
-                Op::MaskedEq(0xf),
-                libc::SOCK_DGRAM as u64,
-            )?])?],
-        );
+        // pathname socket (/dev/log, the journal, a daemon's control socket). Only stream and seqpacket
+        // pairs (which ignore or refuse an address) are made; every other type is refused, SOCK_RAW
+        // too (the kernel makes it a datagram socket).
+        let mut pairs = Vec::new();
+        for kind in 0..16u64 {
+            if kind != libc::SOCK_STREAM as u64 && kind != libc::SOCK_SEQPACKET as u64 {
+                pairs.push(rule(vec![cond(1, Len::Dword, Op::MaskedEq(0xf), kind)?])?);
+            }
+        }
+        eperm.insert(libc::SYS_socketpair, pairs);
         // Landlock has no right for a file's mode, owner or extended attributes (ACLs), and without a
-        // mount namespace every file of the caller's is reachable by path: the agent could make the
-        // user's ~/.ssh world-readable (as root: /etc/shadow). So they are not changed at all.
+        // mount namespace every file of the caller's is reachable by path. Owners and ACLs are not
+        // changed at all; a mode is, as ordinary work needs (git, compilers, venv), but never to one
+        // that lets the group or others write (as root: /etc/passwd 0666). What stays possible is
+        // documented: making a file of the caller's readable by others.
         for nr in DEGRADED_NO_ATTRIBUTES {
             eperm.insert(*nr, Vec::new());
+        }
+        for (nr, mode_arg) in [
+            (libc::SYS_chmod, 1),
+            (libc::SYS_fchmod, 1),
+            (libc::SYS_fchmodat, 2),
+            (SYS_FCHMODAT2, 2),
+        ] {
+            if let Some(rules) = eperm.get_mut(&nr).filter(|r| !r.is_empty()) {
+                for bit in [libc::S_IWGRP as u64, libc::S_IWOTH as u64] {
+                    rules.push(rule(vec![cond(
+                        mode_arg,
+                        Len::Dword,
+                        Op::MaskedEq(bit),
+                        bit,
+                    )?])?);
+                }
+            }
         }
     }
 

@@ -719,7 +719,10 @@ fn fs_builtins_stay_beneath_their_root() {
         call("read_subdotdot", "fs.read path=sub/../../out/secret.txt"),
         call("read_abs", &format!("fs.read path={o}/secret.txt")),
         call("read_dirlink", "fs.read path=dirlink/secret.txt"),
+        "mkfifo fifo\n".to_string(),
         call("write_ok", "fs.write path=sub/new.txt content=written"),
+        call("write_fifo", "fs.write path=fifo content=x"),
+        call("write_dir", "fs.write path=sub content=x"),
         call("write_link", "fs.write path=wlink content=PWNED"),
         call(
             "write_dirlink",
@@ -783,8 +786,19 @@ fn fs_builtins_stay_beneath_their_root() {
         std::fs::read_to_string(fx.ws.join("sub/new.txt")).expect("written file"),
         "written"
     );
-    let (rc, stdout, stderr) = fx.outcome("write_link");
-    assert_ne!(rc, 0, "write through a symlink succeeded: {stdout}{stderr}");
+    // A symlink or FIFO as the target is a refusal, recorded as such; a directory an ordinary failure.
+    for (tag, path, check) in [
+        ("write_link", "wlink", "symlink_refused"),
+        ("write_fifo", "fifo", "path_refused"),
+    ] {
+        let (rc, stdout, stderr) = fx.outcome(tag);
+        assert_eq!(rc, 3, "{tag}: {stdout}{stderr}");
+        let d = fx.decision_with("fs.write", "path", path);
+        assert_eq!(d["check"], check, "{tag}: {d}");
+    }
+    let (rc, stdout, stderr) = fx.outcome("write_dir");
+    assert_eq!(rc, 1, "{stdout}{stderr}");
+    assert!(stdout.contains("is a directory"), "{stdout}");
     for tag in ["write_dirlink", "write_dotdot"] {
         let (rc, stdout, stderr) = fx.outcome(tag);
         assert_eq!(rc, 3, "{tag}: {stdout}{stderr}");

@@ -281,10 +281,27 @@ fn resolve(
                 )
             };
             if rc == 0 {
+                // O_PATH | O_NOFOLLOW: a symlink as the last component is opened itself, and judged.
                 let target = open_beneath(root, path, libc::O_PATH)?;
                 let meta = File::from(target)
                     .metadata()
                     .map_err(|e| refuse("path_refused", e.to_string()))?;
+                let kind = meta.file_type();
+                if kind.is_symlink() {
+                    return Err(refuse(
+                        "symlink_refused",
+                        format!("path `{path}` is a symbolic link"),
+                    ));
+                }
+                if kind.is_dir() {
+                    return Err(refuse(FAILED, format!("`{path}` is a directory")));
+                }
+                if !kind.is_file() {
+                    return Err(refuse(
+                        "path_refused",
+                        format!("`{path}` is not a regular file"),
+                    ));
+                }
                 shield.check_file(&meta, true)?;
             }
             Ok(Prepared::Write {
@@ -467,8 +484,12 @@ fn read_file(mut file: File, max: u64) -> Outcome {
 }
 
 fn write_file(dir: &OwnedFd, name: &CString, content: &[u8], shield: &Shield) -> Outcome {
-    let flags =
-        libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    let flags = libc::O_WRONLY
+        | libc::O_CREAT
+        | libc::O_NOFOLLOW
+        | libc::O_NONBLOCK
+        | libc::O_NOCTTY
+        | libc::O_CLOEXEC;
     // SAFETY: openat relative to a directory we hold, with a single-component name.
     let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, 0o644) };
     if fd < 0 {

@@ -160,6 +160,9 @@ pub struct TokenInspectArgs {
     /// says why). Without it, exit 0 once the token could be decoded and shown (signature unchecked).
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// With --policy: the agent `run` would use (default: the policy's `agent`, else `agent`).
+    #[arg(long, value_name = "NAME", requires = "policy")]
+    pub agent: Option<String>,
     /// Print one JSON object (payload, signature, status, capabilities).
     #[arg(long)]
     pub json: bool,

@@ -815,12 +815,26 @@ fn inspect_shows_payload_validity_and_policy_verdicts() {
 fn inspect_with_a_policy_judges_the_signature_before_the_payload() {
     let dir = setup();
     issue_to(dir.path(), "t.tok", &["--action", "hello-world.say_hello"]);
-    // Without a policy a decodable token is shown (exit 0); with it, a usable one exits 0.
+    // Without a policy a decodable token is shown (exit 0); with it, a usable one exits 0 — for the
+    // agent `run` would use, as `run` judges it.
     ok(zt(dir.path(), &["token", "inspect", "t.tok"]));
     ok(zt(
         dir.path(),
         &["token", "inspect", "t.tok", "--policy", "policy.toml"],
     ));
+    let other = refused_stdout(zt(
+        dir.path(),
+        &[
+            "token",
+            "inspect",
+            "t.tok",
+            "--policy",
+            "policy.toml",
+            "--agent",
+            "other-bot",
+        ],
+    ));
+    assert!(other.contains("other-bot"), "{other}");
     // An unknown payload key under a signature that does not hold: it is unsigned garbage first.
     let raw = std::fs::read_to_string(dir.path().join("t.tok")).unwrap();
     let parts: Vec<&str> = raw.trim().split('.').collect();

@@ -172,11 +172,17 @@ pub fn inspect(args: &TokenInspectArgs) -> CmdResult {
     };
     let mut caps = Vec::new();
     if let (Some(p), Some(t)) = (&policy, &verified) {
+        // The agent `run --token` would use: `--agent`, else the policy's `agent`, else `agent`.
+        let agent = args
+            .agent
+            .clone()
+            .or_else(|| p.agent.clone())
+            .unwrap_or_else(|| "agent".into());
         let revoked = match &p.revocation {
             Some(list) => revocation::load(list).map_err(|e| Failure::failed(e.to_string()))?,
             None => HashSet::new(),
         };
-        match token_usable(p, t, &t.sub, now, &revoked) {
+        match token_usable(p, t, &agent, now, &revoked) {
             Ok(()) => {
                 status = "usable".into();
                 status_note = format!("usable now, {status_note}");
@@ -187,7 +193,7 @@ pub fn inspect(args: &TokenInspectArgs) -> CmdResult {
             }
         }
         for (i, cap) in t.caps.iter().enumerate() {
-            let verdict = capability_allowed(p, &t.sub, cap);
+            let verdict = capability_allowed(p, &agent, cap);
             caps.push(serde_json::json!({
                 "index": i,
                 "action": cap.action,

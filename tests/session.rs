@@ -1569,6 +1569,63 @@ fn the_after_run_check_cannot_be_steered_outside_the_workspace_or_around_itself(
 }
 
 #[test]
+fn a_rebase_the_agent_leaves_in_progress_is_not_continued_by_the_user() {
+    // A planted interactive rebase whose todo list runs a command: the user's `git rebase --continue`
+    // would run it. The rebase state is moved aside after the run.
+    let (_t, ws) = plain_workspace();
+    std::fs::write(ws.join("f.txt"), "x").unwrap();
+    git_ok(&ws, &["init", "-q", "-b", "main"]);
+    git_ok(&ws, &["add", "f.txt"]);
+    git_ok(
+        &ws,
+        &[
+            "-c",
+            "user.name=u",
+            "-c",
+            "user.email=u@x",
+            "commit",
+            "-q",
+            "-m",
+            "i",
+        ],
+    );
+    let pwned = pwned_marker(&ws);
+    let script = format!(
+        "r=.git/rebase-merge; mkdir -p $r && h=$(git rev-parse HEAD) && echo refs/heads/main > $r/head-name && \
+         echo $h > $r/onto && echo $h > $r/orig-head && : > $r/interactive && : > $r/done && \
+         echo 0 > $r/msgnum && echo 1 > $r/end && echo 'exec touch {}' > $r/git-rebase-todo && echo PLANTED",
+        pwned.display()
+    );
+    let out = run_sh(&ws, &script);
+    assert!(
+        text(&out.stdout).contains("PLANTED"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("rebase-merge"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!ws.join(".git/rebase-merge").exists());
+    let _ = host_git(
+        &ws,
+        &[
+            "-c",
+            "user.name=u",
+            "-c",
+            "user.email=u@x",
+            "rebase",
+            "--continue",
+        ],
+    );
+    assert!(
+        !pwned.exists(),
+        "the user's git ran the agent's rebase todo"
+    );
+}
+
+#[test]
 fn a_workspace_repository_made_of_symlinks_or_a_commondir_is_not_used_by_the_users_git() {
     // The same with `objects` and `refs` as symlinks into `.git`, or found through a `commondir`: git
     // takes either, with the agent's config, once `.git/HEAD` is broken.

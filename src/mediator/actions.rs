@@ -123,12 +123,18 @@ impl Shield {
         ))
     }
 
-    fn check_file(&self, meta: &std::fs::Metadata, write: bool) -> Result<(), Refusal> {
-        use std::os::unix::fs::MetadataExt;
+    /// Refuses a protected file (or placeholder directory), whatever its type.
+    fn check_protected(&self, meta: &std::fs::Metadata, write: bool) -> Result<(), Refusal> {
         let id = inode(meta);
         if self.no_read.contains(&id) || (write && self.no_write.contains(&id)) {
             return Err(refuse("protected_path", "the file is protected"));
         }
+        Ok(())
+    }
+
+    fn check_file(&self, meta: &std::fs::Metadata, write: bool) -> Result<(), Refusal> {
+        use std::os::unix::fs::MetadataExt;
+        self.check_protected(meta, write)?;
         if write && meta.nlink() > 1 {
             return Err(refuse("path_refused", "the file has other hard links"));
         }
@@ -293,6 +299,7 @@ fn resolve(
                         format!("path `{path}` is a symbolic link"),
                     ));
                 }
+                shield.check_protected(&meta, true)?;
                 if kind.is_dir() {
                     return Err(refuse(FAILED, format!("`{path}` is a directory")));
                 }

@@ -22,7 +22,16 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 /// Files in `.git` that git reads and that change what it runs.
-const WATCHED: &[&str] = &["config", "commondir", "config.worktree"];
+/// The state of a rebase, cherry-pick or revert in progress is watched too: its todo list may hold
+/// `exec` lines, which the user's `git rebase --continue` would run.
+const WATCHED: &[&str] = &[
+    "config",
+    "commondir",
+    "config.worktree",
+    "rebase-merge",
+    "rebase-apply",
+    "sequencer",
+];
 
 /// The same in a submodule's git directory, and its hooks (a directory: see [`digest`]).
 const WATCHED_MODULE: &[&str] = &["config", "commondir", "config.worktree", "hooks"];
@@ -612,7 +621,13 @@ pub fn quarantine_changes(snap: &GitSnapshot, session: &str) -> Vec<String> {
         let name = name.to_string_lossy();
         let is_config = name == "config" || snap.includes.contains(&path);
         if is_config
-            && read_config(&path).is_some_and(|text| only_plain_keys(&text))
+            && read_config(&path).is_some_and(|text| {
+                // The repository's own config: its remotes are the user's `git push` targets. (A
+                // submodule's origin is what the superproject's config, read-only inside, names.)
+                let remotes_of =
+                    (path == snap.workspace.join(".git/config")).then_some(&*snap.workspace);
+                only_plain_keys(&text, remotes_of)
+            })
             && worktree_inside(&path, &snap.workspace)
         {
             continue;
@@ -740,7 +755,8 @@ fn leads_to(commondir: &Path, git_dir: &Path) -> bool {
 /// `key` or `key = value` lines with a well-formed key, no continuation lines, no control characters but
 /// tabs. Anything else is refused, since git may read it differently (it ends a header at its `]` and
 /// reads the rest of the line as a setting).
-fn only_plain_keys(text: &str) -> bool {
+/// With `remotes_of` (the workspace), a `remote.*.url` must also be a safe push target ([`safe_remote`]).
+fn only_plain_keys(text: &str, remotes_of: Option<&Path>) -> bool {
     let mut section: Option<(String, bool)> = None; // (name, has subsection)
     for raw in text.lines() {
         if raw.chars().any(|c| c.is_control() && c != '\t') {
@@ -781,12 +797,28 @@ fn only_plain_keys(text: &str) -> bool {
         }
         // A remote in a local directory runs that repository's hooks (pre-receive, update,
         // post-receive) on the user's `git push`: one the agent made in the workspace would run its code.
-        if full == "remote.*.url" && !split_setting(line).is_some_and(|(_, url)| network_url(&url))
-        {
-            return false;
+        if let (true, Some(workspace)) = (full == "remote.*.url", remotes_of) {
+            if !split_setting(line).is_some_and(|(_, url)| safe_remote(&url, workspace)) {
+                return false;
+            }
         }
     }
     true
+}
+
+/// A remote the user's `git push` may use: a network URL, or a repository at an absolute path outside
+/// the workspace, where the agent cannot have made it, hooks and all (`git submodule update` from a
+/// local clone writes one; the sandbox's /tmp is its own).
+fn safe_remote(url: &str, workspace: &Path) -> bool {
+    if network_url(url) {
+        return true;
+    }
+    let path = Path::new(url.strip_prefix("file://").unwrap_or(url));
+    path.is_absolute()
+        && !path
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        && !path.starts_with(workspace)
 }
 
 /// A URL git reaches over the network: `https://`, `http://`, `ssh://`, `git://` (and git's ssh
@@ -908,44 +940,57 @@ mod tests {
 
     #[test]
     fn plain_configs_pass_and_anything_executable_does_not() {
+        let ws = Path::new("/home/u/ws");
         let init = "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n\
                     \tlogallrefupdates = true\n[remote \"origin\"]\n\turl = https://x/y\n\
                     \tfetch = +refs/heads/*:refs/remotes/origin/*\n";
-        assert!(only_plain_keys(init));
+        assert!(only_plain_keys(init, Some(ws)));
         assert!(only_plain_keys(
-            "[core] # comment\n\tbare\n[branch \"a\\\"b\"]\n\tremote = o\n"
+            "[core] # comment\n\tbare\n[branch \"a\\\"b\"]\n\tremote = o\n",
+            Some(ws)
         ));
         assert!(only_plain_keys(
-            "[pull]\n\trebase = true\n[submodule \"sm\"]\n\turl = ./sub\n\tactive = true\n"
+            "[pull]\n\trebase = true\n[submodule \"sm\"]\n\turl = ./sub\n\tactive = true\n",
+            Some(ws)
         ));
         for url in [
             "https://h/r.git",
             "ssh://git@h:22/r",
             "git@github.com:o/r.git",
             "\"h:r\"",
+            // `git submodule update` from a local clone outside the workspace
+            "/home/u/src/lib.git",
+            "file:///srv/git/lib.git",
         ] {
             assert!(
-                only_plain_keys(&format!("[remote \"o\"]\n\turl = {url}\n")),
+                only_plain_keys(&format!("[remote \"o\"]\n\turl = {url}\n"), Some(ws)),
                 "{url}"
             );
         }
         // A remote in a local directory: `git push` runs its hooks.
         for url in [
-            "/tmp/x.git",
             "./vendor/cache.git",
             "vendor/cache.git",
             "../x",
-            "file:///tmp/x",
-            "FILE:///tmp/x",
+            "file://vendor/x",
+            "FILE:///home/u/ws/x",
             "ext::sh -c id",
             "-oProxyCommand=x:y",
-            "\"/tmp/x\"",
+            "\"x\"",
+            "/home/u/ws/vendor/cache.git",
+            "/home/u/ws",
+            "/home/u/src/../ws/x",
         ] {
             assert!(
-                !only_plain_keys(&format!("[remote \"o\"]\n\turl = {url}\n")),
+                !only_plain_keys(&format!("[remote \"o\"]\n\turl = {url}\n"), Some(ws)),
                 "{url}"
             );
         }
+        // A submodule's config: its origin is what the superproject's (read-only) config names.
+        assert!(only_plain_keys(
+            "[remote \"origin\"]\n\turl = /home/u/ws/upstream\n",
+            None
+        ));
         for bad in [
             "[core]\n\tfsmonitor = touch /tmp/x\n",
             "[core]\n\thooksPath = /tmp\n",
@@ -965,7 +1010,7 @@ mod tests {
             "[core]\n\tbare.x = 1\n",
             "[core \"a\\\"] fsmonitor = x ]\n",
         ] {
-            assert!(!only_plain_keys(bad), "{bad}");
+            assert!(!only_plain_keys(bad, Some(ws)), "{bad}");
         }
     }
 }

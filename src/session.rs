@@ -320,6 +320,10 @@ pub fn run(args: &RunArgs) -> CmdResult {
         proxy_port: proxy.then_some(crate::mediator::proxy::PROXY_PORT),
     };
     let git_before = sandbox::persistence::snapshot(&workspace);
+    // What changes in the workspace's nested repositories from now on is the agent's doing. (A margin:
+    // the kernel stamps change times from a clock that may lag a tick behind this one.)
+    let now = std::time::SystemTime::now();
+    let launched_at = now.checked_sub(Duration::from_millis(50)).unwrap_or(now);
     // Put back when `run` ends, whatever the agent left the user's terminal in.
     let terminal = sandbox::terminal::Terminal::save();
     let prepared = sandbox::prepare(&config)?;
@@ -494,7 +498,12 @@ pub fn run(args: &RunArgs) -> CmdResult {
         errln!("zt-aas: {m}");
     }
     let code = exit.code();
-    let quarantined = sandbox::persistence::quarantine_changes(&git_before, &session);
+    let mut quarantined = sandbox::persistence::quarantine_changes(&git_before, &session);
+    quarantined.extend(sandbox::persistence::quarantine_nested(
+        &workspace,
+        launched_at,
+        &session,
+    ));
     for line in &quarantined {
         // The paths are the agent's choice: no escape sequence may rewrite the warning.
         let line = crate::audit::show::printable_lines(line);

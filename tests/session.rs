@@ -1569,6 +1569,65 @@ fn the_after_run_check_cannot_be_steered_outside_the_workspace_or_around_itself(
 }
 
 #[test]
+fn repositories_the_agent_sets_up_in_subdirectories_do_not_run_its_code_for_the_user() {
+    // `cd sub && git status` reads sub/.git/config; in `lib`, a bare repository, git reads lib/config.
+    // What the agent made or changed there is moved aside; a nested repository it left alone is kept.
+    let (_t, ws) = plain_workspace();
+    for kept in ["keep", "keep2"] {
+        std::fs::create_dir(ws.join(kept)).unwrap();
+        git_ok(&ws.join(kept), &["init", "-q"]);
+    }
+    let pwned = pwned_marker(&ws);
+    let fsmonitor = format!("touch {} ; false", pwned.display());
+    let script = format!(
+        "mkdir sub && cd sub && git init -q && git config core.fsmonitor '{f}' && mkdir -p .git/hooks && \
+         printf '#!/bin/sh\\ntouch {p}\\n' > .git/hooks/pre-commit && chmod +x .git/hooks/pre-commit && cd .. && \
+         git init -q --bare lib && git --git-dir=lib config core.bare false && \
+         git --git-dir=lib config core.worktree .. && git --git-dir=lib config core.fsmonitor '{f}' && \
+         git -C keep2 config core.fsmonitor '{f}' && echo BUILT",
+        f = fsmonitor,
+        p = pwned.display()
+    );
+    let out = run_sh(&ws, &script);
+    let stderr = text(&out.stderr);
+    assert!(text(&out.stdout).contains("BUILT"), "{stderr}");
+    for moved in [
+        "sub/.git/config",
+        "sub/.git/hooks/pre-commit",
+        "lib/HEAD",
+        "keep2/.git/config",
+    ] {
+        assert!(
+            stderr.contains(&format!("{}", ws.join(moved).display())),
+            "{moved} not moved aside: {stderr}"
+        );
+    }
+    assert!(
+        !stderr.contains(&format!("{}/", ws.join("keep").display())),
+        "{stderr}"
+    );
+    for dir in ["sub", "lib", "keep2"] {
+        let _ = host_git(&ws.join(dir), &["status"]);
+        let _ = host_git(
+            &ws.join(dir),
+            &[
+                "-c",
+                "user.name=u",
+                "-c",
+                "user.email=u@x",
+                "commit",
+                "-q",
+                "--allow-empty",
+                "-m",
+                "x",
+            ],
+        );
+    }
+    assert!(!pwned.exists(), "the user's git ran the agent's code");
+    assert!(host_git(&ws.join("keep"), &["status"]).status.success());
+}
+
+#[test]
 fn a_rebase_the_agent_leaves_in_progress_is_not_continued_by_the_user() {
     // A planted interactive rebase whose todo list runs a command: the user's `git rebase --continue`
     // would run it. The rebase state is moved aside after the run.

@@ -658,6 +658,149 @@ pub fn quarantine_changes(snap: &GitSnapshot, session: &str) -> Vec<String> {
     done
 }
 
+/// The repositories below the workspace's top directory: a `.git` directory in any subdirectory, or a
+/// subdirectory git takes for a bare repository (a `HEAD` file beside `objects`, `refs` or a
+/// `commondir`). The user's git run in that subdirectory reads their config and hooks. Whatever of
+/// theirs changed during the run (its inode's change time, which nobody can set, is not older than
+/// `since`) is judged like the top repository's: a config with more than plain keys, a new or changed
+/// hook, `commondir`, `config.worktree`, or a rebase in progress is moved aside; a new `HEAD` of a bare
+/// repository too. The walk reads directories only (no `stat` but of these names), never follows a
+/// symlink, does not enter `.git` directories, and stops after [`NESTED_BUDGET`] entries, saying so.
+pub fn quarantine_nested(
+    workspace: &Path,
+    since: std::time::SystemTime,
+    session: &str,
+) -> Vec<String> {
+    let tag = &session[..8.min(session.len())];
+    let changed = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(p).is_ok_and(|m| {
+            let ctime = std::time::UNIX_EPOCH
+                + std::time::Duration::new(
+                    m.ctime().max(0) as u64,
+                    m.ctime_nsec().clamp(0, 999_999_999) as u32,
+                );
+            ctime >= since
+        })
+    };
+    let mut done = Vec::new();
+    let aside = |path: &Path, why: &str, done: &mut Vec<String>| {
+        let Some(name) = path.file_name() else { return };
+        let to = path.with_file_name(format!(
+            "{}.zt-aas-quarantine-{tag}",
+            name.to_string_lossy()
+        ));
+        done.push(match std::fs::rename(path, &to) {
+            Ok(()) => format!("{} {why}: moved to {}", path.display(), to.display()),
+            Err(e) => format!(
+                "{} {why}, and could NOT be moved aside ({e}): do not run git in that directory before \
+                 reviewing it",
+                path.display()
+            ),
+        });
+    };
+    let mut budget = NESTED_BUDGET;
+    let mut stack = vec![workspace.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut git_dir = None;
+        let mut head = false;
+        for entry in entries.flatten() {
+            if budget == 0 {
+                break;
+            }
+            budget -= 1;
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let name = entry.file_name();
+            if name == ".git" {
+                if kind.is_dir() && dir != workspace {
+                    git_dir = Some(entry.path());
+                }
+                continue; // the top repository's is checked by quarantine_changes
+            }
+            if name == "HEAD" && !kind.is_dir() {
+                head = true;
+            }
+            if kind.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+        let repo = match git_dir {
+            Some(g) => Some(g),
+            // A bare repository (the workspace's own top directory is quarantine_changes' business).
+            None if head
+                && dir != workspace
+                && ["objects", "refs", "commondir"]
+                    .iter()
+                    .any(|n| std::fs::symlink_metadata(dir.join(n)).is_ok()) =>
+            {
+                let head = dir.join("HEAD");
+                if changed(&head) {
+                    aside(
+                        &head,
+                        "makes its directory a git repository the agent set up (your git run there \
+                         would use its config and hooks)",
+                        &mut done,
+                    );
+                }
+                Some(dir.clone())
+            }
+            None => None,
+        };
+        let Some(repo) = repo else { continue };
+        let config = repo.join("config");
+        if changed(&config)
+            && !read_config(&config).is_some_and(|text| only_plain_keys(&text, Some(workspace)))
+        {
+            aside(
+                &config,
+                "was written by the agent and could make your git run its code",
+                &mut done,
+            );
+        }
+        for name in [
+            "commondir",
+            "config.worktree",
+            "rebase-merge",
+            "rebase-apply",
+            "sequencer",
+        ] {
+            let p = repo.join(name);
+            if changed(&p) {
+                aside(
+                    &p,
+                    "was written by the agent and could make your git run its code",
+                    &mut done,
+                );
+            }
+        }
+        if let Ok(hooks) = std::fs::read_dir(repo.join("hooks")) {
+            for hook in hooks.flatten().take(1024) {
+                let p = hook.path();
+                let sample = p.extension().is_some_and(|e| e == "sample");
+                if !sample && changed(&p) {
+                    aside(&p, "is a git hook the agent wrote", &mut done);
+                }
+            }
+        }
+    }
+    if budget == 0 {
+        done.push(format!(
+            "{} holds more than {NESTED_BUDGET} entries: not every subdirectory was checked for a git \
+             repository the agent set up; review before running git in a subdirectory",
+            workspace.display()
+        ));
+    }
+    done
+}
+
+/// Directory entries the walk of [`quarantine_nested`] reads at most.
+const NESTED_BUDGET: usize = 200_000;
+
 /// Whether every `core.worktree` of a config (relative to the config's directory) lies in the
 /// workspace: `git submodule update` writes one; one naming ~/.ssh would make the user's `git checkout`
 /// write there.

@@ -612,6 +612,7 @@ out = s.recv(200).split(b'\\r\\n')[0].decode()\n    s.close()\n    return out\n\
 print('TRACE', ask(b'TRACE http://allowed.test/t HTTP/1.1\\r\\nHost: allowed.test\\r\\n\\r\\n'))\n\
 print('CONNECT80', ask(b'CONNECT allowed.test:80 HTTP/1.1\\r\\nHost: allowed.test:80\\r\\n\\r\\n'))\n\
 print('PORT8080', ask(b'GET http://allowed.test:8080/other-port HTTP/1.1\\r\\nHost: allowed.test:8080\\r\\n\\r\\n'))\n\
+print('UNDERSCORE', ask(b'GET http://allowed.test/underscore HTTP/1.1\\r\\nHost: allowed.test\\r\\nX_Api_Key: agents-own\\r\\nTransfer_Encoding: chunked\\r\\n\\r\\n'))\n\
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n\
 try:\n    s.sendto(b'x', socket.MSG_FASTOPEN, ('127.0.0.1', 3128))\n    print('FASTOPEN sent')\n\
 except OSError as e:\n    print('FASTOPEN refused', e.errno)\n\
@@ -636,6 +637,17 @@ EOF";
         "the credential went to another port: {other}"
     );
     assert!(!seen.iter().any(|h| h.starts_with("TRACE")), "{seen:?}");
+    // Header names with `_` never reach the upstream: a CGI-style server reads them as `-`, so they
+    // could stand in for the injected credential or the refused Transfer-Encoding.
+    let underscore = seen
+        .iter()
+        .find(|h| h.starts_with("GET /underscore "))
+        .expect("the request arrived");
+    assert!(
+        !underscore.contains("agents-own") && !underscore.contains("Transfer_Encoding"),
+        "{underscore}"
+    );
+    assert!(underscore.contains(SECRET), "{underscore}");
 }
 
 #[test]

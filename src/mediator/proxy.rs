@@ -996,7 +996,11 @@ fn forward(
     ];
     for (name, value) in &head.headers {
         let lower = name.to_ascii_lowercase();
+        // A name with `_` is dropped (as nginx does by default): CGI-style upstreams read `_` and `-`
+        // alike, so `X_Api_Key` could stand in for the injected credential, `Transfer_Encoding` for
+        // the refused Transfer-Encoding.
         if HOP.contains(&lower.as_str())
+            || name.contains('_')
             || credential.is_some_and(|(_, h, _)| h.eq_ignore_ascii_case(name))
         {
             continue;

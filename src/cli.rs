@@ -73,8 +73,9 @@ pub struct RunArgs {
     /// a directory that contains a home directory, nor one in a home's dot-directory (exit 125).
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
-    /// The audit log's signing key (default: the policy's [audit] key, else audit.key beside the log).
-    #[arg(long, value_name = "FILE", hide = true)]
+    /// The audit log's signing key (default: the policy's [audit] key, else audit.key beside the log;
+    /// created on first use, i.e. only with a new log).
+    #[arg(long, value_name = "FILE")]
     pub audit_key: Option<PathBuf>,
     /// Write the sealed head (hex hash of the session's last record) to FILE.
     #[arg(long, value_name = "FILE")]

@@ -194,6 +194,19 @@ pub fn run(args: &RunArgs) -> CmdResult {
     }
 
     let (log_path, key_path) = audit_paths(args, &policy);
+    // A log that holds records was signed by a key that exists: making a new one here (a wrong
+    // `--audit`, a policy without its `[audit] key`) would split the log between two signers, and a
+    // reviewer pinning the first would find the rest `wrong-key`.
+    if std::fs::symlink_metadata(&key_path).is_err()
+        && std::fs::metadata(&log_path).is_ok_and(|m| m.len() > 0)
+    {
+        return Err(refused(format!(
+            "the audit log {} already holds records, but the signing key {} does not exist: give the \
+             key that signs this log (the policy's [audit] key, or --audit-key FILE), or another log",
+            log_path.display(),
+            key_path.display()
+        )));
+    }
     let key = audit::keys::load_or_create_key(&key_path).map_err(refused)?;
     let durability = if policy.audit.fsync {
         Durability::Fsync

@@ -90,6 +90,36 @@ fn a_stderr_that_is_gone_neither_breaks_the_exit_status_nor_the_seal() {
 }
 
 #[test]
+fn a_log_with_records_is_never_continued_under_a_new_key() {
+    // The project's log is signed by keys/audit.key; a run naming the log but not its key (a policy
+    // without `[audit] key`, a bare `--audit`) would make audit.key beside it and sign with that.
+    let p = Project::new("");
+    assert!(p.run(&[], "true").status.success());
+    let before = std::fs::read(p.dir.join("audit.jsonl")).unwrap();
+    let out = zt(
+        &p.dir,
+        &[
+            "run",
+            "-q",
+            "--audit",
+            "audit.jsonl",
+            "--workspace",
+            ".",
+            "--",
+            "true",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("signing key"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!p.dir.join("audit.key").exists());
+    assert_eq!(std::fs::read(p.dir.join("audit.jsonl")).unwrap(), before);
+}
+
+#[test]
 fn head_out_never_overwrites_a_file_the_session_relies_on() {
     let p = Project::new("");
     assert!(p.run(&[], "true").status.success());

@@ -52,6 +52,39 @@ fn every_shipped_policy_passes_policy_check() {
 }
 
 #[test]
+fn every_shipped_policy_runs_a_command_from_a_copy() {
+    // As a newcomer would: a copy of policies/ (the runs write their logs and keys beside the policy).
+    let copy = tempfile::tempdir().expect("copy");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let cp = Command::new("cp")
+        .arg("-r")
+        .arg(&src)
+        .arg(copy.path())
+        .status()
+        .expect("cp");
+    assert!(cp.success());
+    for policy in toml_files("policies") {
+        let copied = copy
+            .path()
+            .join("policies")
+            .join(policy.file_name().unwrap());
+        let workspace = tempfile::tempdir().expect("workspace");
+        let state = tempfile::tempdir().expect("state dir");
+        let out = zt_aas()
+            .arg("run")
+            .arg("--policy")
+            .arg(&copied)
+            .arg("--workspace")
+            .arg(workspace.path())
+            .args(["--", "true"])
+            .env("XDG_STATE_HOME", state.path())
+            .output()
+            .expect("run zt-aas");
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&policy, &out));
+    }
+}
+
+#[test]
 fn the_spelled_out_default_policy_is_named_default() {
     let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/default.toml");
     let out = zt_aas()

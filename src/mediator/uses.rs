@@ -25,7 +25,15 @@ fn err(path: &Path, what: impl std::fmt::Display) -> String {
 impl LockedCounts {
     /// Opens (creating, mode 0600) and locks the file, and reads the counts.
     pub fn open(path: &Path) -> Result<(LockedCounts, Uses), String> {
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        // Its directory too, as for the audit log (a policy's `audit/use-counts.json` on first use).
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| err(path, e))?;
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)

@@ -135,6 +135,18 @@ fn incoherent_policies_are_refused() {
 }
 
 #[test]
+fn a_profile_that_does_not_exist_is_refused_by_check_as_by_run() {
+    refused(
+        &GOOD.replace("profile = \"minimal\"", "profile = \"minimall\""),
+        "unknown profile `minimall`",
+    );
+    refused(
+        &GOOD.replace("profile = \"minimal\"", "profile = \"./nope.toml\""),
+        "nope.toml",
+    );
+}
+
+#[test]
 fn missing_file_and_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
     let out = common::zt_output(dir.path(), &["policy", "check", "nope.toml"]);

@@ -15,6 +15,18 @@ use crate::exit::{CmdResult, Failure};
 
 pub fn check(args: &PolicyCheckArgs) -> CmdResult {
     let policy = Policy::load(&args.file).map_err(|e| Failure::failed(e.to_string()))?;
+    // The profile files it names are read too (`run` would refuse them).
+    let profiles = std::iter::once(&policy.sandbox.profile).chain(policy.actions.iter().filter_map(
+        |a| match &a.kind {
+            crate::policy::ActionKind::Command { sandbox, .. } => sandbox.as_ref(),
+            _ => None,
+        },
+    ));
+    for name in profiles {
+        crate::sandbox::profile::Profile::load(name).map_err(|e| {
+            Failure::failed(format!("{}: profile {name}: {e}", args.file.display()))
+        })?;
+    }
     outln!("ok: {}", policy.summary());
     Ok(0)
 }

@@ -595,6 +595,18 @@ fn profile_ref(
             "expected a profile name ([a-z0-9_-]) or a path (with a `/`)",
         ));
     }
+    if !crate::sandbox::profile::shipped_names().any(|n| n == text) {
+        return Err(src.at(
+            value,
+            key,
+            format!(
+                "unknown profile `{text}` (shipped: {}; or a path, with a `/`)",
+                crate::sandbox::profile::shipped_names()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
     Ok(text.clone())
 }
 

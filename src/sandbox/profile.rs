@@ -17,6 +17,11 @@ use sha2::Digest;
 use crate::policy::units::parse_size;
 
 /// The profiles shipped with zt-aas, by name.
+/// The names of the shipped profiles.
+pub fn shipped_names() -> impl Iterator<Item = &'static str> {
+    SHIPPED.iter().map(|(name, _)| *name)
+}
+
 const SHIPPED: &[(&str, &str)] = &[
     ("minimal", include_str!("../../profiles/minimal.toml")),
     ("ci", include_str!("../../profiles/ci.toml")),

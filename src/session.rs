@@ -76,6 +76,12 @@ pub fn run(args: &RunArgs) -> CmdResult {
         .clone()
         .or_else(|| policy.agent.clone())
         .unwrap_or_else(|| "agent".into());
+    if !crate::policy::is_valid_principal(&agent) {
+        return Err(refused(format!(
+            "--agent `{}` is not a valid agent name (1 to 128 of A-Z a-z 0-9 . _ @ -)",
+            agent.escape_debug()
+        )));
+    }
     let profile_name = args
         .profile
         .clone()

@@ -90,6 +90,41 @@ fn a_stderr_that_is_gone_neither_breaks_the_exit_status_nor_the_seal() {
 }
 
 #[test]
+fn an_agent_name_is_checked_like_the_policy_checks_it() {
+    // The actor of every record: never empty, never a forged second line.
+    let p = Project::new("");
+    for bad in ["", "bad agent!", "evil\nforged line"] {
+        let out = p.run(&["--agent", bad], "echo RAN");
+        assert_eq!(
+            out.status.code(),
+            Some(125),
+            "{bad:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(!text(&out.stdout).contains("RAN"));
+        assert!(
+            text(&out.stderr).contains("not a valid agent name"),
+            "{}",
+            text(&out.stderr)
+        );
+        let out = zt(
+            &p.dir,
+            &[
+                "policy",
+                "explain",
+                "--policy",
+                "policy.toml",
+                "--agent",
+                bad,
+                "--action",
+                "sys.ping",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", text(&out.stderr));
+    }
+}
+
+#[test]
 fn a_log_with_records_is_never_continued_under_a_new_key() {
     // The project's log is signed by keys/audit.key; a run naming the log but not its key (a policy
     // without `[audit] key`, a bare `--audit`) would make audit.key beside it and sign with that.
@@ -1614,18 +1649,28 @@ fn repositories_the_agent_sets_up_in_subdirectories_do_not_run_its_code_for_the_
          printf '#!/bin/sh\\ntouch {p}\\n' > .git/hooks/pre-commit && chmod +x .git/hooks/pre-commit && cd .. && \
          git init -q --bare lib && git --git-dir=lib config core.bare false && \
          git --git-dir=lib config core.worktree .. && git --git-dir=lib config core.fsmonitor '{f}' && \
-         git -C keep2 config core.fsmonitor '{f}' && echo BUILT",
+         git -C keep2 config core.fsmonitor '{f}' && \
+         git init -q a && git init -q --bare a/.git/x && git --git-dir=a/.git/x config core.bare false && \
+         git --git-dir=a/.git/x config core.fsmonitor '{f}' && mkdir ptr && echo 'gitdir: ../a/.git/x' > ptr/.git && \
+         mkdir -p link/.git && ln -s ../../state/zt-aas link/.git/hooks && \
+         git init -q wt && git -C wt config core.worktree {elsewhere} && echo BUILT",
         f = fsmonitor,
-        p = pwned.display()
+        p = pwned.display(),
+        elsewhere = ws.parent().unwrap().display(),
     );
     let out = run_sh(&ws, &script);
     let stderr = text(&out.stderr);
     assert!(text(&out.stdout).contains("BUILT"), "{stderr}");
+    // Nothing outside the walk's own paths is touched: not the audit log the hooks symlink leads to.
+    assert!(ws.join("state/zt-aas/audit.jsonl").is_file(), "{stderr}");
     for moved in [
         "sub/.git/config",
         "sub/.git/hooks/pre-commit",
         "lib/HEAD",
         "keep2/.git/config",
+        "ptr/.git",
+        "link/.git/hooks",
+        "wt/.git/config",
     ] {
         assert!(
             stderr.contains(&format!("{}", ws.join(moved).display())),
@@ -1636,7 +1681,7 @@ fn repositories_the_agent_sets_up_in_subdirectories_do_not_run_its_code_for_the_
         !stderr.contains(&format!("{}/", ws.join("keep").display())),
         "{stderr}"
     );
-    for dir in ["sub", "lib", "keep2"] {
+    for dir in ["sub", "lib", "keep2", "ptr"] {
         let _ = host_git(&ws.join(dir), &["status"]);
         let _ = host_git(
             &ws.join(dir),

@@ -16,12 +16,13 @@ use crate::exit::{CmdResult, Failure};
 pub fn check(args: &PolicyCheckArgs) -> CmdResult {
     let policy = Policy::load(&args.file).map_err(|e| Failure::failed(e.to_string()))?;
     // The profile files it names are read too (`run` would refuse them).
-    let profiles = std::iter::once(&policy.sandbox.profile).chain(policy.actions.iter().filter_map(
-        |a| match &a.kind {
-            crate::policy::ActionKind::Command { sandbox, .. } => sandbox.as_ref(),
-            _ => None,
-        },
-    ));
+    let profiles =
+        std::iter::once(&policy.sandbox.profile).chain(policy.actions.iter().filter_map(|a| {
+            match &a.kind {
+                crate::policy::ActionKind::Command { sandbox, .. } => sandbox.as_ref(),
+                _ => None,
+            }
+        }));
     for name in profiles {
         crate::sandbox::profile::Profile::load(name).map_err(|e| {
             Failure::failed(format!("{}: profile {name}: {e}", args.file.display()))
@@ -32,6 +33,12 @@ pub fn check(args: &PolicyCheckArgs) -> CmdResult {
 }
 
 pub fn explain(args: &PolicyExplainArgs) -> CmdResult {
+    if !crate::policy::is_valid_principal(&args.agent) {
+        return Err(Failure::usage(format!(
+            "--agent `{}` is not a valid agent name (1 to 128 of A-Z a-z 0-9 . _ @ -)",
+            args.agent.escape_debug()
+        )));
+    }
     let call_args = parse_key_values(&args.args)?;
     let policy = Policy::load(&args.policy).map_err(|e| Failure::failed(e.to_string()))?;
     let req = Request {

@@ -699,11 +699,30 @@ pub fn quarantine_nested(
             ),
         });
     };
+    // Where a `.git` pointer in a subdirectory may lead: the top repository's submodule and worktree
+    // git directories, which quarantine_changes checks.
+    let checked: Vec<PathBuf> = {
+        let dirs = git_dirs(workspace);
+        dirs.modules
+            .iter()
+            .chain(dirs.worktrees.iter())
+            .filter_map(|d| std::fs::canonicalize(d).ok())
+            .collect()
+    };
+    let agents = "was written by the agent and could make your git run its code";
+    let mut unreadable = Vec::new();
     let mut budget = NESTED_BUDGET;
+    // Only real directories are entered (a symlink is never followed): every path below is the
+    // workspace's own.
     let mut stack = vec![workspace.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(_) => {
+                // Git needs only search permission to reach a repository below it.
+                unreadable.push(dir);
+                continue;
+            }
         };
         let mut git_dir = None;
         let mut head = false;
@@ -717,10 +736,24 @@ pub fn quarantine_nested(
             };
             let name = entry.file_name();
             if name == ".git" {
-                if kind.is_dir() && dir != workspace {
-                    git_dir = Some(entry.path());
+                if dir == workspace {
+                    continue; // the top repository's: quarantine_changes
                 }
-                continue; // the top repository's is checked by quarantine_changes
+                let path = entry.path();
+                if kind.is_dir() {
+                    git_dir = Some(path);
+                } else if changed(&path)
+                    && !(kind.is_file() && gitfile_leads_to_one_of(&path, &checked))
+                {
+                    // A `gitdir:` file or a symlink the agent made: it could lead git anywhere (into a
+                    // repository hidden in some `.git` directory).
+                    aside(
+                        &path,
+                        "points your git at a git directory the agent chose",
+                        &mut done,
+                    );
+                }
+                continue;
             }
             if name == "HEAD" && !kind.is_dir() {
                 head = true;
@@ -730,7 +763,7 @@ pub fn quarantine_nested(
             }
         }
         let repo = match git_dir {
-            Some(g) => Some(g),
+            Some(g) => g,
             // A bare repository (the workspace's own top directory is quarantine_changes' business).
             None if head
                 && dir != workspace
@@ -747,20 +780,20 @@ pub fn quarantine_nested(
                         &mut done,
                     );
                 }
-                Some(dir.clone())
+                dir.clone()
             }
-            None => None,
+            None => continue,
         };
-        let Some(repo) = repo else { continue };
+        // The repository directory itself new, moved in (a rename keeps its contents' change times),
+        // or its entries changed: its config and pointers are judged whatever their own times.
+        let fresh = changed(&repo);
         let config = repo.join("config");
-        if changed(&config)
-            && !read_config(&config).is_some_and(|text| only_plain_keys(&text, Some(workspace)))
+        if std::fs::symlink_metadata(&config).is_ok()
+            && (fresh || changed(&config))
+            && !(read_config(&config).is_some_and(|text| only_plain_keys(&text, Some(workspace)))
+                && worktree_inside(&config, workspace))
         {
-            aside(
-                &config,
-                "was written by the agent and could make your git run its code",
-                &mut done,
-            );
+            aside(&config, agents, &mut done);
         }
         for name in [
             "commondir",
@@ -770,23 +803,39 @@ pub fn quarantine_nested(
             "sequencer",
         ] {
             let p = repo.join(name);
-            if changed(&p) {
-                aside(
-                    &p,
-                    "was written by the agent and could make your git run its code",
-                    &mut done,
-                );
+            if std::fs::symlink_metadata(&p).is_ok() && (fresh || changed(&p)) {
+                aside(&p, agents, &mut done);
             }
         }
-        if let Ok(hooks) = std::fs::read_dir(repo.join("hooks")) {
-            for hook in hooks.flatten().take(1024) {
-                let p = hook.path();
-                let sample = p.extension().is_some_and(|e| e == "sample");
-                if !sample && changed(&p) {
-                    aside(&p, "is a git hook the agent wrote", &mut done);
+        let hooks = repo.join("hooks");
+        match std::fs::symlink_metadata(&hooks) {
+            Ok(m) if m.is_dir() => {
+                if let Ok(entries) = std::fs::read_dir(&hooks) {
+                    for hook in entries.flatten().take(1024) {
+                        let p = hook.path();
+                        let sample = p.extension().is_some_and(|e| e == "sample");
+                        if !sample && changed(&p) {
+                            aside(&p, "is a git hook the agent wrote", &mut done);
+                        }
+                    }
                 }
             }
+            // A symlink (or anything else) in place of the hooks directory: git would run what it
+            // leads to.
+            Ok(_) if fresh || changed(&hooks) => aside(
+                &hooks,
+                "redirects git's hooks to where the agent chose",
+                &mut done,
+            ),
+            _ => {}
         }
+    }
+    for dir in unreadable {
+        done.push(format!(
+            "{} could not be read: it was not checked for a git repository the agent set up; review \
+             it before running git there",
+            dir.display()
+        ));
     }
     if budget == 0 {
         done.push(format!(
@@ -940,7 +989,11 @@ fn only_plain_keys(text: &str, remotes_of: Option<&Path>) -> bool {
         }
         // A remote in a local directory runs that repository's hooks (pre-receive, update,
         // post-receive) on the user's `git push`: one the agent made in the workspace would run its code.
-        if let (true, Some(workspace)) = (full == "remote.*.url", remotes_of) {
+        // `branch.*.remote` may itself be a URL (git takes a value that names no remote for one).
+        let is_remote = full == "remote.*.url"
+            || (full == "branch.*.remote"
+                && split_setting(line).is_some_and(|(_, v)| v.contains(['/', ':'])));
+        if let (true, Some(workspace)) = (is_remote, remotes_of) {
             if !split_setting(line).is_some_and(|(_, url)| safe_remote(&url, workspace)) {
                 return false;
             }
@@ -957,11 +1010,15 @@ fn safe_remote(url: &str, workspace: &Path) -> bool {
         return true;
     }
     let path = Path::new(url.strip_prefix("file://").unwrap_or(url));
+    // Also where it really is: `/proc/self/root/WORKSPACE/...` or a symlink lead back in.
     path.is_absolute()
         && !path
             .components()
             .any(|c| c == std::path::Component::ParentDir)
+        && !path.starts_with("/proc")
+        && !path.starts_with("/dev")
         && !path.starts_with(workspace)
+        && !real_path(path).starts_with(workspace)
 }
 
 /// A URL git reaches over the network: `https://`, `http://`, `ssh://`, `git://` (and git's ssh
@@ -1121,6 +1178,8 @@ mod tests {
             "-oProxyCommand=x:y",
             "\"x\"",
             "/home/u/ws/vendor/cache.git",
+            "/proc/self/root/home/u/ws/x.git",
+            "/dev/fd/3",
             "/home/u/ws",
             "/home/u/src/../ws/x",
         ] {
@@ -1129,6 +1188,15 @@ mod tests {
                 "{url}"
             );
         }
+        // `branch.*.remote` naming a URL (not a remote) is judged like one.
+        assert!(only_plain_keys(
+            "[branch \"main\"]\n\tremote = origin\n",
+            Some(ws)
+        ));
+        assert!(!only_plain_keys(
+            "[branch \"main\"]\n\tremote = /home/u/ws/evil.git\n",
+            Some(ws)
+        ));
         // A submodule's config: its origin is what the superproject's (read-only) config names.
         assert!(only_plain_keys(
             "[remote \"origin\"]\n\turl = /home/u/ws/upstream\n",

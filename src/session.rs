@@ -121,6 +121,23 @@ pub fn run(args: &RunArgs) -> CmdResult {
             "refusing to make / the workspace (it would make the whole host writable)",
         ));
     }
+    // Nor a directory that is, or holds, one the sandbox builds itself: its private /tmp, /dev and
+    // /proc, the profile's read-only paths and tmpfs mounts (both would be bound over each other).
+    for built in ["/tmp", "/dev", "/proc"]
+        .iter()
+        .map(PathBuf::from)
+        .chain(profile.read_only.iter().cloned())
+        .chain(profile.tmpfs.iter().cloned())
+    {
+        if built.starts_with(&workspace) {
+            return Err(refused(format!(
+                "refusing to make {} the workspace: it holds {}, which the sandbox makes itself \
+                 (read-only or private); use a project directory",
+                workspace.display(),
+                built.display()
+            )));
+        }
+    }
     // Nor any writable path that holds a home directory (the policy's read_write included).
     for (what, path) in std::iter::once(("the workspace", &workspace)).chain(
         policy

@@ -90,6 +90,22 @@ fn a_stderr_that_is_gone_neither_breaks_the_exit_status_nor_the_seal() {
 }
 
 #[test]
+fn a_workspace_holding_what_the_sandbox_builds_itself_is_refused_with_a_reason() {
+    // `cd /tmp && zt-aas run`, `--workspace /etc`: said plainly, not as a failed mount.
+    let (_t, dir) = plain_workspace();
+    for ws in ["/tmp", "/etc"] {
+        let out = zt(&dir, &["run", "-q", "--workspace", ws, "--", "echo", "RAN"]);
+        assert_eq!(out.status.code(), Some(125), "{ws}: {}", text(&out.stderr));
+        assert!(!text(&out.stdout).contains("RAN"));
+        assert!(
+            text(&out.stderr).contains("which the sandbox makes itself"),
+            "{ws}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
 fn an_agent_name_is_checked_like_the_policy_checks_it() {
     // The actor of every record: never empty, never a forged second line.
     let p = Project::new("");

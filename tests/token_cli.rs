@@ -812,6 +812,32 @@ fn inspect_shows_payload_validity_and_policy_verdicts() {
 }
 
 #[test]
+fn a_public_key_given_as_the_issuers_key_is_called_what_it_is() {
+    // Not "readable by group or others: chmod 600" (advice that would not help).
+    let dir = setup();
+    let err = fails(
+        zt(
+            dir.path(),
+            &[
+                "token",
+                "issue",
+                "--policy",
+                "policy.toml",
+                "--key",
+                "keys/issuer.pub",
+                "--agent",
+                "hello-bot",
+                "--action",
+                "hello-world.say_hello",
+            ],
+        ),
+        1,
+    );
+    assert!(err.contains("this is a public key"), "{err}");
+    assert!(!err.contains("chmod"), "{err}");
+}
+
+#[test]
 fn inspect_with_a_policy_judges_the_signature_before_the_payload() {
     let dir = setup();
     issue_to(dir.path(), "t.tok", &["--action", "hello-world.say_hello"]);

@@ -47,7 +47,8 @@ pub enum AuditError {
     #[error(
         "{}: line {line} is torn ({length} bytes at byte {offset} without a newline; an append was \
          interrupted). Nothing was written. Check it with `zt-aas audit verify`; `zt-aas audit recover \
-         LOG` closes it with a signed `recovery` record and appending works again",
+         LOG --key KEY` (the log's signing key: the policy's [audit] key, else audit.key beside the log) \
+         closes it with a signed `recovery` record and appending works again",
         path.display()
     )]
     TornTail {

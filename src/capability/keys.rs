@@ -126,6 +126,16 @@ fn read_small(path: &Path) -> Result<(File, String), KeyError> {
 /// Loads a secret key, refusing a file that group or others can read.
 pub fn load_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
     let (file, text) = read_small(path)?;
+    // What the file is, first: a public key given by mistake must not be "fixed" with a chmod.
+    let key = parse_secret_key(&text).map_err(|problem| KeyError::Format {
+        path: path.to_path_buf(),
+        problem: if text.trim_start().starts_with("ed25519:") {
+            "this is a public key; give the secret key (the PREFIX.key that keygen wrote beside it)"
+                .into()
+        } else {
+            problem
+        },
+    })?;
     let mode = file
         .metadata()
         .map_err(|source| KeyError::Io {
@@ -140,10 +150,7 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
             mode: mode & 0o777,
         });
     }
-    parse_secret_key(&text).map_err(|problem| KeyError::Format {
-        path: path.to_path_buf(),
-        problem,
-    })
+    Ok(key)
 }
 
 /// Loads a public key file (`ed25519:<base64>`).

@@ -47,13 +47,17 @@ impl Narrator {
 
     /// Runs `zt-aas ARGS` in the demo directory, echoing the command line and its output, indented.
     fn zt(&self, args: &[&str]) -> Result<Output, Failure> {
+        // Shown as a shell would take it: pasted, it runs.
         let shown: Vec<String> = args
             .iter()
             .map(|a| {
-                if a.contains(' ') {
-                    format!("'{a}'")
-                } else {
+                let plain = !a.is_empty()
+                    && a.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@,+".contains(&b));
+                if plain {
                     a.to_string()
+                } else {
+                    format!("'{}'", a.replace('\'', "'\\''"))
                 }
             })
             .collect();

@@ -1197,6 +1197,8 @@ except OSError as e:\n    print(\"raw refused\", e.errno)\n\
 try:\n    os.chmod(\"{}\", 0o666); print(\"chmod done\")\n\
 except OSError as e:\n    print(\"chmod refused\", e.errno)'; \
          git init -q && printf '#!/bin/sh\\necho ORDINARY-OK\\n' > run.sh && chmod 755 run.sh && ./run.sh; \
+         cp -p run.sh run2.sh && install -m 755 run.sh run3.sh && chown $(id -u):$(id -g) run.sh && echo COPY-OK; \
+         chown :$(( $(id -g) + 1 )) run.sh 2>/dev/null || echo CHOWN-REFUSED; \
          sleep 300 </dev/null >/dev/null 2>&1 & echo $! > orphan.pid; kill -9 $PPID",
         path.display(),
         dgram_path.display(),
@@ -1225,6 +1227,13 @@ except OSError as e:\n    print(\"chmod refused\", e.errno)'; \
     // Ordinary work still changes modes (git init, chmod +x), never to group- or world-writable.
     assert!(
         stdout.contains("ORDINARY-OK"),
+        "{stdout} {}",
+        text(&out.stderr)
+    );
+    // cp -p, install -m (their ACL copy is "not supported"), a chown that changes nothing; not another group.
+    assert!(stdout.contains("COPY-OK"), "{stdout} {}", text(&out.stderr));
+    assert!(
+        stdout.contains("CHOWN-REFUSED"),
         "{stdout} {}",
         text(&out.stderr)
     );

@@ -148,12 +148,9 @@ const SYS_FCHMODAT2: i64 = 452;
 const SYS_SETXATTRAT: i64 = 463;
 const SYS_REMOVEXATTRAT: i64 = 466;
 
-/// What changes a file's owner or extended attributes (ACLs): refused in degraded mode.
+/// What changes a file's extended attributes (ACLs): refused in degraded mode, as "not supported"
+/// (EOPNOTSUPP, which `cp -p`, `install -m` and tar take for a file system without ACLs).
 const DEGRADED_NO_ATTRIBUTES: &[i64] = &[
-    libc::SYS_chown,
-    libc::SYS_fchown,
-    libc::SYS_lchown,
-    libc::SYS_fchownat,
     libc::SYS_setxattr,
     libc::SYS_lsetxattr,
     libc::SYS_fsetxattr,
@@ -232,7 +229,7 @@ pub fn compile(extra_deny: &[String], sockets: Sockets) -> Result<Filters, Secco
 type RuleSet = (BTreeMap<i64, Vec<SeccompRule>>, i32);
 
 /// The refusals, one set per errno: EPERM, EAFNOSUPPORT, ENOSYS.
-fn rule_sets(extra_deny: &[String], sockets: Sockets) -> Result<[RuleSet; 3], SeccompError> {
+fn rule_sets(extra_deny: &[String], sockets: Sockets) -> Result<Vec<RuleSet>, SeccompError> {
     let build = |e: seccompiler::BackendError| SeccompError::Build(e.to_string());
     let cond = |arg, len, op, val| Cond::new(arg, len, op, val).map_err(build);
     let rule = |conds| SeccompRule::new(conds).map_err(build);
@@ -386,6 +383,7 @@ fn rule_sets(extra_deny: &[String], sockets: Sockets) -> Result<[RuleSet; 3], Se
         )?])?]);
     }
 
+    let mut eopnotsupp = BTreeMap::new();
     if sockets == Sockets::PairsOnly {
         // Degraded mode has no IPC namespace either: SysV shared memory, message queues and semaphores
         // would be the host's (Landlock does not cover them), and their ids are small and guessable.
@@ -404,12 +402,31 @@ fn rule_sets(extra_deny: &[String], sockets: Sockets) -> Result<[RuleSet; 3], Se
         }
         eperm.insert(libc::SYS_socketpair, pairs);
         // Landlock has no right for a file's mode, owner or extended attributes (ACLs), and without a
-        // mount namespace every file of the caller's is reachable by path. Owners and ACLs are not
-        // changed at all; a mode is, as ordinary work needs (git, compilers, venv), but never to one
-        // that lets the group or others write (as root: /etc/passwd 0666). What stays possible is
-        // documented: making a file of the caller's readable by others.
+        // mount namespace every file of the caller's is reachable by path. ACLs are not changed at
+        // all; an owner only to the caller's own uid and gid (what tar and `cp -p` do, changing
+        // nothing); a mode as ordinary work needs (git, compilers, venv), but never to one that lets
+        // the group or others write (as root: /etc/passwd 0666). What stays possible is documented:
+        // making a file of the caller's readable by others.
         for nr in DEGRADED_NO_ATTRIBUTES {
-            eperm.insert(*nr, Vec::new());
+            eopnotsupp.insert(*nr, Vec::new());
+        }
+        // SAFETY: getuid and getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid() as u64, libc::getgid() as u64) };
+        const UNCHANGED: u64 = u32::MAX as u64; // -1: leave it as it is
+        for (nr, owner_arg) in [
+            (libc::SYS_chown, 1),
+            (libc::SYS_fchown, 1),
+            (libc::SYS_lchown, 1),
+            (libc::SYS_fchownat, 2),
+        ] {
+            let mut rules = Vec::new();
+            for (arg, own) in [(owner_arg, uid), (owner_arg + 1, gid)] {
+                rules.push(rule(vec![
+                    cond(arg, Len::Dword, Op::Ne, own)?,
+                    cond(arg, Len::Dword, Op::Ne, UNCHANGED)?,
+                ])?);
+            }
+            eperm.insert(nr, rules);
         }
         for (nr, mode_arg) in [
             (libc::SYS_chmod, 1),
@@ -435,11 +452,15 @@ fn rule_sets(extra_deny: &[String], sockets: Sockets) -> Result<[RuleSet; 3], Se
     // openat2's mode lies in a struct a filter cannot read: refuse it like clone3; callers fall back.
     enosys.insert(libc::SYS_openat2, Vec::new());
 
-    Ok([
+    let mut sets = vec![
         (eperm, libc::EPERM),
         (afnosupport, libc::EAFNOSUPPORT),
         (enosys, libc::ENOSYS),
-    ])
+    ];
+    if !eopnotsupp.is_empty() {
+        sets.push((eopnotsupp, libc::EOPNOTSUPP));
+    }
+    Ok(sets)
 }
 
 /// What runs before the search.

@@ -1663,10 +1663,41 @@ fn repositories_the_agent_sets_up_in_subdirectories_do_not_run_its_code_for_the_
     // `cd sub && git status` reads sub/.git/config; in `lib`, a bare repository, git reads lib/config.
     // What the agent made or changed there is moved aside; a nested repository it left alone is kept.
     let (_t, ws) = plain_workspace();
-    for kept in ["keep", "keep2"] {
+    for kept in ["keep", "keep2", "hp"] {
         std::fs::create_dir(ws.join(kept)).unwrap();
         git_ok(&ws.join(kept), &["init", "-q"]);
     }
+    // The user's: a repository whose hooks live in `.githooks` (not plain config: it must stay), and
+    // a directory named `config` (the policy's, say) beside what the agent makes look like a repository.
+    git_ok(&ws.join("hp"), &["config", "core.hooksPath", ".githooks"]);
+    std::fs::create_dir_all(ws.join("hp/.githooks")).unwrap();
+    std::fs::create_dir_all(ws.join("ops/config")).unwrap();
+    // And a project with its own bare remote beside it, which the agent pushes to: ordinary work.
+    std::fs::create_dir_all(ws.join("r/app")).unwrap();
+    git_ok(&ws.join("r"), &["init", "-q", "--bare", "remote.git"]);
+    git_ok(&ws.join("r/app"), &["init", "-q", "-b", "main"]);
+    git_ok(
+        &ws.join("r/app"),
+        &[
+            "-c",
+            "user.name=u",
+            "-c",
+            "user.email=u@x",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "i",
+        ],
+    );
+    git_ok(
+        &ws.join("r/app"),
+        &["remote", "add", "origin", "../remote.git"],
+    );
+    std::fs::write(ws.join("ops/config/policy.toml"), "x").unwrap();
+    // (What changed less than 50 ms before the launch counts as the run's: the kernel's change times
+    // may lag a clock tick. A user's files are older.)
+    std::thread::sleep(Duration::from_millis(100));
     let pwned = pwned_marker(&ws);
     let fsmonitor = format!("touch {} ; false", pwned.display());
     let script = format!(
@@ -1678,7 +1709,13 @@ fn repositories_the_agent_sets_up_in_subdirectories_do_not_run_its_code_for_the_
          git init -q a && git init -q --bare a/.git/x && git --git-dir=a/.git/x config core.bare false && \
          git --git-dir=a/.git/x config core.fsmonitor '{f}' && mkdir ptr && echo 'gitdir: ../a/.git/x' > ptr/.git && \
          mkdir -p link/.git && ln -s ../../state/zt-aas link/.git/hooks && \
-         git init -q wt && git -C wt config core.worktree {elsewhere} && echo BUILT",
+         git init -q wt && git -C wt config core.worktree {elsewhere} && \
+         git init -q --bare inv && mkdir inv/.git && touch inv/.git/keep && git -C inv config core.bare false && \
+         git -C inv config core.fsmonitor '{f}' && \
+         git -C hp status -s && printf '#!/bin/sh\\ntouch {p}\\n' > hp/.githooks/pre-commit && chmod +x hp/.githooks/pre-commit && \
+         echo 'ref: refs/heads/main' > ops/HEAD && mkdir ops/refs && \
+         git -C r/app -c user.name=a -c user.email=b commit -q --allow-empty -m w && \
+         git -C r/app push -q -u origin main && echo BUILT",
         f = fsmonitor,
         p = pwned.display(),
         elsewhere = ws.parent().unwrap().display(),
@@ -1696,6 +1733,9 @@ fn repositories_the_agent_sets_up_in_subdirectories_do_not_run_its_code_for_the_
         "ptr/.git",
         "link/.git/hooks",
         "wt/.git/config",
+        "inv/HEAD",
+        "inv/config",
+        "hp/.githooks/pre-commit",
     ] {
         assert!(
             stderr.contains(&format!("{}", ws.join(moved).display())),
@@ -1706,7 +1746,7 @@ fn repositories_the_agent_sets_up_in_subdirectories_do_not_run_its_code_for_the_
         !stderr.contains(&format!("{}/", ws.join("keep").display())),
         "{stderr}"
     );
-    for dir in ["sub", "lib", "keep2", "ptr"] {
+    for dir in ["sub", "lib", "keep2", "ptr", "inv", "hp"] {
         let _ = host_git(&ws.join(dir), &["status"]);
         let _ = host_git(
             &ws.join(dir),
@@ -1725,6 +1765,11 @@ fn repositories_the_agent_sets_up_in_subdirectories_do_not_run_its_code_for_the_
     }
     assert!(!pwned.exists(), "the user's git ran the agent's code");
     assert!(host_git(&ws.join("keep"), &["status"]).status.success());
+    // What the agent did not write stays: the user's config (after the agent's `git status`), the
+    // directory named `config`.
+    assert!(ws.join("hp/.git/config").is_file(), "{stderr}");
+    assert!(ws.join("ops/config/policy.toml").is_file(), "{stderr}");
+    assert!(!stderr.contains("r/app"), "{stderr}");
 }
 
 #[test]

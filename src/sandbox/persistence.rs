@@ -34,12 +34,28 @@ const WATCHED: &[&str] = &[
 ];
 
 /// The same in a submodule's git directory, and its hooks (a directory: see [`digest`]).
-const WATCHED_MODULE: &[&str] = &["config", "commondir", "config.worktree", "hooks"];
+const WATCHED_MODULE: &[&str] = &[
+    "config",
+    "commondir",
+    "config.worktree",
+    "hooks",
+    "rebase-merge",
+    "rebase-apply",
+    "sequencer",
+];
 
 /// The same in a linked worktree's administrative directory: normally only `commondir` and
 /// `config.worktree`, but without a `commondir` git takes the directory for a repository of its own,
 /// with its own `config` and `hooks`.
-const WATCHED_WORKTREE: &[&str] = &["config", "commondir", "config.worktree", "hooks"];
+const WATCHED_WORKTREE: &[&str] = &[
+    "config",
+    "commondir",
+    "config.worktree",
+    "hooks",
+    "rebase-merge",
+    "rebase-apply",
+    "sequencer",
+];
 
 /// The walk of `.git/modules` stops after this many directory entries and this depth.
 const WALK_BUDGET: usize = 4096;
@@ -540,7 +556,8 @@ pub fn quarantine_changes(snap: &GitSnapshot, session: &str) -> Vec<String> {
     if std::fs::symlink_metadata(&head).is_ok_and(|m| !m.is_dir()) {
         for (path, before) in &snap.root_files {
             let now = digest(path);
-            if now.is_none() || now == *before {
+            // A directory named `config` is no git config (it may hold the policy and its keys).
+            if now.is_none() || now == *before || is_dir(path) {
                 continue;
             }
             let name = path.file_name().unwrap_or_default().to_string_lossy();
@@ -624,8 +641,8 @@ pub fn quarantine_changes(snap: &GitSnapshot, session: &str) -> Vec<String> {
             && read_config(&path).is_some_and(|text| {
                 // The repository's own config: its remotes are the user's `git push` targets. (A
                 // submodule's origin is what the superproject's config, read-only inside, names.)
-                let remotes_of =
-                    (path == snap.workspace.join(".git/config")).then_some(&*snap.workspace);
+                let remotes_of = (path == snap.workspace.join(".git/config"))
+                    .then_some((&*snap.workspace, &*snap.workspace));
                 only_plain_keys(&text, remotes_of)
             })
             && worktree_inside(&path, &snap.workspace)
@@ -709,7 +726,6 @@ pub fn quarantine_nested(
             .filter_map(|d| std::fs::canonicalize(d).ok())
             .collect()
     };
-    let agents = "was written by the agent and could make your git run its code";
     let mut unreadable = Vec::new();
     let mut budget = NESTED_BUDGET;
     // Only real directories are entered (a symlink is never followed): every path below is the
@@ -762,72 +778,38 @@ pub fn quarantine_nested(
                 stack.push(entry.path());
             }
         }
-        let repo = match git_dir {
-            Some(g) => g,
-            // A bare repository (the workspace's own top directory is quarantine_changes' business).
-            None if head
-                && dir != workspace
-                && ["objects", "refs", "commondir"]
-                    .iter()
-                    .any(|n| std::fs::symlink_metadata(dir.join(n)).is_ok()) =>
-            {
-                let head = dir.join("HEAD");
-                if changed(&head) {
-                    aside(
-                        &head,
-                        "makes its directory a git repository the agent set up (your git run there \
-                         would use its config and hooks)",
-                        &mut done,
-                    );
-                }
-                dir.clone()
-            }
-            None => continue,
-        };
-        // The repository directory itself new, moved in (a rename keeps its contents' change times),
-        // or its entries changed: its config and pointers are judged whatever their own times.
-        let fresh = changed(&repo);
-        let config = repo.join("config");
-        if std::fs::symlink_metadata(&config).is_ok()
-            && (fresh || changed(&config))
-            && !(read_config(&config).is_some_and(|text| only_plain_keys(&text, Some(workspace)))
-                && worktree_inside(&config, workspace))
+        // The repositories git may take here: `dir/.git`, and `dir` itself when it has a bare layout
+        // (git falls back to it when `.git` is not a valid git directory).
+        let mut repos: Vec<(PathBuf, Option<PathBuf>)> = Vec::new();
+        if let Some(g) = git_dir {
+            repos.push((g, Some(dir.clone())));
+        }
+        if head
+            && dir != workspace
+            && ["objects", "refs", "commondir"]
+                .iter()
+                .any(|n| std::fs::symlink_metadata(dir.join(n)).is_ok())
         {
-            aside(&config, agents, &mut done);
-        }
-        for name in [
-            "commondir",
-            "config.worktree",
-            "rebase-merge",
-            "rebase-apply",
-            "sequencer",
-        ] {
-            let p = repo.join(name);
-            if std::fs::symlink_metadata(&p).is_ok() && (fresh || changed(&p)) {
-                aside(&p, agents, &mut done);
+            let head = dir.join("HEAD");
+            if changed(&head) {
+                aside(
+                    &head,
+                    "makes its directory a git repository the agent set up (your git run there \
+                     would use its config and hooks)",
+                    &mut done,
+                );
             }
+            repos.push((dir.clone(), None));
         }
-        let hooks = repo.join("hooks");
-        match std::fs::symlink_metadata(&hooks) {
-            Ok(m) if m.is_dir() => {
-                if let Ok(entries) = std::fs::read_dir(&hooks) {
-                    for hook in entries.flatten().take(1024) {
-                        let p = hook.path();
-                        let sample = p.extension().is_some_and(|e| e == "sample");
-                        if !sample && changed(&p) {
-                            aside(&p, "is a git hook the agent wrote", &mut done);
-                        }
-                    }
-                }
-            }
-            // A symlink (or anything else) in place of the hooks directory: git would run what it
-            // leads to.
-            Ok(_) if fresh || changed(&hooks) => aside(
-                &hooks,
-                "redirects git's hooks to where the agent chose",
+        for (repo, worktree) in repos {
+            judge_nested(
+                &repo,
+                worktree.as_deref(),
+                workspace,
+                &changed,
+                &aside,
                 &mut done,
-            ),
-            _ => {}
+            );
         }
     }
     for dir in unreadable {
@@ -845,6 +827,76 @@ pub fn quarantine_nested(
         ));
     }
     done
+}
+
+/// What of a nested repository's git directory changed during the run and could run the agent's code:
+/// moved aside (see [`quarantine_nested`]). `worktree` is the directory its `.git` lies in.
+fn judge_nested(
+    repo: &Path,
+    worktree: Option<&Path>,
+    workspace: &Path,
+    changed: &dyn Fn(&Path) -> bool,
+    aside: &dyn Fn(&Path, &str, &mut Vec<String>),
+    done: &mut Vec<String>,
+) {
+    let agents = "was written by the agent and could make your git run its code";
+    let not_dir = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir());
+    let config = repo.join("config");
+    let mut config_kept = true;
+    if not_dir(&config)
+        && changed(&config)
+        && !(read_config(&config).is_some_and(|text| {
+            only_plain_keys(&text, Some((worktree.unwrap_or(repo), workspace)))
+        }) && worktree_inside(&config, workspace))
+    {
+        aside(&config, agents, done);
+        config_kept = false;
+    }
+    for name in ["commondir", "config.worktree"] {
+        let p = repo.join(name);
+        if not_dir(&p) && changed(&p) {
+            aside(&p, agents, done);
+        }
+    }
+    for name in ["rebase-merge", "rebase-apply", "sequencer"] {
+        let p = repo.join(name);
+        if std::fs::symlink_metadata(&p).is_ok() && changed(&p) {
+            aside(&p, agents, done);
+        }
+    }
+    // Its hooks directory, and the one its (kept, so the user's or plain) config names.
+    let mut hook_dirs = vec![repo.join("hooks")];
+    if let (true, Some(wt)) = (config_kept, worktree) {
+        if let Some(rel) = hooks_path(wt) {
+            let p = wt.join(rel);
+            if beneath_without_symlinks(&p, workspace) {
+                hook_dirs.push(p);
+            }
+        }
+    }
+    for hooks in hook_dirs {
+        match std::fs::symlink_metadata(&hooks) {
+            Ok(m) if m.is_dir() => {
+                if let Ok(entries) = std::fs::read_dir(&hooks) {
+                    for hook in entries.flatten().take(1024) {
+                        let p = hook.path();
+                        let sample = p.extension().is_some_and(|e| e == "sample");
+                        if !sample && changed(&p) {
+                            aside(&p, "is a git hook the agent wrote", done);
+                        }
+                    }
+                }
+            }
+            // A symlink (or anything else) in place of a hooks directory: git would run what it
+            // leads to.
+            Ok(_) if changed(&hooks) => aside(
+                &hooks,
+                "redirects git's hooks to where the agent chose",
+                done,
+            ),
+            _ => {}
+        }
+    }
 }
 
 /// Directory entries the walk of [`quarantine_nested`] reads at most.
@@ -948,7 +1000,7 @@ fn leads_to(commondir: &Path, git_dir: &Path) -> bool {
 /// tabs. Anything else is refused, since git may read it differently (it ends a header at its `]` and
 /// reads the rest of the line as a setting).
 /// With `remotes_of` (the workspace), a `remote.*.url` must also be a safe push target ([`safe_remote`]).
-fn only_plain_keys(text: &str, remotes_of: Option<&Path>) -> bool {
+fn only_plain_keys(text: &str, remotes_of: Option<(&Path, &Path)>) -> bool {
     let mut section: Option<(String, bool)> = None; // (name, has subsection)
     for raw in text.lines() {
         if raw.chars().any(|c| c.is_control() && c != '\t') {
@@ -993,8 +1045,8 @@ fn only_plain_keys(text: &str, remotes_of: Option<&Path>) -> bool {
         let is_remote = full == "remote.*.url"
             || (full == "branch.*.remote"
                 && split_setting(line).is_some_and(|(_, v)| v.contains(['/', ':'])));
-        if let (true, Some(workspace)) = (is_remote, remotes_of) {
-            if !split_setting(line).is_some_and(|(_, url)| safe_remote(&url, workspace)) {
+        if let (true, Some((base, workspace))) = (is_remote, remotes_of) {
+            if !split_setting(line).is_some_and(|(_, url)| safe_remote(&url, base, workspace)) {
                 return false;
             }
         }
@@ -1002,23 +1054,48 @@ fn only_plain_keys(text: &str, remotes_of: Option<&Path>) -> bool {
     true
 }
 
-/// A remote the user's `git push` may use: a network URL, or a repository at an absolute path outside
-/// the workspace, where the agent cannot have made it, hooks and all (`git submodule update` from a
-/// local clone writes one; the sandbox's /tmp is its own).
-fn safe_remote(url: &str, workspace: &Path) -> bool {
+/// A remote the user's `git push` may use: a network URL; or a local repository (a path, relative to
+/// `base`, the repository's top directory) outside the workspace — the agent cannot have made it, hooks
+/// and all; the sandbox's /tmp is its own — or in it but not inside a `.git` directory, where the walk
+/// of [`quarantine_nested`] checks every repository's hooks. Never a `transport::` helper, an option, or
+/// a way around through /proc.
+fn safe_remote(url: &str, base: &Path, workspace: &Path) -> bool {
     if network_url(url) {
         return true;
     }
-    let path = Path::new(url.strip_prefix("file://").unwrap_or(url));
-    // Also where it really is: `/proc/self/root/WORKSPACE/...` or a symlink lead back in.
-    path.is_absolute()
-        && !path
-            .components()
-            .any(|c| c == std::path::Component::ParentDir)
-        && !path.starts_with("/proc")
-        && !path.starts_with("/dev")
-        && !path.starts_with(workspace)
-        && !real_path(path).starts_with(workspace)
+    let local = url.strip_prefix("file://").unwrap_or(url);
+    if local.is_empty() || local.contains(':') || local.starts_with('-') {
+        return false;
+    }
+    let path = Path::new(local);
+    if path.starts_with("/proc") || path.starts_with("/dev") {
+        return false;
+    }
+    // Leading `..` climb from `base` (a real directory); one further on could climb out of a symlink.
+    let mut joined = if path.is_absolute() {
+        PathBuf::new()
+    } else {
+        base.to_path_buf()
+    };
+    let mut climbing = !path.is_absolute();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir if climbing => {
+                joined.pop();
+            }
+            std::path::Component::ParentDir => return false,
+            std::path::Component::CurDir => {}
+            other => {
+                climbing = false;
+                joined.push(other);
+            }
+        }
+    }
+    let real = real_path(&joined);
+    match real.strip_prefix(workspace) {
+        Ok(inside) => !inside.components().any(|c| c.as_os_str() == ".git"),
+        Err(_) => true,
+    }
 }
 
 /// A URL git reaches over the network: `https://`, `http://`, `ssh://`, `git://` (and git's ssh
@@ -1144,58 +1221,62 @@ mod tests {
         let init = "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n\
                     \tlogallrefupdates = true\n[remote \"origin\"]\n\turl = https://x/y\n\
                     \tfetch = +refs/heads/*:refs/remotes/origin/*\n";
-        assert!(only_plain_keys(init, Some(ws)));
+        assert!(only_plain_keys(init, Some((ws, ws))));
         assert!(only_plain_keys(
             "[core] # comment\n\tbare\n[branch \"a\\\"b\"]\n\tremote = o\n",
-            Some(ws)
+            Some((ws, ws))
         ));
         assert!(only_plain_keys(
             "[pull]\n\trebase = true\n[submodule \"sm\"]\n\turl = ./sub\n\tactive = true\n",
-            Some(ws)
+            Some((ws, ws))
         ));
         for url in [
             "https://h/r.git",
             "ssh://git@h:22/r",
             "git@github.com:o/r.git",
             "\"h:r\"",
-            // `git submodule update` from a local clone outside the workspace
+            // a local repository outside the workspace (`git submodule update` from a local clone)
             "/home/u/src/lib.git",
             "file:///srv/git/lib.git",
+            "../x",
+            // in the workspace, where the walk checks its hooks: the user's own layout, a clone's origin
+            "./vendor/cache.git",
+            "vendor/cache.git",
+            "/home/u/ws/vendor/cache.git",
+            "/home/u/ws",
+            ".",
         ] {
             assert!(
-                only_plain_keys(&format!("[remote \"o\"]\n\turl = {url}\n"), Some(ws)),
+                only_plain_keys(&format!("[remote \"o\"]\n\turl = {url}\n"), Some((ws, ws))),
                 "{url}"
             );
         }
-        // A remote in a local directory: `git push` runs its hooks.
+        // A repository hidden in a `.git` directory (the walk does not look there: `git push` would
+        // run its hooks), a transport helper, an option, a way around through /proc.
         for url in [
-            "./vendor/cache.git",
-            "vendor/cache.git",
-            "../x",
-            "file://vendor/x",
+            ".git/x",
+            "/home/u/ws/.git/evil.git",
+            "sub/.git/modules/m",
             "FILE:///home/u/ws/x",
             "ext::sh -c id",
             "-oProxyCommand=x:y",
-            "\"x\"",
-            "/home/u/ws/vendor/cache.git",
             "/proc/self/root/home/u/ws/x.git",
             "/dev/fd/3",
-            "/home/u/ws",
             "/home/u/src/../ws/x",
         ] {
             assert!(
-                !only_plain_keys(&format!("[remote \"o\"]\n\turl = {url}\n"), Some(ws)),
+                !only_plain_keys(&format!("[remote \"o\"]\n\turl = {url}\n"), Some((ws, ws))),
                 "{url}"
             );
         }
         // `branch.*.remote` naming a URL (not a remote) is judged like one.
         assert!(only_plain_keys(
             "[branch \"main\"]\n\tremote = origin\n",
-            Some(ws)
+            Some((ws, ws))
         ));
         assert!(!only_plain_keys(
-            "[branch \"main\"]\n\tremote = /home/u/ws/evil.git\n",
-            Some(ws)
+            "[branch \"main\"]\n\tremote = /home/u/ws/.git/evil.git\n",
+            Some((ws, ws))
         ));
         // A submodule's config: its origin is what the superproject's (read-only) config names.
         assert!(only_plain_keys(
@@ -1221,7 +1302,7 @@ mod tests {
             "[core]\n\tbare.x = 1\n",
             "[core \"a\\\"] fsmonitor = x ]\n",
         ] {
-            assert!(!only_plain_keys(bad, Some(ws)), "{bad}");
+            assert!(!only_plain_keys(bad, Some((ws, ws))), "{bad}");
         }
     }
 }

@@ -1694,6 +1694,24 @@ fn repositories_the_agent_sets_up_in_subdirectories_do_not_run_its_code_for_the_
         &ws.join("r/app"),
         &["remote", "add", "origin", "../remote.git"],
     );
+    for user_repo in ["app", "b"] {
+        std::fs::create_dir(ws.join(user_repo)).unwrap();
+        git_ok(&ws.join(user_repo), &["init", "-q", "-b", "main"]);
+        git_ok(
+            &ws.join(user_repo),
+            &[
+                "-c",
+                "user.name=u",
+                "-c",
+                "user.email=u@x",
+                "commit",
+                "-q",
+                "--allow-empty",
+                "-m",
+                "i",
+            ],
+        );
+    }
     std::fs::write(ws.join("ops/config/policy.toml"), "x").unwrap();
     // (What changed less than 50 ms before the launch counts as the run's: the kernel's change times
     // may lag a clock tick. A user's files are older.)
@@ -1715,10 +1733,17 @@ fn repositories_the_agent_sets_up_in_subdirectories_do_not_run_its_code_for_the_
          git -C hp status -s && printf '#!/bin/sh\\ntouch {p}\\n' > hp/.githooks/pre-commit && chmod +x hp/.githooks/pre-commit && \
          echo 'ref: refs/heads/main' > ops/HEAD && mkdir ops/refs && \
          git -C r/app -c user.name=a -c user.email=b commit -q --allow-empty -m w && \
-         git -C r/app push -q -u origin main && echo BUILT",
+         git -C r/app push -q -u origin main && \
+         git init -q --bare app/.git/hidden && mkdir -p app/.git/hidden/hooks && \
+         printf '#!/bin/sh\\ntouch {p}\\n' > app/.git/hidden/hooks/pre-receive && chmod +x app/.git/hidden/hooks/pre-receive && \
+         printf 'gitdir: .git/hidden\\n' > app/hub.git && git -C app remote add origin hub.git && \
+         git init -q --bare b/.git/hidden && mkdir -p b/.git/hidden/hooks && \
+         cp app/.git/hidden/hooks/pre-receive b/.git/hidden/hooks/ && git -C b config core.worktree {ws} && \
+         git -C b remote add origin h && ln -s b/.git/hidden h && echo BUILT",
         f = fsmonitor,
         p = pwned.display(),
         elsewhere = ws.parent().unwrap().display(),
+        ws = ws.display(),
     );
     let out = run_sh(&ws, &script);
     let stderr = text(&out.stderr);
@@ -1736,6 +1761,9 @@ fn repositories_the_agent_sets_up_in_subdirectories_do_not_run_its_code_for_the_
         "inv/HEAD",
         "inv/config",
         "hp/.githooks/pre-commit",
+        // remotes that lead git's receiving end into a repository hidden in a `.git` directory
+        "app/.git/config",
+        "b/.git/config",
     ] {
         assert!(
             stderr.contains(&format!("{}", ws.join(moved).display())),
@@ -1746,6 +1774,12 @@ fn repositories_the_agent_sets_up_in_subdirectories_do_not_run_its_code_for_the_
         !stderr.contains(&format!("{}/", ws.join("keep").display())),
         "{stderr}"
     );
+    for dir in ["app", "b"] {
+        let _ = host_git(
+            &ws.join(dir),
+            &["push", "-q", "origin", "HEAD:refs/heads/x"],
+        );
+    }
     for dir in ["sub", "lib", "keep2", "ptr", "inv", "hp"] {
         let _ = host_git(&ws.join(dir), &["status"]);
         let _ = host_git(

@@ -864,13 +864,28 @@ fn judge_nested(
             aside(&p, agents, done);
         }
     }
-    // Its hooks directory, and the one its (kept, so the user's or plain) config names.
+    // Its hooks directory, and the one its (kept, so the user's or plain) config names; the files it
+    // includes from the workspace are judged like it. Read from the config file itself only, and
+    // nothing reached through a symlink: no file outside the workspace is opened.
     let mut hook_dirs = vec![repo.join("hooks")];
-    if let (true, Some(wt)) = (config_kept, worktree) {
-        if let Some(rel) = hooks_path(wt) {
-            let p = wt.join(rel);
-            if beneath_without_symlinks(&p, workspace) {
+    if config_kept {
+        let (hooks_path, includes) = own_settings(&config);
+        if let (Some(v), Some(wt)) = (hooks_path, worktree) {
+            if let Some(p) = expand_path(&v, wt).filter(|p| beneath_without_symlinks(p, workspace))
+            {
                 hook_dirs.push(p);
+            }
+        }
+        for v in includes {
+            let Some(p) = expand_path(&v, repo) else {
+                continue;
+            };
+            if beneath_without_symlinks(&p, workspace)
+                && not_dir(&p)
+                && changed(&p)
+                && !read_config(&p).is_some_and(|t| only_plain_keys(&t, None))
+            {
+                aside(&p, agents, done);
             }
         }
     }
@@ -897,6 +912,32 @@ fn judge_nested(
             _ => {}
         }
     }
+}
+
+/// A config file's own `core.hooksPath` (the last) and include paths (`include.path`,
+/// `includeIf.*.path`), without reading what it includes.
+fn own_settings(config: &Path) -> (Option<String>, Vec<String>) {
+    let (mut hooks, mut includes) = (None, Vec::new());
+    let Some(text) = read_config(config) else {
+        return (hooks, includes);
+    };
+    let mut section: Option<(String, bool)> = None;
+    for raw in text.lines() {
+        let line = raw.trim();
+        if let Some(rest) = line.strip_prefix('[') {
+            section = header(rest);
+            continue;
+        }
+        let (Some((name, sub)), Some((key, value))) = (&section, split_setting(line)) else {
+            continue;
+        };
+        match (name.as_str(), sub, key.as_str()) {
+            ("core", false, "hookspath") => hooks = Some(value),
+            ("include", false, "path") | ("includeif", true, "path") => includes.push(value),
+            _ => {}
+        }
+    }
+    (hooks, includes)
 }
 
 /// Directory entries the walk of [`quarantine_nested`] reads at most.
@@ -1001,6 +1042,10 @@ fn leads_to(commondir: &Path, git_dir: &Path) -> bool {
 /// reads the rest of the line as a setting).
 /// With `remotes_of` (the workspace), a `remote.*.url` must also be a safe push target ([`safe_remote`]).
 fn only_plain_keys(text: &str, remotes_of: Option<(&Path, &Path)>) -> bool {
+    // With a `core.worktree`, git resolves a relative remote from there, not from the repository.
+    let moved_worktree = text
+        .lines()
+        .any(|l| split_setting(l.trim()).is_some_and(|(k, _)| k == "worktree"));
     let mut section: Option<(String, bool)> = None; // (name, has subsection)
     for raw in text.lines() {
         if raw.chars().any(|c| c.is_control() && c != '\t') {
@@ -1046,7 +1091,10 @@ fn only_plain_keys(text: &str, remotes_of: Option<(&Path, &Path)>) -> bool {
             || (full == "branch.*.remote"
                 && split_setting(line).is_some_and(|(_, v)| v.contains(['/', ':'])));
         if let (true, Some((base, workspace))) = (is_remote, remotes_of) {
-            if !split_setting(line).is_some_and(|(_, url)| safe_remote(&url, base, workspace)) {
+            if !split_setting(line).is_some_and(|(_, url)| {
+                safe_remote(&url, base, workspace)
+                    && !(moved_worktree && !network_url(&url) && !Path::new(&url).is_absolute())
+            }) {
                 return false;
             }
         }
@@ -1091,11 +1139,46 @@ fn safe_remote(url: &str, base: &Path, workspace: &Path) -> bool {
             }
         }
     }
-    let real = real_path(&joined);
-    match real.strip_prefix(workspace) {
-        Ok(inside) => !inside.components().any(|c| c.as_os_str() == ".git"),
-        Err(_) => true,
+    // Where git's receiving end may take it: PATH, PATH/.git, PATH.git, PATH.git/.git; a regular file
+    // there is read as a `gitdir:` pointer (to anywhere), so none may be one.
+    let mut with_git = joined.clone().into_os_string();
+    with_git.push(".git");
+    let with_git = PathBuf::from(with_git);
+    for candidate in [
+        joined.clone(),
+        joined.join(".git"),
+        with_git.clone(),
+        with_git.join(".git"),
+    ] {
+        let Ok(meta) = std::fs::metadata(&candidate) else {
+            continue;
+        };
+        if !meta.is_dir() {
+            return false;
+        }
+        let real = real_path(&candidate);
+        if let Ok(inside) = real.strip_prefix(workspace) {
+            // A repository's own `.git` directory is checked (by the walk, or read-only for the top
+            // one); one hidden inside a `.git` directory is not.
+            let parts: Vec<_> = inside.components().collect();
+            let upto = match parts.last() {
+                Some(last) if last.as_os_str().eq_ignore_ascii_case(".git") => parts.len() - 1,
+                _ => parts.len(),
+            };
+            if parts[..upto]
+                .iter()
+                .any(|c| c.as_os_str().eq_ignore_ascii_case(".git"))
+            {
+                return false;
+            }
+        }
     }
+    // Nothing there yet (git will not push to it), or what is there is a checked repository.
+    !joined.strip_prefix(workspace).is_ok_and(|inside| {
+        inside
+            .components()
+            .any(|c| c.as_os_str().eq_ignore_ascii_case(".git"))
+    })
 }
 
 /// A URL git reaches over the network: `https://`, `http://`, `ssh://`, `git://` (and git's ssh
@@ -1269,6 +1352,15 @@ mod tests {
                 "{url}"
             );
         }
+        // With a core.worktree, git resolves a relative remote from there: refused.
+        assert!(!only_plain_keys(
+            "[core]\n\tworktree = /home/u/ws\n[remote \"o\"]\n\turl = h\n",
+            Some((ws, ws))
+        ));
+        assert!(!only_plain_keys(
+            "[remote \"o\"]\n\turl = x/.GIT/hidden\n",
+            Some((ws, ws))
+        ));
         // `branch.*.remote` naming a URL (not a remote) is judged like one.
         assert!(only_plain_keys(
             "[branch \"main\"]\n\tremote = origin\n",

@@ -1807,6 +1807,51 @@ fn repositories_the_agent_sets_up_in_subdirectories_do_not_run_its_code_for_the_
 }
 
 #[test]
+fn remotes_defined_in_the_git_directory_are_not_used_and_the_users_repositories_are_not_blamed() {
+    // git reads `.git/remotes/NAME` (and `.git/branches/NAME`) for a remote its config does not name:
+    // one leading into a repository hidden in `.git` would run its hooks on the user's `git push`.
+    // And naming the user's own repositories in `.gitmodules` must not get their `.git` moved aside.
+    let (_t, ws) = plain_workspace();
+    std::fs::write(ws.join("f.txt"), "x").unwrap();
+    git_ok(&ws, &["init", "-q", "-b", "main"]);
+    git_ok(&ws, &["add", "f.txt"]);
+    git_ok(
+        &ws,
+        &[
+            "-c",
+            "user.name=u",
+            "-c",
+            "user.email=u@x",
+            "commit",
+            "-q",
+            "-m",
+            "i",
+        ],
+    );
+    std::fs::create_dir_all(ws.join("vendor/lib")).unwrap();
+    git_ok(&ws.join("vendor/lib"), &["init", "-q"]);
+    std::thread::sleep(Duration::from_millis(100));
+    let pwned = pwned_marker(&ws);
+    let script = format!(
+        "git init -q --bare .git/evil.git && mkdir -p .git/evil.git/hooks .git/remotes && \
+         printf '#!/bin/sh\\ntouch {p}\\n' > .git/evil.git/hooks/pre-receive && \
+         chmod +x .git/evil.git/hooks/pre-receive && \
+         printf 'URL: %s/.git/evil.git\\nPush: refs/heads/main:refs/heads/main\\n' \"$PWD\" > .git/remotes/origin && \
+         printf '[submodule \"x\"]\\n\\tpath = vendor/lib\\n\\turl = https://example.invalid/x\\n' > .gitmodules && \
+         echo PLANTED",
+        p = pwned.display()
+    );
+    let out = run_sh(&ws, &script);
+    let stderr = text(&out.stderr);
+    assert!(text(&out.stdout).contains("PLANTED"), "{stderr}");
+    assert!(stderr.contains(".git/remotes"), "{stderr}");
+    let _ = host_git(&ws, &["push", "-q", "origin", "main"]);
+    assert!(!pwned.exists(), "the user's git push ran the agent's hook");
+    assert!(ws.join("vendor/lib/.git").is_dir(), "{stderr}");
+    assert!(!stderr.contains("vendor/lib/.git "), "{stderr}");
+}
+
+#[test]
 fn a_rebase_the_agent_leaves_in_progress_is_not_continued_by_the_user() {
     // A planted interactive rebase whose todo list runs a command: the user's `git rebase --continue`
     // would run it. The rebase state is moved aside after the run.

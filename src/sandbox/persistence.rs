@@ -31,6 +31,10 @@ const WATCHED: &[&str] = &[
     "rebase-merge",
     "rebase-apply",
     "sequencer",
+    // Old-style remote definitions, read for a remote the config does not name: a URL into a
+    // repository hidden in `.git` would run its hooks on `git push`.
+    "remotes",
+    "branches",
 ];
 
 /// The same in a submodule's git directory, and its hooks (a directory: see [`digest`]).
@@ -42,6 +46,8 @@ const WATCHED_MODULE: &[&str] = &[
     "rebase-merge",
     "rebase-apply",
     "sequencer",
+    "remotes",
+    "branches",
 ];
 
 /// The same in a linked worktree's administrative directory: normally only `commondir` and
@@ -55,6 +61,8 @@ const WATCHED_WORKTREE: &[&str] = &[
     "rebase-merge",
     "rebase-apply",
     "sequencer",
+    "remotes",
+    "branches",
 ];
 
 /// The walk of `.git/modules` stops after this many directory entries and this depth.
@@ -406,6 +414,21 @@ pub struct GitSnapshot {
     includes: Vec<PathBuf>,
     /// The workspace's own `HEAD`, `commondir` and `config`, at launch (see [`ROOT_GIT_FILES`]).
     root_files: Vec<(PathBuf, Option<[u8; 32]>)>,
+    /// When it was taken (less a margin for the kernel's coarse change times).
+    taken: std::time::SystemTime,
+}
+
+/// Whether `path`'s inode changed at or after `since` (its change time, which nobody can set).
+fn changed_since(path: &Path, since: std::time::SystemTime) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| {
+        let ctime = std::time::UNIX_EPOCH
+            + std::time::Duration::new(
+                m.ctime().max(0) as u64,
+                m.ctime_nsec().clamp(0, 999_999_999) as u32,
+            );
+        ctime >= since
+    })
 }
 
 /// What makes git take the workspace directory itself for a (bare) git directory, when `.git` is
@@ -535,6 +558,11 @@ pub fn snapshot(workspace: &Path) -> GitSnapshot {
         workspace: workspace.to_path_buf(),
         files,
         includes,
+        taken: {
+            let now = std::time::SystemTime::now();
+            now.checked_sub(std::time::Duration::from_millis(50))
+                .unwrap_or(now)
+        },
         root_files: ROOT_GIT_FILES
             .iter()
             .map(|name| {
@@ -627,9 +655,19 @@ pub fn quarantine_changes(snap: &GitSnapshot, session: &str) -> Vec<String> {
             }
             continue;
         }
+        let watched_at_launch = before.contains_key(path.as_path());
         let before = before.get(path.as_path()).copied().flatten();
         let now = digest(&path);
         if now.is_none() || now == before {
+            continue;
+        }
+        // Named only now (the agent can name any path in .gitmodules or a worktree's gitdir): acted on
+        // only if it changed during the run, never a `.git` directory (a repository's; the walk of
+        // quarantine_nested judges what is in it).
+        if !watched_at_launch && !changed_since(&path, snap.taken) {
+            continue;
+        }
+        if path.file_name().is_some_and(|n| n == ".git") && is_dir(&path) {
             continue;
         }
         let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
@@ -858,9 +896,20 @@ fn judge_nested(
             aside(&p, agents, done);
         }
     }
-    for name in ["rebase-merge", "rebase-apply", "sequencer"] {
+    // (A directory changed when it or any file in it did: editing a file leaves the directory's time.)
+    for name in [
+        "rebase-merge",
+        "rebase-apply",
+        "sequencer",
+        "remotes",
+        "branches",
+    ] {
         let p = repo.join(name);
-        if std::fs::symlink_metadata(&p).is_ok() && changed(&p) {
+        let touched = changed(&p)
+            || std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir())
+                && std::fs::read_dir(&p)
+                    .is_ok_and(|entries| entries.flatten().take(1024).any(|e| changed(&e.path())));
+        if std::fs::symlink_metadata(&p).is_ok() && touched {
             aside(&p, agents, done);
         }
     }

@@ -1459,6 +1459,28 @@ fn submodule_and_worktree_work_inside_the_sandbox_stays_usable() {
     assert!(!ws.join("wt2").exists());
 }
 
+/// A workspace that is a git repository on `main` with one commit (of `f.txt`).
+fn repo_with_a_commit() -> (tempfile::TempDir, PathBuf) {
+    let (t, ws) = plain_workspace();
+    std::fs::write(ws.join("f.txt"), "x").unwrap();
+    git_ok(&ws, &["init", "-q", "-b", "main"]);
+    git_ok(&ws, &["add", "f.txt"]);
+    git_ok(
+        &ws,
+        &[
+            "-c",
+            "user.name=u",
+            "-c",
+            "user.email=u@x",
+            "commit",
+            "-q",
+            "-m",
+            "i",
+        ],
+    );
+    (t, ws)
+}
+
 /// Host git in `dir`, which must succeed.
 fn git_ok(dir: &Path, args: &[&str]) {
     let out = host_git(dir, args);
@@ -1811,23 +1833,7 @@ fn remotes_defined_in_the_git_directory_are_not_used_and_the_users_repositories_
     // git reads `.git/remotes/NAME` (and `.git/branches/NAME`) for a remote its config does not name:
     // one leading into a repository hidden in `.git` would run its hooks on the user's `git push`.
     // And naming the user's own repositories in `.gitmodules` must not get their `.git` moved aside.
-    let (_t, ws) = plain_workspace();
-    std::fs::write(ws.join("f.txt"), "x").unwrap();
-    git_ok(&ws, &["init", "-q", "-b", "main"]);
-    git_ok(&ws, &["add", "f.txt"]);
-    git_ok(
-        &ws,
-        &[
-            "-c",
-            "user.name=u",
-            "-c",
-            "user.email=u@x",
-            "commit",
-            "-q",
-            "-m",
-            "i",
-        ],
-    );
+    let (_t, ws) = repo_with_a_commit();
     std::fs::create_dir_all(ws.join("vendor/lib")).unwrap();
     git_ok(&ws.join("vendor/lib"), &["init", "-q"]);
     std::thread::sleep(Duration::from_millis(100));
@@ -1855,23 +1861,7 @@ fn remotes_defined_in_the_git_directory_are_not_used_and_the_users_repositories_
 fn a_rebase_the_agent_leaves_in_progress_is_not_continued_by_the_user() {
     // A planted interactive rebase whose todo list runs a command: the user's `git rebase --continue`
     // would run it. The rebase state is moved aside after the run.
-    let (_t, ws) = plain_workspace();
-    std::fs::write(ws.join("f.txt"), "x").unwrap();
-    git_ok(&ws, &["init", "-q", "-b", "main"]);
-    git_ok(&ws, &["add", "f.txt"]);
-    git_ok(
-        &ws,
-        &[
-            "-c",
-            "user.name=u",
-            "-c",
-            "user.email=u@x",
-            "commit",
-            "-q",
-            "-m",
-            "i",
-        ],
-    );
+    let (_t, ws) = repo_with_a_commit();
     let pwned = pwned_marker(&ws);
     let script = format!(
         "r=.git/rebase-merge; mkdir -p $r && h=$(git rev-parse HEAD) && echo refs/heads/main > $r/head-name && \
@@ -1913,23 +1903,7 @@ fn a_workspace_repository_made_of_symlinks_or_a_commondir_is_not_used_by_the_use
     // The same with `objects` and `refs` as symlinks into `.git`, or found through a `commondir`: git
     // takes either, with the agent's config, once `.git/HEAD` is broken.
     for variant in ["symlinks", "commondir"] {
-        let (_t, ws) = plain_workspace();
-        std::fs::write(ws.join("f.txt"), "x").unwrap();
-        git_ok(&ws, &["init", "-q", "-b", "main"]);
-        git_ok(&ws, &["add", "f.txt"]);
-        git_ok(
-            &ws,
-            &[
-                "-c",
-                "user.name=u",
-                "-c",
-                "user.email=u@x",
-                "commit",
-                "-q",
-                "-m",
-                "i",
-            ],
-        );
+        let (_t, ws) = repo_with_a_commit();
         let pwned = pwned_marker(&ws);
         let store = if variant == "symlinks" {
             "ln -s .git/objects objects && ln -s .git/refs refs"

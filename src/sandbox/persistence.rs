@@ -37,23 +37,11 @@ const WATCHED: &[&str] = &[
     "branches",
 ];
 
-/// The same in a submodule's git directory, and its hooks (a directory: see [`digest`]).
+/// The same in a submodule's git directory, and its hooks (a directory: see [`digest`]); and in a
+/// linked worktree's administrative directory: normally only `commondir` and `config.worktree` there,
+/// but without a `commondir` git takes the directory for a repository of its own, with its own
+/// `config` and `hooks`.
 const WATCHED_MODULE: &[&str] = &[
-    "config",
-    "commondir",
-    "config.worktree",
-    "hooks",
-    "rebase-merge",
-    "rebase-apply",
-    "sequencer",
-    "remotes",
-    "branches",
-];
-
-/// The same in a linked worktree's administrative directory: normally only `commondir` and
-/// `config.worktree`, but without a `commondir` git takes the directory for a repository of its own,
-/// with its own `config` and `hooks`.
-const WATCHED_WORKTREE: &[&str] = &[
     "config",
     "commondir",
     "config.worktree",
@@ -195,7 +183,7 @@ fn watched(dirs: &GitDirs, includes: &[PathBuf]) -> Vec<PathBuf> {
     for (list, names) in [
         (dirs.top.as_slice(), WATCHED),
         (dirs.modules.as_slice(), WATCHED_MODULE),
-        (dirs.worktrees.as_slice(), WATCHED_WORKTREE),
+        (dirs.worktrees.as_slice(), WATCHED_MODULE),
     ] {
         for dir in list {
             paths.extend(names.iter().map(|n| dir.join(n)));
@@ -727,17 +715,7 @@ pub fn quarantine_nested(
     session: &str,
 ) -> Vec<String> {
     let tag = &session[..8.min(session.len())];
-    let changed = |p: &Path| {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::symlink_metadata(p).is_ok_and(|m| {
-            let ctime = std::time::UNIX_EPOCH
-                + std::time::Duration::new(
-                    m.ctime().max(0) as u64,
-                    m.ctime_nsec().clamp(0, 999_999_999) as u32,
-                );
-            ctime >= since
-        })
-    };
+    let changed = |p: &Path| changed_since(p, since);
     let mut done = Vec::new();
     let aside = |path: &Path, why: &str, done: &mut Vec<String>| {
         let Some(name) = path.file_name() else { return };

@@ -148,6 +148,14 @@ const SYS_FCHMODAT2: i64 = 452;
 const SYS_SETXATTRAT: i64 = 463;
 const SYS_REMOVEXATTRAT: i64 = 466;
 
+/// The syscalls that change a mode, with the argument that holds it.
+const CHMODS: &[(i64, u8)] = &[
+    (libc::SYS_chmod, 1),
+    (libc::SYS_fchmod, 1),
+    (libc::SYS_fchmodat, 2),
+    (SYS_FCHMODAT2, 2),
+];
+
 /// What changes a file's extended attributes (ACLs): refused in degraded mode, as "not supported"
 /// (EOPNOTSUPP, which `cp -p`, `install -m` and tar take for a file system without ACLs).
 const DEGRADED_NO_ATTRIBUTES: &[i64] = &[
@@ -342,29 +350,28 @@ fn rule_sets(extra_deny: &[String], sockets: Sockets) -> Result<Vec<RuleSet>, Se
 
     // No setuid/setgid file can be made: on the host (outside our nosuid mounts) it would run with its
     // owner's privileges for whoever executes it. The mode is the argument at `mode_arg`.
-    let set_id = |mode_arg: u8| -> Result<Vec<SeccompRule>, SeccompError> {
-        let mut rules = Vec::new();
-        for bit in [libc::S_ISUID as u64, libc::S_ISGID as u64] {
-            rules.push(rule(vec![cond(
-                mode_arg,
-                Len::Dword,
-                Op::MaskedEq(bit),
-                bit,
-            )?])?);
-        }
-        Ok(rules)
-    };
-    for (nr, mode_arg) in [
-        (libc::SYS_chmod, 1),
-        (libc::SYS_fchmod, 1),
-        (libc::SYS_fchmodat, 2),
-        (SYS_FCHMODAT2, 2),
+    // One rule per mode bit: the call is refused when the mode at `mode_arg` has any of them.
+    let mode_bits =
+        |mode_arg: u8, bits: &[libc::mode_t]| -> Result<Vec<SeccompRule>, SeccompError> {
+            bits.iter()
+                .map(|&bit| {
+                    rule(vec![cond(
+                        mode_arg,
+                        Len::Dword,
+                        Op::MaskedEq(bit.into()),
+                        bit.into(),
+                    )?])
+                })
+                .collect()
+        };
+    let set_id = |mode_arg: u8| mode_bits(mode_arg, &[libc::S_ISUID, libc::S_ISGID]);
+    for (nr, mode_arg) in CHMODS.iter().copied().chain([
         (libc::SYS_open, 2),
         (libc::SYS_openat, 3),
         (libc::SYS_creat, 1),
         (libc::SYS_mknod, 1),
         (libc::SYS_mknodat, 2),
-    ] {
+    ]) {
         // A syscall the profile refuses outright stays refused outright.
         if let std::collections::btree_map::Entry::Vacant(slot) = eperm.entry(nr) {
             slot.insert(set_id(mode_arg)?);
@@ -428,21 +435,9 @@ fn rule_sets(extra_deny: &[String], sockets: Sockets) -> Result<Vec<RuleSet>, Se
             }
             eperm.insert(nr, rules);
         }
-        for (nr, mode_arg) in [
-            (libc::SYS_chmod, 1),
-            (libc::SYS_fchmod, 1),
-            (libc::SYS_fchmodat, 2),
-            (SYS_FCHMODAT2, 2),
-        ] {
+        for &(nr, mode_arg) in CHMODS {
             if let Some(rules) = eperm.get_mut(&nr).filter(|r| !r.is_empty()) {
-                for bit in [libc::S_IWGRP as u64, libc::S_IWOTH as u64] {
-                    rules.push(rule(vec![cond(
-                        mode_arg,
-                        Len::Dword,
-                        Op::MaskedEq(bit),
-                        bit,
-                    )?])?);
-                }
+                rules.extend(mode_bits(mode_arg, &[libc::S_IWGRP, libc::S_IWOTH])?);
             }
         }
     }

@@ -95,13 +95,7 @@ fn a_workspace_holding_what_the_sandbox_builds_itself_is_refused_with_a_reason()
     let (_t, dir) = plain_workspace();
     for ws in ["/tmp", "/etc"] {
         let out = zt(&dir, &["run", "-q", "--workspace", ws, "--", "echo", "RAN"]);
-        assert_eq!(out.status.code(), Some(125), "{ws}: {}", text(&out.stderr));
-        assert!(!text(&out.stdout).contains("RAN"));
-        assert!(
-            text(&out.stderr).contains("which the sandbox makes itself"),
-            "{ws}: {}",
-            text(&out.stderr)
-        );
+        assert_refused(&out, "which the sandbox makes itself");
     }
 }
 
@@ -111,18 +105,7 @@ fn an_agent_name_is_checked_like_the_policy_checks_it() {
     let p = Project::new("");
     for bad in ["", "bad agent!", "evil\nforged line"] {
         let out = p.run(&["--agent", bad], "echo RAN");
-        assert_eq!(
-            out.status.code(),
-            Some(125),
-            "{bad:?}: {}",
-            text(&out.stderr)
-        );
-        assert!(!text(&out.stdout).contains("RAN"));
-        assert!(
-            text(&out.stderr).contains("not a valid agent name"),
-            "{}",
-            text(&out.stderr)
-        );
+        assert_refused(&out, "not a valid agent name");
         let out = zt(
             &p.dir,
             &[
@@ -1459,6 +1442,14 @@ fn submodule_and_worktree_work_inside_the_sandbox_stays_usable() {
     assert!(!ws.join("wt2").exists());
 }
 
+/// A run refused before the agent started (exit 125; an agent would have printed RAN), saying `says`.
+#[track_caller]
+fn assert_refused(out: &Output, says: &str) {
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("RAN"), "the agent ran");
+    assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+}
+
 /// A workspace that is a git repository on `main` with one commit (of `f.txt`).
 fn repo_with_a_commit() -> (tempfile::TempDir, PathBuf) {
     let (t, ws) = plain_workspace();
@@ -2021,13 +2012,7 @@ fn junk_in_the_git_directory_cannot_outrun_the_checks() {
         text(&out.stderr)
     );
     let out = run_sh(&ws, "echo RAN");
-    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
-    assert!(!text(&out.stdout).contains("RAN"));
-    assert!(
-        text(&out.stderr).contains("too many"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_refused(&out, "too many");
 }
 
 #[test]

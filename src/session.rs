@@ -542,7 +542,8 @@ pub fn run(args: &RunArgs) -> CmdResult {
     ));
     for line in &quarantined {
         // The paths are the agent's choice: no escape sequence may rewrite the warning.
-        let line = crate::audit::show::printable_lines(line);
+        // One line each: a newline in a file name must not start a line of the agent's on stderr.
+        let line = crate::audit::show::printable_lines(line).replace('\n', "\\n");
         errln!("zt-aas: WARNING: {line}");
     }
     // While the session is sealed: the placeholders are removed (an rmdir can take a fraction of a

@@ -1835,13 +1835,17 @@ fn remotes_defined_in_the_git_directory_are_not_used_and_the_users_repositories_
          chmod +x .git/evil.git/hooks/pre-receive && \
          printf 'URL: %s/.git/evil.git\\nPush: refs/heads/main:refs/heads/main\\n' \"$PWD\" > .git/remotes/origin && \
          printf '[submodule \"x\"]\\n\\tpath = vendor/lib\\n\\turl = https://example.invalid/x\\n' > .gitmodules && \
-         echo PLANTED",
+         M=.git/worktrees/docs && mkdir -p $M docs && cp -r .git/objects .git/refs .git/HEAD $M/ && \
+         printf '[core]\\n\\tbare = false\\n\\tworktree = ../../../docs\\n[remote \"origin\"]\\n\\turl = %s/.git/evil.git\\n' \"$PWD\" > $M/config && \
+         echo 'gitdir: ../.git/worktrees/docs' > docs/.git && echo PLANTED",
         p = pwned.display()
     );
     let out = run_sh(&ws, &script);
     let stderr = text(&out.stderr);
     assert!(text(&out.stdout).contains("PLANTED"), "{stderr}");
     assert!(stderr.contains(".git/remotes"), "{stderr}");
+    // A worktree's (or submodule's) own remote into the hidden repository: its config is judged too.
+    assert!(stderr.contains(".git/worktrees/docs/config"), "{stderr}");
     let _ = host_git(&ws, &["push", "-q", "origin", "main"]);
     assert!(!pwned.exists(), "the user's git push ran the agent's hook");
     assert!(ws.join("vendor/lib/.git").is_dir(), "{stderr}");
@@ -2288,11 +2292,18 @@ fn the_users_terminal_is_left_as_the_agent_found_it() {
 fn a_run_in_the_background_leaves_the_foreground_programs_terminal_modes() {
     // Job control in a pseudo-terminal: `run` starts in the background (saving echo on), the program
     // in the foreground turns echo off (a password prompt) and the window is resized, then `run` ends:
-    // echo must stay off and the new size must stay.
+    // echo must stay off and the new size must stay. The agent also suspends the terminal's output and
+    // leaves something to warn about: the warning must not block `run` (and the seal after it).
     let (_t, ws) = plain_workspace();
+    std::fs::write(
+        ws.join("stop.sh"),
+        "python3 -c 'import termios; termios.tcflow(1, termios.TCOOFF)'\n\
+         echo 'ref: refs/heads/main' > HEAD; echo '[core]' > config\n",
+    )
+    .unwrap();
     let inner = format!(
         "set -m; XDG_STATE_HOME={state} {zt} run -q --workspace {ws} -- \
-           sh -c 'touch started; i=0; while [ ! -e go ] && [ $i -lt 600 ]; do i=$((i+1)); sleep 0.05; done' & \
+           sh -c 'touch started; i=0; while [ ! -e go ] && [ $i -lt 600 ]; do i=$((i+1)); sleep 0.05; done; sh stop.sh' & \
          i=0; while [ ! -e {ws}/started ] && [ $i -lt 600 ]; do i=$((i+1)); sleep 0.05; done; \
          stty -echo cols 123; touch {ws}/go; wait $!; echo RUN-ENDED; \
          stty -a | tr ' ;' '\\n\\n' | grep -x -- '-\\?echo'; stty size",

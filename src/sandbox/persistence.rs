@@ -665,11 +665,15 @@ pub fn quarantine_changes(snap: &GitSnapshot, session: &str) -> Vec<String> {
         let is_config = name == "config" || snap.includes.contains(&path);
         if is_config
             && read_config(&path).is_some_and(|text| {
-                // The repository's own config: its remotes are the user's `git push` targets. (A
-                // submodule's origin is what the superproject's config, read-only inside, names.)
-                let remotes_of = (path == snap.workspace.join(".git/config"))
-                    .then_some((&*snap.workspace, &*snap.workspace));
-                only_plain_keys(&text, remotes_of)
+                // Its remotes are the user's `git push` targets: the repository's own, and a
+                // submodule's or worktree's (after its first clone a submodule pushes to its own
+                // `remote.origin.url`). Relative ones from the top directory, or the config's.
+                let base = if path == snap.workspace.join(".git/config") {
+                    snap.workspace.clone()
+                } else {
+                    dir.to_path_buf()
+                };
+                only_plain_keys(&text, Some((&base, &snap.workspace)))
             })
             && worktree_inside(&path, &snap.workspace)
         {

@@ -84,12 +84,28 @@ impl Drop for Terminal {
             }
         }
         if let Some((fd, modes)) = &self.tty {
-            if in_foreground(*fd) {
-                if tcgetattr(borrow(*fd)).is_ok_and(|now| now != *modes) {
-                    let _ = tcsetattr(borrow(*fd), SetArg::TCSANOW, modes);
-                }
-                // SAFETY: tcflow takes no pointer; resuming output that is not suspended does nothing.
-                unsafe { libc::tcflow(*fd, libc::TCOON) };
+            if in_foreground(*fd) && tcgetattr(borrow(*fd)).is_ok_and(|now| now != *modes) {
+                let _ = tcsetattr(borrow(*fd), SetArg::TCSANOW, modes);
+            }
+            // Whether or not `run` is in the foreground: suspended output would block `run`'s own
+            // messages, and with them the seal of the session. From the background the kernel would
+            // stop `run` with SIGTTOU instead: blocked meanwhile, the call just goes through.
+            let ttou = nix::sys::signal::SigSet::from(nix::sys::signal::Signal::SIGTTOU);
+            let mut old = nix::sys::signal::SigSet::empty();
+            let blocked = nix::sys::signal::pthread_sigmask(
+                nix::sys::signal::SigmaskHow::SIG_BLOCK,
+                Some(&ttou),
+                Some(&mut old),
+            )
+            .is_ok();
+            // SAFETY: tcflow takes no pointer; resuming output that is not suspended does nothing.
+            unsafe { libc::tcflow(*fd, libc::TCOON) };
+            if blocked {
+                let _ = nix::sys::signal::pthread_sigmask(
+                    nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                    Some(&old),
+                    None,
+                );
             }
             // SAFETY: TIOCNXCL takes no argument (the agent cannot set exclusive mode; this is belt and
             // braces).

@@ -1837,7 +1837,9 @@ fn remotes_defined_in_the_git_directory_are_not_used_and_the_users_repositories_
          printf '[submodule \"x\"]\\n\\tpath = vendor/lib\\n\\turl = https://example.invalid/x\\n' > .gitmodules && \
          M=.git/worktrees/docs && mkdir -p $M docs && cp -r .git/objects .git/refs .git/HEAD $M/ && \
          printf '[core]\\n\\tbare = false\\n\\tworktree = ../../../docs\\n[remote \"origin\"]\\n\\turl = %s/.git/evil.git\\n' \"$PWD\" > $M/config && \
-         echo 'gitdir: ../.git/worktrees/docs' > docs/.git && echo PLANTED",
+         echo 'gitdir: ../.git/worktrees/docs' > docs/.git && \
+         mkdir -p b/c/d .git/modules && git init -q --separate-git-dir=\"$PWD/.git/modules/sub\" b/c/d/sub && \
+         git -C b/c/d/sub config remote.origin.url ../../../../.git/evil.git && echo PLANTED",
         p = pwned.display()
     );
     let out = run_sh(&ws, &script);
@@ -1846,6 +1848,8 @@ fn remotes_defined_in_the_git_directory_are_not_used_and_the_users_repositories_
     assert!(stderr.contains(".git/remotes"), "{stderr}");
     // A worktree's (or submodule's) own remote into the hidden repository: its config is judged too.
     assert!(stderr.contains(".git/worktrees/docs/config"), "{stderr}");
+    // A relative remote in a submodule's config resolves from a checkout it does not name: refused.
+    assert!(stderr.contains(".git/modules/sub/config"), "{stderr}");
     let _ = host_git(&ws, &["push", "-q", "origin", "main"]);
     assert!(!pwned.exists(), "the user's git push ran the agent's hook");
     assert!(ws.join("vendor/lib/.git").is_dir(), "{stderr}");

@@ -668,12 +668,10 @@ pub fn quarantine_changes(snap: &GitSnapshot, session: &str) -> Vec<String> {
                 // Its remotes are the user's `git push` targets: the repository's own, and a
                 // submodule's or worktree's (after its first clone a submodule pushes to its own
                 // `remote.origin.url`). Relative ones from the top directory, or the config's.
-                let base = if path == snap.workspace.join(".git/config") {
-                    snap.workspace.clone()
-                } else {
-                    dir.to_path_buf()
-                };
-                only_plain_keys(&text, Some((&base, &snap.workspace)))
+                // A relative one resolves from the checkout git runs in, which a submodule's or
+                // worktree's config does not say: refused there.
+                let top = path == snap.workspace.join(".git/config");
+                only_plain_keys(&text, Some((&snap.workspace, &snap.workspace, top)))
             })
             && worktree_inside(&path, &snap.workspace)
         {
@@ -866,7 +864,7 @@ fn judge_nested(
     if not_dir(&config)
         && changed(&config)
         && !(read_config(&config).is_some_and(|text| {
-            only_plain_keys(&text, Some((worktree.unwrap_or(repo), workspace)))
+            only_plain_keys(&text, Some((worktree.unwrap_or(repo), workspace, true)))
         }) && worktree_inside(&config, workspace))
     {
         aside(&config, agents, done);
@@ -1072,7 +1070,9 @@ fn leads_to(commondir: &Path, git_dir: &Path) -> bool {
 /// tabs. Anything else is refused, since git may read it differently (it ends a header at its `]` and
 /// reads the rest of the line as a setting).
 /// With `remotes_of` (the workspace), a `remote.*.url` must also be a safe push target ([`safe_remote`]).
-fn only_plain_keys(text: &str, remotes_of: Option<(&Path, &Path)>) -> bool {
+/// `remotes_of`: (the directory relative remotes resolve from, the workspace, whether a relative
+/// remote is judged at all or refused).
+fn only_plain_keys(text: &str, remotes_of: Option<(&Path, &Path, bool)>) -> bool {
     // With a `core.worktree`, git resolves a relative remote from there, not from the repository.
     let moved_worktree = text
         .lines()
@@ -1121,10 +1121,12 @@ fn only_plain_keys(text: &str, remotes_of: Option<(&Path, &Path)>) -> bool {
         let is_remote = full == "remote.*.url"
             || (full == "branch.*.remote"
                 && split_setting(line).is_some_and(|(_, v)| v.contains(['/', ':'])));
-        if let (true, Some((base, workspace))) = (is_remote, remotes_of) {
+        if let (true, Some((base, workspace, relative_ok))) = (is_remote, remotes_of) {
             if !split_setting(line).is_some_and(|(_, url)| {
+                let relative = !network_url(&url)
+                    && !Path::new(url.strip_prefix("file://").unwrap_or(&url)).is_absolute();
                 safe_remote(&url, base, workspace)
-                    && !(moved_worktree && !network_url(&url) && !Path::new(&url).is_absolute())
+                    && !(relative && (moved_worktree || !relative_ok))
             }) {
                 return false;
             }
@@ -1335,14 +1337,14 @@ mod tests {
         let init = "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n\
                     \tlogallrefupdates = true\n[remote \"origin\"]\n\turl = https://x/y\n\
                     \tfetch = +refs/heads/*:refs/remotes/origin/*\n";
-        assert!(only_plain_keys(init, Some((ws, ws))));
+        assert!(only_plain_keys(init, Some((ws, ws, true))));
         assert!(only_plain_keys(
             "[core] # comment\n\tbare\n[branch \"a\\\"b\"]\n\tremote = o\n",
-            Some((ws, ws))
+            Some((ws, ws, true))
         ));
         assert!(only_plain_keys(
             "[pull]\n\trebase = true\n[submodule \"sm\"]\n\turl = ./sub\n\tactive = true\n",
-            Some((ws, ws))
+            Some((ws, ws, true))
         ));
         for url in [
             "https://h/r.git",
@@ -1361,7 +1363,10 @@ mod tests {
             ".",
         ] {
             assert!(
-                only_plain_keys(&format!("[remote \"o\"]\n\turl = {url}\n"), Some((ws, ws))),
+                only_plain_keys(
+                    &format!("[remote \"o\"]\n\turl = {url}\n"),
+                    Some((ws, ws, true))
+                ),
                 "{url}"
             );
         }
@@ -1379,27 +1384,40 @@ mod tests {
             "/home/u/src/../ws/x",
         ] {
             assert!(
-                !only_plain_keys(&format!("[remote \"o\"]\n\turl = {url}\n"), Some((ws, ws))),
+                !only_plain_keys(
+                    &format!("[remote \"o\"]\n\turl = {url}\n"),
+                    Some((ws, ws, true))
+                ),
                 "{url}"
             );
         }
+        // In a submodule's or worktree's config (which does not say where its checkout is), a
+        // relative remote is refused; an absolute one is judged.
+        assert!(!only_plain_keys(
+            "[remote \"o\"]\n\turl = ../../../../.git/evil\n",
+            Some((ws, ws, false))
+        ));
+        assert!(only_plain_keys(
+            "[remote \"o\"]\n\turl = /home/u/src/lib.git\n",
+            Some((ws, ws, false))
+        ));
         // With a core.worktree, git resolves a relative remote from there: refused.
         assert!(!only_plain_keys(
             "[core]\n\tworktree = /home/u/ws\n[remote \"o\"]\n\turl = h\n",
-            Some((ws, ws))
+            Some((ws, ws, true))
         ));
         assert!(!only_plain_keys(
             "[remote \"o\"]\n\turl = x/.GIT/hidden\n",
-            Some((ws, ws))
+            Some((ws, ws, true))
         ));
         // `branch.*.remote` naming a URL (not a remote) is judged like one.
         assert!(only_plain_keys(
             "[branch \"main\"]\n\tremote = origin\n",
-            Some((ws, ws))
+            Some((ws, ws, true))
         ));
         assert!(!only_plain_keys(
             "[branch \"main\"]\n\tremote = /home/u/ws/.git/evil.git\n",
-            Some((ws, ws))
+            Some((ws, ws, true))
         ));
         // A submodule's config: its origin is what the superproject's (read-only) config names.
         assert!(only_plain_keys(
@@ -1425,7 +1443,7 @@ mod tests {
             "[core]\n\tbare.x = 1\n",
             "[core \"a\\\"] fsmonitor = x ]\n",
         ] {
-            assert!(!only_plain_keys(bad, Some((ws, ws))), "{bad}");
+            assert!(!only_plain_keys(bad, Some((ws, ws, true))), "{bad}");
         }
     }
 }

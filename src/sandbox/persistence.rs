@@ -1144,8 +1144,16 @@ fn safe_remote(url: &str, base: &Path, workspace: &Path) -> bool {
     if network_url(url) {
         return true;
     }
-    let local = url.strip_prefix("file://").unwrap_or(url);
-    if local.is_empty() || local.contains(':') || local.starts_with('-') {
+    // `file://HOST/PATH` means /PATH to git (the host is dropped); `~` is expanded on the receiving
+    // side: neither may be read as a path relative to the repository.
+    let local = match url.strip_prefix("file://") {
+        Some(rest) => match rest.find('/') {
+            Some(slash) => &rest[slash..],
+            None => return false,
+        },
+        None => url,
+    };
+    if local.is_empty() || local.contains(':') || local.starts_with(['-', '~']) {
         return false;
     }
     let path = Path::new(local);
@@ -1400,6 +1408,20 @@ mod tests {
         assert!(only_plain_keys(
             "[remote \"o\"]\n\turl = /home/u/src/lib.git\n",
             Some((ws, ws, false))
+        ));
+        // `file://HOST/PATH` is /PATH; `~` is the receiving side's home.
+        for url in ["file://x/home/u/ws/.git/evil", "~/ws/link", "file://x"] {
+            assert!(
+                !only_plain_keys(
+                    &format!("[remote \"o\"]\n\turl = {url}\n"),
+                    Some((ws, ws, true))
+                ),
+                "{url}"
+            );
+        }
+        assert!(only_plain_keys(
+            "[remote \"o\"]\n\turl = file://localhost/srv/git/lib.git\n",
+            Some((ws, ws, true))
         ));
         // With a core.worktree, git resolves a relative remote from there: refused.
         assert!(!only_plain_keys(

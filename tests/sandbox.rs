@@ -1672,6 +1672,44 @@ fn last_session_start(ctx: &Ctx) -> serde_json::Value {
         .expect("a session.start record")
 }
 
+#[test]
+fn a_host_mount_beneath_a_profile_path_comes_along_read_only() {
+    // A separate /usr/local (any mount beneath /usr) is locked in the sandbox's user namespace, and the
+    // kernel refuses a bind of /usr that leaves it out: the launch failed. Made here in a mount
+    // namespace of the test's own (so root is needed; CI runs as root).
+    if !common::is_root() {
+        eprintln!("skipped: making a mount needs root");
+        return;
+    }
+    let ws = tempfile::tempdir().unwrap();
+    let script = format!(
+        "mount --make-rprivate / && mount -t tmpfs zt-test /usr/local && echo below > /usr/local/below && \
+         XDG_STATE_HOME={ws}/state {zt} run -q --workspace {ws} -- \
+           sh -c 'cat /usr/local/below; touch /usr/local/x 2>/dev/null && echo WROTE; echo RAN'",
+        ws = ws.path().display(),
+        zt = common::ZT,
+    );
+    let child = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o = common::wait_bounded(child, &["unshare"]);
+    let stdout = text(&o.stdout);
+    assert!(
+        stdout.contains("RAN") && stdout.contains("below"),
+        "{}",
+        describe(&o)
+    );
+    assert!(
+        !stdout.contains("WROTE"),
+        "the submount was writable: {}",
+        describe(&o)
+    );
+}
+
 /// `zt-aas doctor --json` as the given user (outside any sandbox).
 fn doctor_outside(ctx: &Ctx) -> serde_json::Value {
     let bin = ctx.binary();

@@ -7,7 +7,9 @@
 //! hidden); make `/newroot` itself read-only; detach the old root; pivot into `/newroot`.
 //!
 //! Every bind is non-recursive (no host submount sneaks in) and gets nosuid+nodev; read-only binds keep the
-//! flags the kernel locks (noexec, ...) so the remount is accepted inside a user namespace.
+//! flags the kernel locks (noexec, ...) so the remount is accepted inside a user namespace. Where a host
+//! mount lies beneath a bound path (a separate /usr/local), the kernel refuses to leave it out (it is
+//! locked in our user namespace): that bind is recursive, and the whole tree gets the same restrictions.
 
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -330,8 +332,30 @@ fn ro_flags() -> MsFlags {
 /// A non-recursive bind with nosuid+nodev, read-only if asked, keeping the flags the kernel locks.
 fn bind(src: &Path, dst: &Path, read_only: bool) -> Result<(), MountError> {
     let none: Option<&str> = None;
-    mount(Some(src), dst, none, MsFlags::MS_BIND, none)
-        .step(|| format!("binding {}", dst.display()))?;
+    match mount(Some(src), dst, none, MsFlags::MS_BIND, none) {
+        Ok(()) => {}
+        // A host mount beneath `src` (a separate /usr/local, say) is locked in our user namespace:
+        // the kernel refuses a bind that would leave it out. Then it comes along, under the same
+        // restrictions (a profile path is readable with what is mounted beneath it).
+        Err(nix::errno::Errno::EINVAL) => {
+            mount(
+                Some(src),
+                dst,
+                none,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                none,
+            )
+            .step(|| format!("binding {} with its submounts", dst.display()))?;
+            return restrict_tree(dst, read_only)
+                .step(|| format!("restricting {} and its submounts", dst.display()));
+        }
+        Err(e) => {
+            return Err(MountError {
+                step: format!("binding {}", dst.display()),
+                source: e,
+            })
+        }
+    }
     let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     if read_only {
         flags |= MsFlags::MS_RDONLY;
@@ -355,4 +379,45 @@ fn bind(src: &Path, dst: &Path, read_only: bool) -> Result<(), MountError> {
         }
     }
     mount(none, dst, none, flags, none).step(|| format!("remounting {}", dst.display()))
+}
+
+/// nosuid + nodev (+ read-only) on `dst` and every mount beneath it, at once (mount_setattr with
+/// AT_RECURSIVE, Linux >= 5.12; Landlock, which zt-aas requires, is younger than it).
+fn restrict_tree(dst: &Path, read_only: bool) -> nix::Result<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    const MOUNT_ATTR_NOSUID: u64 = 0x2;
+    const MOUNT_ATTR_NODEV: u64 = 0x4;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    let path = std::ffi::CString::new(dst.as_os_str().as_encoded_bytes())
+        .map_err(|_| nix::errno::Errno::EINVAL)?;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_NOSUID
+            | MOUNT_ATTR_NODEV
+            | if read_only { MOUNT_ATTR_RDONLY } else { 0 },
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr with a NUL-terminated path and a mount_attr of the size we pass.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    Ok(())
 }

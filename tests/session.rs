@@ -1820,6 +1820,42 @@ fn repositories_the_agent_sets_up_in_subdirectories_do_not_run_its_code_for_the_
 }
 
 #[test]
+fn a_directory_the_after_run_walk_cannot_read_is_named() {
+    // Git needs only search permission to reach a repository below a directory; the walk needs to read
+    // it. As an unprivileged user (root reads anything), an unreadable directory is said, not skipped.
+    if !is_root() {
+        eprintln!("skipped: needs root to run as uid 65534");
+        return;
+    }
+    let (_t, ws) = plain_workspace();
+    std::os::unix::fs::chown(&ws, Some(common::NOBODY), Some(common::NOBODY)).unwrap();
+    let out = as_nobody(
+        &ws,
+        &[
+            "run",
+            "-q",
+            "--workspace",
+            ".",
+            "--",
+            "sh",
+            "-c",
+            "mkdir -p a/b && git init -q a/b && chmod 311 a && echo DONE",
+        ],
+    );
+    assert!(text(&out.stdout).contains("DONE"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&format!("{} could not be read", ws.join("a").display())),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::set_permissions(
+        ws.join("a"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+}
+
+#[test]
 fn remotes_defined_in_the_git_directory_are_not_used_and_the_users_repositories_are_not_blamed() {
     // git reads `.git/remotes/NAME` (and `.git/branches/NAME`) for a remote its config does not name:
     // one leading into a repository hidden in `.git` would run its hooks on the user's `git push`.
@@ -1865,7 +1901,10 @@ fn a_rebase_the_agent_leaves_in_progress_is_not_continued_by_the_user() {
     let script = format!(
         "r=.git/rebase-merge; mkdir -p $r && h=$(git rev-parse HEAD) && echo refs/heads/main > $r/head-name && \
          echo $h > $r/onto && echo $h > $r/orig-head && : > $r/interactive && : > $r/done && \
-         echo 0 > $r/msgnum && echo 1 > $r/end && echo 'exec touch {}' > $r/git-rebase-todo && echo PLANTED",
+         echo 0 > $r/msgnum && echo 1 > $r/end && echo 'exec touch {}' > $r/git-rebase-todo && \
+         git init -q --bare .git/modules/m && \
+         for d in .git/worktrees/wt .git/modules/m; do mkdir -p $d/rebase-merge $d/remotes && \
+           cp $r/* $d/rebase-merge/ && echo 'URL: /elsewhere' > $d/remotes/origin; done && echo PLANTED",
         pwned.display()
     );
     let out = run_sh(&ws, &script);
@@ -1880,6 +1919,19 @@ fn a_rebase_the_agent_leaves_in_progress_is_not_continued_by_the_user() {
         text(&out.stderr)
     );
     assert!(!ws.join(".git/rebase-merge").exists());
+    // The same state in a worktree's or a submodule's git directory, and their old-style remotes.
+    for moved in [
+        ".git/worktrees/wt/rebase-merge",
+        ".git/worktrees/wt/remotes",
+        ".git/modules/m/rebase-merge",
+        ".git/modules/m/remotes",
+    ] {
+        assert!(
+            !ws.join(moved).exists(),
+            "{moved} kept: {}",
+            text(&out.stderr)
+        );
+    }
     let _ = host_git(
         &ws,
         &[

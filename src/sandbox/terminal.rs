@@ -48,7 +48,7 @@ fn inode(fd: RawFd) -> Option<(u64, u64, u32)> {
 }
 
 impl Terminal {
-    pub fn save() -> Option<Terminal> {
+    pub fn save() -> Terminal {
         let tty = (0..=2).find_map(|fd: RawFd| {
             let modes = tcgetattr(borrow(fd)).ok()?;
             Some((fd, modes))
@@ -64,7 +64,7 @@ impl Terminal {
                 })
             })
             .collect();
-        Some(Terminal { tty, stdio })
+        Terminal { tty, stdio }
     }
 }
 

@@ -469,7 +469,17 @@ pub fn run(args: &RunArgs) -> CmdResult {
         .chain(config.guarded.read_only.iter().cloned())
         .chain(config.guarded.hidden.iter().cloned())
         .collect();
-    let shield = crate::mediator::actions::Shield::new(&no_write, &config.guarded.hidden);
+    // What the agent can write: a symbolic link there never leads a file action's root elsewhere.
+    let writable = std::iter::once(workspace.clone())
+        .chain(
+            config
+                .read_write
+                .iter()
+                .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
+        )
+        .collect();
+    let shield = crate::mediator::actions::Shield::new(&no_write, &config.guarded.hidden)
+        .with_writable(writable);
     let mut mediator = Mediator::new(ours, policy, agent, tokens, writer, audit_paths)
         .with_shield(shield)
         .with_deadline(

@@ -698,6 +698,87 @@ agents = ["hello-bot"]
 actions = ["fs.*"]
 "#;
 
+const DATA_ACTIONS: &str = r#"
+[[action]]
+name = "data.read"
+builtin = "fs.read"
+root = "@WS@/data"
+
+[[action]]
+name = "data.write"
+builtin = "fs.write"
+root = "@WS@/data"
+
+[[action]]
+name = "data.list"
+builtin = "fs.list"
+root = "@WS@/data"
+
+[[action]]
+name = "linked.read"
+builtin = "fs.read"
+root = "@ROOT@/hostlink/data"
+
+[[rule]]
+effect = "allow"
+agents = ["hello-bot"]
+actions = ["data.*", "linked.*"]
+"#;
+
+#[test]
+fn a_file_actions_root_cannot_be_redirected_by_the_agent() {
+    // The root lies in the workspace: the agent can replace it (or a directory above it) by a symbolic
+    // link to anywhere the supervisor can reach. The host's own links on the way are still followed.
+    let fx = Fixture::new(
+        DATA_ACTIONS,
+        &["data.read", "data.write", "data.list", "linked.read"],
+    );
+    std::fs::create_dir(fx.ws.join("data")).expect("mkdir data");
+    std::fs::write(fx.ws.join("data/inside.txt"), "INSIDE").expect("inside");
+    std::os::unix::fs::symlink(&fx.ws, fx.root.join("hostlink")).expect("host symlink");
+    let secret = unique("TOPSECRET");
+    std::fs::write(fx.out.join("secret.txt"), &secret).expect("secret");
+    let o = fx.out.display().to_string();
+    let script = [
+        call("before", "data.read path=inside.txt"),
+        call("linked", "linked.read path=inside.txt"),
+        format!("mv data data.old && ln -s {o} data\n"),
+        call("read_out", "data.read path=secret.txt"),
+        call("write_out", "data.write path=dropped.txt content=PLANTED"),
+        call("list_out", "data.list path=."),
+        call("linked_out", "linked.read path=secret.txt"),
+        "rm data && ln -s /proc/self data\n".to_string(),
+        call("read_proc", "data.read path=environ"),
+        "rm data && ln -s data.old data\n".to_string(),
+        call("read_ws_link", "data.read path=inside.txt"),
+    ]
+    .concat();
+    let out = fx.run(&script);
+    assert_status(&out, 0);
+    for tag in ["before", "linked"] {
+        let (rc, stdout, stderr) = fx.outcome(tag);
+        assert_eq!(rc, 0, "{tag}: {stdout}{stderr}");
+        assert_eq!(fx.result(tag)["content"], "INSIDE", "{tag}");
+    }
+    for tag in [
+        "read_out",
+        "write_out",
+        "list_out",
+        "linked_out",
+        "read_proc",
+        "read_ws_link",
+    ] {
+        let (rc, stdout, stderr) = fx.outcome(tag);
+        assert_eq!(rc, 3, "{tag}: {stdout}{stderr}");
+        assert!(!stdout.contains(&secret), "{tag}: {stdout}");
+        assert!(stderr.contains("symbolic link"), "{tag}: {stderr}");
+    }
+    assert!(!fx.out.join("dropped.txt").exists(), "written outside");
+    let d = fx.decision_with("data.read", "path", "secret.txt");
+    assert_eq!(d["decision"], "deny", "{d}");
+    assert_eq!(d["check"], "symlink_refused", "{d}");
+}
+
 #[test]
 fn fs_builtins_stay_beneath_their_root() {
     let fx = Fixture::new(FS_ACTIONS, &["fs.read", "fs.write", "fs.list"]);

@@ -380,6 +380,59 @@ fn max_uses_counts_outlive_a_session_with_use_counts() {
 }
 
 #[test]
+fn a_call_refused_because_the_use_counts_cannot_be_read_is_recorded() {
+    // Every decision is in the log, this one too: the host's count file turns unreadable mid-session.
+    let p = Project::new("[mediator]\nuse_counts = \"uses.json\"\n");
+    p.token("t.tok", &["--max-uses", "5"]);
+    let script = "zt-aas call sys.ping >/dev/null; echo first=$?; : > ready; i=0; \
+                  while [ ! -e go ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; \
+                  zt-aas call sys.ping >/dev/null; echo second=$?";
+    let child = Command::new(ZT)
+        .args([
+            "run",
+            "--policy",
+            "policy.toml",
+            "--workspace",
+            ".",
+            "--token",
+            "t.tok",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .current_dir(&p.dir)
+        .env("XDG_STATE_HOME", p.dir.join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !p.dir.join("ready").exists() && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(p.dir.join("uses.json"), "{bad").unwrap();
+    std::fs::write(p.dir.join("go"), "").unwrap();
+    let out = wait_bounded(child, &["run"]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("first=0") && stdout.contains("second=3"),
+        "{stdout}{}",
+        text(&out.stderr)
+    );
+    let log = std::fs::read_to_string(p.dir.join("audit.jsonl")).unwrap();
+    let refusal = log
+        .lines()
+        .find(|l| l.contains("use_counts_unavailable"))
+        .unwrap_or_else(|| panic!("the refused call left no record:\n{log}"));
+    assert!(refusal.contains(r#""decision":"deny""#), "{refusal}");
+    assert!(zt(&p.dir, &["audit", "verify", "audit.jsonl"])
+        .status
+        .success());
+}
+
+#[test]
 fn head_out_anchors_the_log_against_truncation() {
     let p = Project::new("");
     assert!(p.run(&["--head-out", "head1"], "true").status.success());

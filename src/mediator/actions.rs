@@ -6,7 +6,8 @@
 //!   `sandbox = "<profile>"` it runs inside a zt-aas sandbox of its own instead, whose workspace is a fresh
 //!   empty directory.
 //! - `fs.read`, `fs.write`, `fs.list`: beneath the root the policy names, resolved by the supervisor with
-//!   openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS); the file is opened while
+//!   openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS), the root itself never through
+//!   a symbolic link in a directory the agent can write (`Shield::open_root`); the file is opened while
 //!   deciding ([`prepare`]) and that same descriptor is used after the decision is recorded, so nothing
 //!   can be swapped in between. A write resolves the parent directory that way and creates the last
 //!   component with O_NOFOLLOW relative to the held directory.
@@ -41,6 +42,9 @@ pub struct Outcome {
 pub struct Shield {
     no_write: std::collections::HashSet<(u64, u64)>,
     no_read: std::collections::HashSet<(u64, u64)>,
+    /// The directories the agent can write (canonical): a symbolic link there is the agent's, and no
+    /// action's root may go through one.
+    writable: Vec<PathBuf>,
 }
 
 fn inode(meta: &std::fs::Metadata) -> (u64, u64) {
@@ -60,15 +64,55 @@ impl Shield {
         Shield {
             no_write: set(no_write),
             no_read: set(no_read),
+            writable: Vec::new(),
         }
+    }
+
+    /// The directories the agent can write (the workspace, the policy's `read_write` paths).
+    pub fn with_writable(mut self, writable: Vec<PathBuf>) -> Shield {
+        self.writable = writable;
+        self
+    }
+
+    /// Opens an action's root (`O_PATH`), never through a symbolic link the agent could have made: the
+    /// root is first resolved, following the host's own links but refusing one in a writable directory,
+    /// and the result is opened with no link followed at all (one made since is refused too).
+    fn open_root(&self, root: &Path) -> Result<(OwnedFd, (u64, u64)), Refusal> {
+        let resolved = resolve_root(root, &self.writable)?;
+        let unavailable = |e: std::io::Error| {
+            refuse(
+                "root_unavailable",
+                format!("the action's root {} cannot be opened: {e}", root.display()),
+            )
+        };
+        let path = CString::new(resolved.as_os_str().as_encoded_bytes())
+            .map_err(|_| refuse("path_refused", "root contains a NUL byte"))?;
+        let fd = openat2(
+            libc::AT_FDCWD,
+            &path,
+            libc::O_PATH | libc::O_DIRECTORY,
+            libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+        )
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => refuse(
+                "symlink_refused",
+                format!(
+                    "the action's root {} goes through a symbolic link",
+                    root.display()
+                ),
+            ),
+            _ => unavailable(e),
+        })?;
+        let id = File::from(fd.try_clone().map_err(unavailable)?)
+            .metadata()
+            .map(|m| inode(&m))
+            .map_err(unavailable)?;
+        Ok((fd, id))
     }
 
     /// Refuses when `dir` or any directory above it, up to `root`, is protected (or when `dir` is no
     /// longer beneath `root`: it was moved away after it was opened).
-    fn check_dir(&self, dir: &OwnedFd, root: &Path) -> Result<(), Refusal> {
-        let root_id = std::fs::metadata(root)
-            .map(|m| inode(&m))
-            .map_err(|e| refuse("root_unavailable", e.to_string()))?;
+    fn check_dir(&self, dir: &OwnedFd, root_id: (u64, u64)) -> Result<(), Refusal> {
         let mut cur = dir
             .try_clone()
             .map_err(|e| refuse("path_refused", e.to_string()))?;
@@ -243,7 +287,8 @@ fn resolve(
         )),
         ActionKind::Builtin(Builtin::FsRead { root, max_bytes }) => {
             let path = arg(args, "path")?;
-            let fd = open_beneath(root, path, libc::O_RDONLY | libc::O_NONBLOCK)?;
+            let (root, _) = shield.open_root(root)?;
+            let fd = open_beneath(&root, path, libc::O_RDONLY | libc::O_NONBLOCK)?;
             let file = File::from(fd);
             let meta = file
                 .metadata()
@@ -273,8 +318,9 @@ fn resolve(
                 ));
             }
             let (parent, name) = split_last(path)?;
-            let dir = open_beneath(root, parent, libc::O_RDONLY | libc::O_DIRECTORY)?;
-            shield.check_dir(&dir, root)?;
+            let (root, root_id) = shield.open_root(root)?;
+            let dir = open_beneath(&root, parent, libc::O_RDONLY | libc::O_DIRECTORY)?;
+            shield.check_dir(&dir, root_id)?;
             // An existing target is checked now (it may be protected); a new one cannot be.
             // SAFETY: fstatat relative to the directory we hold, not following a symlink.
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -288,7 +334,7 @@ fn resolve(
             };
             if rc == 0 {
                 // O_PATH | O_NOFOLLOW: a symlink as the last component is opened itself, and judged.
-                let target = open_beneath(root, path, libc::O_PATH)?;
+                let target = open_beneath(&root, path, libc::O_PATH)?;
                 let meta = File::from(target)
                     .metadata()
                     .map_err(|e| refuse("path_refused", e.to_string()))?;
@@ -320,7 +366,8 @@ fn resolve(
         }
         ActionKind::Builtin(Builtin::FsList { root }) => {
             let path = args.get("path").map(String::as_str).unwrap_or(".");
-            let dir = open_beneath(root, path, libc::O_RDONLY | libc::O_DIRECTORY)?;
+            let (root, _) = shield.open_root(root)?;
+            let dir = open_beneath(&root, path, libc::O_RDONLY | libc::O_DIRECTORY)?;
             Ok(Prepared::List { dir })
         }
     }
@@ -350,32 +397,11 @@ fn split_last(path: &str) -> Result<(&str, CString), Refusal> {
     Ok((parent, name))
 }
 
-/// openat2 beneath `root`: no absolute paths, no `..` escape, no symlinks, no magic links.
-fn open_beneath(root: &Path, path: &str, flags: libc::c_int) -> Result<OwnedFd, Refusal> {
-    let root_c = CString::new(root.as_os_str().as_encoded_bytes())
-        .map_err(|_| refuse("path_refused", "root contains a NUL byte"))?;
+/// openat2 beneath the opened root: no absolute paths, no `..` escape, no symlinks, no magic links.
+fn open_beneath(root_fd: &OwnedFd, path: &str, flags: libc::c_int) -> Result<OwnedFd, Refusal> {
     let path_c =
         CString::new(path).map_err(|_| refuse("path_refused", "path contains a NUL byte"))?;
-    // SAFETY: open(2) of a NUL-terminated path; the result is checked.
-    let root_fd = unsafe {
-        libc::open(
-            root_c.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if root_fd < 0 {
-        return Err(refuse(
-            "root_unavailable",
-            format!(
-                "the action's root {} cannot be opened: {}",
-                root.display(),
-                std::io::Error::last_os_error()
-            ),
-        ));
-    }
-    // SAFETY: root_fd was just opened by us and is owned here.
-    let root_fd = unsafe { OwnedFd::from_raw_fd(root_fd) };
-    let err = match openat2_beneath(&root_fd, &path_c, flags) {
+    let err = match openat2_beneath(root_fd, &path_c, flags) {
         Ok(fd) => return Ok(fd),
         Err(err) => err,
     };
@@ -388,7 +414,7 @@ fn open_beneath(root: &Path, path: &str, flags: libc::c_int) -> Result<OwnedFd, 
         // ENOTDIR is also what O_DIRECTORY | O_NOFOLLOW says of a symlink as the last component: look
         // at the path itself before calling it an ordinary failure.
         Some(libc::ENOTDIR)
-            if openat2_beneath(&root_fd, &path_c, libc::O_PATH).is_ok_and(|fd| {
+            if openat2_beneath(root_fd, &path_c, libc::O_PATH).is_ok_and(|fd| {
                 File::from(fd)
                     .metadata()
                     .is_ok_and(|m| m.file_type().is_symlink())
@@ -414,15 +440,29 @@ fn openat2_beneath(
     path: &CString,
     flags: libc::c_int,
 ) -> std::io::Result<OwnedFd> {
+    openat2(
+        root_fd.as_raw_fd(),
+        path,
+        flags | libc::O_NOFOLLOW,
+        libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    )
+}
+
+fn openat2(
+    dirfd: libc::c_int,
+    path: &CString,
+    flags: libc::c_int,
+    resolve: u64,
+) -> std::io::Result<OwnedFd> {
     // SAFETY: open_how is plain data; zeroed is its documented initial state.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64;
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = resolve;
     // SAFETY: openat2 with a valid dirfd, a NUL-terminated path and an open_how of the size we pass.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_openat2,
-            root_fd.as_raw_fd(),
+            dirfd,
             path.as_ptr(),
             &how as *const libc::open_how,
             std::mem::size_of::<libc::open_how>(),
@@ -433,6 +473,72 @@ fn openat2_beneath(
     }
     // SAFETY: openat2 returned a new descriptor that we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `root` (absolute) as a path without symbolic links. The host's links are followed; a link in a
+/// directory the agent can write is refused: the agent could point it anywhere the supervisor can reach
+/// (a home directory, /proc/self). A root that does not exist (yet) keeps its remaining components.
+fn resolve_root(root: &Path, writable: &[PathBuf]) -> Result<PathBuf, Refusal> {
+    use std::collections::VecDeque;
+    use std::path::Component;
+    fn parts(p: &Path) -> impl Iterator<Item = std::ffi::OsString> + '_ {
+        p.components().filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+    }
+    let mut done = PathBuf::from("/");
+    let mut rest: VecDeque<std::ffi::OsString> = parts(root).collect();
+    let mut links = 0;
+    while let Some(name) = rest.pop_front() {
+        if name == ".." {
+            done.pop();
+            continue;
+        }
+        let next = done.join(&name);
+        match std::fs::symlink_metadata(&next) {
+            Ok(m) if m.file_type().is_symlink() => {
+                if writable.iter().any(|w| next.starts_with(w)) {
+                    return Err(refuse(
+                        "symlink_refused",
+                        format!(
+                            "the action's root {} goes through the symbolic link {}, in a directory \
+                             the agent can write",
+                            root.display(),
+                            next.display()
+                        ),
+                    ));
+                }
+                links += 1;
+                let target = std::fs::read_link(&next).ok().filter(|_| links <= 40);
+                let Some(target) = target else {
+                    return Err(refuse(
+                        "root_unavailable",
+                        format!("the action's root {} cannot be resolved", root.display()),
+                    ));
+                };
+                if target.is_absolute() {
+                    done = PathBuf::from("/");
+                }
+                for part in parts(&target).collect::<Vec<_>>().into_iter().rev() {
+                    rest.push_front(part);
+                }
+            }
+            Ok(_) => done = next,
+            Err(_) => {
+                done = next;
+                for part in rest.drain(..) {
+                    if part == ".." {
+                        done.pop();
+                    } else {
+                        done.push(part);
+                    }
+                }
+            }
+        }
+    }
+    Ok(done)
 }
 
 /// Executes a prepared, allowed, recorded call.

@@ -230,7 +230,10 @@ impl Mediator {
                     counts = lock;
                     self.decide(&req, (self.now)(), &mut extra, &mut end)
                 }
-                Err(reason) => Decision::deny(Check::Malformed, reason),
+                Err(reason) => {
+                    extra.insert("check".into(), json!("use_counts_unavailable"));
+                    Decision::deny(Check::Malformed, reason)
+                }
             },
         };
         extra.insert("via".into(), json!("proxy"));
@@ -324,18 +327,14 @@ impl Mediator {
         let mut end = None;
         let mut extra = Map::new();
         // With persistent counts, hold their lock from the read that feeds the decision to the new count.
-        let mut counts = match self.lock_counts() {
-            Ok(lock) => lock,
+        // Counts that cannot be read refuse the call, and that refusal is recorded like any other.
+        let (mut counts, decision) = match self.lock_counts() {
+            Ok(lock) => (lock, self.decide(&req, now, &mut extra, &mut end)),
             Err(reason) => {
-                self.stats.denied += 1;
-                return (
-                    protocol::response(&req.id, "deny", &reason, Value::Null),
-                    None,
-                    None,
-                );
+                extra.insert("check".into(), json!("use_counts_unavailable"));
+                (None, Decision::deny(Check::Malformed, reason))
             }
         };
-        let decision = self.decide(&req, now, &mut extra, &mut end);
         let prepared = match (&decision, self.policy.action(&req.action)) {
             (d, Some(action)) if d.allowed => actions::prepare(
                 action,
@@ -381,11 +380,17 @@ impl Mediator {
         };
         self.stats.allowed += 1;
         if let Err(reason) = self.count_use(&decision, counts.as_mut()) {
-            // The use is recorded in the audit log; refuse to act on a count we could not keep.
+            // Refuse to act on a count we could not keep; the log says the allowed call was not carried out.
+            let mut body = RecordBody::new("", Kind::Result, self.agent.clone());
+            body.action = Some(req.action.clone());
+            body.token = decision.token.clone();
+            body.decision = Some("allow".into());
+            body.reason = Some(format!("not carried out: {reason}"));
+            body.extra.insert("ok".into(), json!(false));
             return (
                 protocol::response(&req.id, "deny", &reason, Value::Null),
                 end,
-                None,
+                Some(body),
             );
         }
         drop(counts);

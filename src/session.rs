@@ -363,6 +363,13 @@ pub fn run(args: &RunArgs) -> CmdResult {
     // Put back when `run` ends, whatever the agent left the user's terminal in.
     let terminal = sandbox::terminal::Terminal::save();
     let prepared = sandbox::prepare(&config)?;
+    let protected: Vec<PathBuf> = prepared
+        .layers
+        .protected
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    let modes = sandbox::modes::Modes::record(&workspace, &protected);
     if !prepared.layers.unapplied_limits.is_empty() && !args.quiet {
         errln!(
             "zt-aas: note: limits not enforced on this host: {}",
@@ -544,7 +551,11 @@ pub fn run(args: &RunArgs) -> CmdResult {
         errln!("zt-aas: {m}");
     }
     let code = exit.code();
-    let mut quarantined = sandbox::persistence::quarantine_changes(&git_before, &session);
+    let mut quarantined = modes.restore();
+    quarantined.extend(sandbox::persistence::quarantine_changes(
+        &git_before,
+        &session,
+    ));
     quarantined.extend(sandbox::persistence::quarantine_nested(
         &workspace,
         launched_at,

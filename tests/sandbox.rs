@@ -1173,6 +1173,57 @@ fn persistence_files_cannot_be_planted_in_a_fresh_workspace() {
 }
 
 #[test]
+fn the_agent_cannot_open_the_workspace_or_its_git_directory_to_other_users() {
+    // Writable by others, `.git` lets any local account swap `.git/hooks` for its own; the workspace lets
+    // it plant an `.envrc`. What the agent added is taken away after the run; what the user chose stays.
+    for user in [User::Caller, User::Nobody] {
+        let ctx = Ctx::as_user(user);
+        let init = Command::new("git")
+            .args(["init", "-q"])
+            .current_dir(&ctx.ws)
+            .status()
+            .unwrap();
+        assert!(init.success());
+        std::fs::create_dir_all(ctx.ws.join(".git/hooks")).unwrap();
+        std::fs::create_dir(ctx.ws.join("shared")).unwrap();
+        std::fs::set_permissions(ctx.ws.join("shared"), std::fs::Permissions::from_mode(0o777))
+            .unwrap();
+        if ctx.setpriv() {
+            let chown = Command::new("chown")
+                .args(["-R", "65534:65534", ctx.ws_str()])
+                .status()
+                .unwrap();
+            assert!(chown.success());
+        }
+        let out = run_in_sandbox(
+            &ctx,
+            "chmod 0777 . .git && chmod 0775 .git/refs && chmod 0644 shared && echo CHANGED; \
+             chmod 0777 .git/hooks 2>/dev/null || echo HOOKS_REFUSED",
+        );
+        let stdout = ok_stdout(&out);
+        assert!(stdout.contains("CHANGED"), "{stdout}");
+        assert!(stdout.contains("HOOKS_REFUSED"), "{stdout}");
+        let mode = |p: &str| {
+            std::fs::symlink_metadata(ctx.ws.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("."), 0o755, "the workspace stayed open: {}", describe(&out));
+        assert_eq!(mode(".git"), 0o755, "`.git` stayed open: {}", describe(&out));
+        assert!(
+            text(&out.stderr).contains("put back to 755"),
+            "the user was not told: {}",
+            text(&out.stderr)
+        );
+        // Not on the way to a protected path: the agent's business. The user's own choice is kept.
+        assert_eq!(mode(".git/refs"), 0o775);
+        assert_eq!(mode("shared"), 0o644);
+    }
+}
+
+#[test]
 fn persistence_files_cannot_be_planted_in_an_existing_git_repo() {
     let ctx = Ctx::new();
     let init = Command::new("git")

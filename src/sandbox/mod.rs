@@ -14,6 +14,7 @@ pub mod init;
 pub mod landlock;
 pub mod launch;
 pub mod limits;
+pub mod modes;
 pub mod mounts;
 pub mod persistence;
 pub mod placeholders;

@@ -26,6 +26,11 @@ if shutil.which("bwrap"):
     cases["bwrap --unshare-all"] = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
         *ro("/usr", "/bin", "/lib", "/lib64", "/sbin"), "--proc", "/proc", "--dev", "/dev",
         "--tmpfs", "/tmp", "--bind", ws, ws, "--cap-drop", "ALL", "/bin/true"]
+# The floor: util-linux `unshare` making the same seven namespaces and exec'ing /bin/true (no root of its
+# own, no Landlock, seccomp, capability drop, limits or audit): what any sandbox built on namespaces pays
+# on this host before it does anything of its own.
+if shutil.which("unshare"):
+    cases["unshare -Umnpfiu -C (namespaces only)"] = ["unshare", "-Umnpfiu", "-C", "/bin/true"]
 # The same sandbox without the memory limit: joining a cgroup-v1 memory controller is the costliest step
 # of a launch on hosts that have one (one write to cgroup.procs), so it is shown apart.
 nomem = os.path.join(state, "minimal-no-memory.toml")
@@ -60,6 +65,8 @@ if "bwrap --unshare-all" in med:
     print(f"  ratio zt-aas / bwrap                        {med['zt-aas run (all layers)'] / med['bwrap --unshare-all']:8.2f}x")
     print(f"  ratio zt-aas (no memory cgroup) / bwrap     {med['zt-aas run (all layers, no memory cgroup)'] / med['bwrap --unshare-all']:8.2f}x")
     print(f"  ratio zt-aas (no cgroup) / bwrap            {med['zt-aas run (all layers, no cgroup)'] / med['bwrap --unshare-all']:8.2f}x")
+if "unshare -Umnpfiu -C (namespaces only)" in med and "bwrap --unshare-all" in med:
+    print(f"  ratio namespaces only (unshare) / bwrap     {med['unshare -Umnpfiu -C (namespaces only)'] / med['bwrap --unshare-all']:8.2f}x")
 print(f"  degraded - bare                             {med['zt-aas run --allow-degraded (no userns)'] - med['bare /bin/true']:8.2f} ms")
 print("  (degraded = user namespaces made unavailable with ZT_AAS_TEST_DISABLE=userns, a test-utils hook)")
 shutil.rmtree(ws, ignore_errors=True); shutil.rmtree(state, ignore_errors=True)

@@ -1186,8 +1186,11 @@ fn the_agent_cannot_open_the_workspace_or_its_git_directory_to_other_users() {
         assert!(init.success());
         std::fs::create_dir_all(ctx.ws.join(".git/hooks")).unwrap();
         std::fs::create_dir(ctx.ws.join("shared")).unwrap();
-        std::fs::set_permissions(ctx.ws.join("shared"), std::fs::Permissions::from_mode(0o777))
-            .unwrap();
+        std::fs::set_permissions(
+            ctx.ws.join("shared"),
+            std::fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
         if ctx.setpriv() {
             let chown = Command::new("chown")
                 .args(["-R", "65534:65534", ctx.ws_str()])
@@ -1210,8 +1213,18 @@ fn the_agent_cannot_open_the_workspace_or_its_git_directory_to_other_users() {
                 .mode()
                 & 0o7777
         };
-        assert_eq!(mode("."), 0o755, "the workspace stayed open: {}", describe(&out));
-        assert_eq!(mode(".git"), 0o755, "`.git` stayed open: {}", describe(&out));
+        assert_eq!(
+            mode("."),
+            0o755,
+            "the workspace stayed open: {}",
+            describe(&out)
+        );
+        assert_eq!(
+            mode(".git"),
+            0o755,
+            "`.git` stayed open: {}",
+            describe(&out)
+        );
         assert!(
             text(&out.stderr).contains("put back to 755"),
             "the user was not told: {}",

@@ -4,7 +4,7 @@
 //! capabilities, Landlock, namespaces). Refused:
 //! - every foreign architecture (i386 `int 0x80`, ...): the process is killed;
 //! - x32 syscall numbers (nr >= 0x40000000): seccompiler does not check them, so a hand-written guard runs
-//!   first (in front of the first program, see [`with_search`]);
+//!   first (at the head of the merged program, see [`merge`]);
 //! - kernel attack surface and escape tools: io_uring, bpf, perf, userfaultfd, keyrings, kexec, modules,
 //!   the whole mount family (old and new API), chroot, unshare/setns, namespace flags to clone, ptrace and
 //!   cross-process memory access, personality changes;
@@ -186,8 +186,8 @@ const NAMESPACE_FLAGS: &[u64] = &[
     0x80, // CLONE_NEWTIME
 ];
 
-/// The compiled filters, in installation order. Several programs stack: the kernel runs all of them and
-/// the most restrictive answer wins, which lets each refusal carry its own errno.
+/// The compiled filters, in installation order: one program (the refusals of each errno merged, see
+/// [`merge`]); stacked programs would all run, and the most restrictive answer would win.
 pub struct Filters {
     pub programs: Vec<BpfProgram>,
 }
@@ -205,8 +205,22 @@ pub enum Sockets {
     UnixAndTcp,
 }
 
-/// Compiles the filter for a profile's extra refusals and the sockets the agent may create.
+/// Compiles the filter for a profile's extra refusals and the sockets the agent may create: one program
+/// (see [`merge`]), installed with one `seccomp()` call and run once per syscall.
 pub fn compile(extra_deny: &[String], sockets: Sockets) -> Result<Filters, SeccompError> {
+    let merged = merge(stacked(extra_deny, sockets, Head::Plain)?)?;
+    Ok(Filters {
+        programs: vec![merged],
+    })
+}
+
+/// One program per errno, each a search in front of seccompiler's chain, in installation order; the
+/// first starts with `first` (the guard, when they are to be stacked as they are).
+fn stacked(
+    extra_deny: &[String],
+    sockets: Sockets,
+    first: Head,
+) -> Result<Vec<BpfProgram>, SeccompError> {
     let mut programs = Vec::new();
     for (i, (rules, errno)) in rule_sets(extra_deny, sockets)?.into_iter().enumerate() {
         // A syscall refused outright is answered by the search; seccompiler compiles the conditions.
@@ -220,7 +234,7 @@ pub fn compile(extra_deny: &[String], sockets: Sockets) -> Result<Filters, Secco
         )
         .map_err(|e| SeccompError::Build(e.to_string()))?;
         let chain = BpfProgram::try_from(filter).map_err(|e| SeccompError::Build(e.to_string()))?;
-        let head = if i == 0 { Head::Guard } else { Head::Plain };
+        let head = if i == 0 { first } else { Head::Plain };
         let nrs = |set: &BTreeMap<i64, _>| set.keys().map(|nr| *nr as u32).collect::<Vec<_>>();
         programs.push(with_search(
             head,
@@ -230,7 +244,56 @@ pub fn compile(extra_deny: &[String], sockets: Sockets) -> Result<Filters, Secco
             chain,
         )?);
     }
-    Ok(Filters { programs })
+    Ok(programs)
+}
+
+/// The programs (without guard, in installation order) as one: first the guard, then the programs from
+/// the last to the first, each going on with the next where it would allow (`BPF_JA` to its start,
+/// keeping every offset). The same answers as the guard and the programs stacked: a kill (a foreign
+/// architecture) outranks any errno and comes first; among errnos the kernel takes the one of the most
+/// recently installed filter, which is the first to answer here.
+fn merge(programs: Vec<BpfProgram>) -> Result<BpfProgram, SeccompError> {
+    use seccompiler::sock_filter;
+    const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+    const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
+    const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let insn = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+    // The guard of [`Head::Guard`], falling through to the first program.
+    let mut merged = vec![
+        insn(LD_W_ABS, 0, 0, 4),
+        insn(JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
+        insn(RET_K, 0, 0, libc::SECCOMP_RET_KILL_PROCESS),
+        insn(LD_W_ABS, 0, 0, 0),
+        insn(JGE_K, 0, 1, X32_SYSCALL_BIT),
+        insn(RET_K, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+    ];
+    let count = programs.len();
+    for (i, program) in programs.into_iter().rev().enumerate() {
+        let len = program.len();
+        for (at, insn) in program.into_iter().enumerate() {
+            let allow = insn.code == RET_K && insn.k == libc::SECCOMP_RET_ALLOW;
+            merged.push(if allow && i + 1 < count {
+                sock_filter {
+                    code: JA,
+                    jt: 0,
+                    jf: 0,
+                    k: (len - at - 1) as u32,
+                }
+            } else {
+                insn
+            });
+        }
+    }
+    // The kernel's limit for one program (BPF_MAXINSNS).
+    if merged.len() > 4096 {
+        return Err(SeccompError::Build(format!(
+            "seccomp: the filter has {} instructions, more than the kernel takes (4096)",
+            merged.len()
+        )));
+    }
+    Ok(merged)
 }
 
 /// Rules by syscall number, and the errno they answer with.
@@ -462,7 +525,9 @@ fn rule_sets(extra_deny: &[String], sockets: Sockets) -> Result<Vec<RuleSet>, Se
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Head {
     /// Kills any non-x86_64 syscall (i386 via `int 0x80`, ...) and refuses x32 numbers with EPERM:
-    /// seccompiler checks neither x32 nor (with an action of our choosing) the architecture.
+    /// seccompiler checks neither x32 nor (with an action of our choosing) the architecture. (The
+    /// merged program has this guard at its head: [`merge`]; the tests stack programs with it.)
+    #[cfg(test)]
     Guard,
     /// A foreign architecture goes straight to the seccompiler program, which refuses it itself.
     Plain,
@@ -513,6 +578,7 @@ fn with_search(
     let stmt = |code: u16, k: u32| (code, k, Jump::Next(0), Jump::Next(0));
     code.push(stmt(LD_W_ABS, ARCH));
     match head {
+        #[cfg(test)]
         Head::Guard => {
             code.push((JEQ_K, AUDIT_ARCH_X86_64, Jump::Next(1), Jump::Next(0)));
             code.push(stmt(RET_K, libc::SECCOMP_RET_KILL_PROCESS));
@@ -626,8 +692,16 @@ mod tests {
     #[test]
     fn compiles_and_refuses_unknown_names() {
         let f = compile(&[], Sockets::UnixOnly).unwrap();
-        assert_eq!(f.programs.len(), 3);
-        assert_eq!(compile(&[], Sockets::UnixAndTcp).unwrap().programs.len(), 3);
+        assert_eq!(f.programs.len(), 1);
+        assert_eq!(
+            stacked(&[], Sockets::UnixOnly, Head::Guard).unwrap().len(),
+            3
+        );
+        assert_eq!(
+            stacked(&[], Sockets::PairsOnly, Head::Guard).unwrap().len(),
+            4
+        );
+        assert_eq!(compile(&[], Sockets::UnixAndTcp).unwrap().programs.len(), 1);
         assert!(compile(&["memfd_create".into()], Sockets::PairsOnly).is_ok());
         assert!(matches!(
             compile(&["nope".into()], Sockets::UnixOnly),
@@ -672,7 +746,8 @@ mod tests {
         }
     }
 
-    /// The kernel's "most restrictive wins" over stacked filters (for the actions used here).
+    /// The kernel's "most restrictive wins" over filters stacked in this order (for the actions used
+    /// here); between two errnos, the one of the most recently installed filter (the last).
     fn strictest(results: impl IntoIterator<Item = u32>) -> u32 {
         let rank = |r: u32| match r & libc::SECCOMP_RET_ACTION_FULL {
             libc::SECCOMP_RET_KILL_PROCESS => 0,
@@ -680,12 +755,13 @@ mod tests {
             libc::SECCOMP_RET_ALLOW => 2,
             other => panic!("action {other:#x}"),
         };
-        results.into_iter().min_by_key(|r| rank(*r)).unwrap()
+        let results: Vec<u32> = results.into_iter().collect();
+        results.into_iter().rev().min_by_key(|r| rank(*r)).unwrap()
     }
 
-    /// The search changes no answer: for every syscall number (x32 and foreign ones too) and a spread
-    /// of arguments that hit every rule, the stacked programs answer exactly as the bare seccompiler
-    /// programs behind the original arch/x32 guard did.
+    /// The search and the merge change no answer: for every syscall number (x32 and foreign ones too)
+    /// and a spread of arguments that hit every rule, the stacked programs, and the one merged program,
+    /// answer exactly as the bare seccompiler programs behind the original arch/x32 guard did.
     #[test]
     fn the_search_answers_exactly_as_the_rule_chains() {
         const I386: u32 = 0x4000_0003;
@@ -735,7 +811,9 @@ mod tests {
         for sockets in [Sockets::UnixOnly, Sockets::PairsOnly, Sockets::UnixAndTcp] {
             let extra: Vec<String> = EXTRA_NAMES.iter().map(|(n, _)| n.to_string()).collect();
             for deny in [Vec::new(), extra] {
-                let fast = compile(&deny, sockets).unwrap().programs;
+                let fast = stacked(&deny, sockets, Head::Guard).unwrap();
+                let merged = compile(&deny, sockets).unwrap().programs;
+                assert_eq!(merged.len(), 1);
                 let bare = bare_programs(&deny, sockets);
                 for nr in nrs.clone() {
                     for arch in [AUDIT_ARCH_X86_64, I386] {
@@ -749,6 +827,12 @@ mod tests {
                             let want = strictest(bare.iter().map(|p| run(p, &data)));
                             let got = strictest(fast.iter().map(|p| run(p, &data)));
                             assert_eq!(got, want, "nr {nr:#x} arch {arch:#x} args {args:x?}");
+                            // The merged program answers alone what the stack answers.
+                            assert_eq!(
+                                run(&merged[0], &data),
+                                want,
+                                "merged: nr {nr:#x} arch {arch:#x} args {args:x?}"
+                            );
                             // Each program after the first answers alone as its seccompiler program.
                             for (fast, bare) in fast.iter().zip(&bare[1..]).skip(1) {
                                 assert_eq!(run(fast, &data), run(bare, &data), "nr {nr:#x}");

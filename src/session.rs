@@ -363,11 +363,20 @@ pub fn run(args: &RunArgs) -> CmdResult {
     // Put back when `run` ends, whatever the agent left the user's terminal in.
     let terminal = sandbox::terminal::Terminal::save();
     let prepared = sandbox::prepare(&config)?;
+    // The profile's protected paths too, even those that do not exist yet.
     let protected: Vec<PathBuf> = prepared
         .layers
         .protected
         .iter()
         .map(PathBuf::from)
+        .chain(
+            config
+                .profile
+                .protect
+                .iter()
+                .chain(&config.profile.protect_always)
+                .map(|p| workspace.join(&p.rel)),
+        )
         .collect();
     let modes = sandbox::modes::Modes::record(&workspace, &protected);
     if !prepared.layers.unapplied_limits.is_empty() && !args.quiet {

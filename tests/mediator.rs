@@ -780,6 +780,62 @@ fn a_file_actions_root_cannot_be_redirected_by_the_agent() {
 }
 
 #[test]
+fn a_file_actions_root_through_another_mount_of_the_workspace_cannot_be_redirected() {
+    // The policy names the root through a bind mount of the workspace (a container volume, a mounted
+    // home): the agent's symlink there is still recognised as the agent's. Made in a mount namespace of
+    // the test's own (root needed; CI runs as root).
+    if !common::is_root() {
+        eprintln!("skipped: making a mount needs root");
+        return;
+    }
+    let extra = r#"
+[[action]]
+name = "alias.read"
+builtin = "fs.read"
+root = "@ROOT@/alias/data"
+
+[[rule]]
+effect = "allow"
+agents = ["hello-bot"]
+actions = ["alias.*"]
+"#;
+    let fx = Fixture::new(extra, &["alias.read"]);
+    std::fs::create_dir(fx.root.join("alias")).expect("mkdir alias");
+    std::fs::create_dir(fx.ws.join("data")).expect("mkdir data");
+    std::fs::write(fx.ws.join("data/inside.txt"), "INSIDE").expect("inside");
+    let secret = unique("TOPSECRET");
+    std::fs::write(fx.out.join("secret.txt"), &secret).expect("secret");
+    let script = [
+        call("before", "alias.read path=inside.txt"),
+        format!("mv data data.old && ln -s {} data\n", fx.out.display()),
+        call("after", "alias.read path=secret.txt"),
+    ]
+    .concat();
+    let inner = fx.command(&[&fx.token], &["sh", "-c", &script]);
+    let mut cmd = Command::new("unshare");
+    cmd.current_dir(&fx.dir)
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount --make-rprivate / && mount --bind \"$1\" \"$2\" && shift 2 && exec \"$@\"",
+            "sh",
+        ])
+        .arg(&fx.ws)
+        .arg(fx.root.join("alias"))
+        .arg(BIN)
+        .args(inner.get_args());
+    let out = bounded(cmd, RUN_LIMIT);
+    assert_status(&out, 0);
+    let (rc, stdout, stderr) = fx.outcome("before");
+    assert_eq!(rc, 0, "{stdout}{stderr}");
+    let (rc, stdout, stderr) = fx.outcome("after");
+    assert_eq!(rc, 3, "{stdout}{stderr}");
+    assert!(!stdout.contains(&secret), "{stdout}");
+    assert!(stderr.contains("symbolic link"), "{stderr}");
+}
+
+#[test]
 fn fs_builtins_stay_beneath_their_root() {
     let fx = Fixture::new(FS_ACTIONS, &["fs.read", "fs.write", "fs.list"]);
     let secret = unique("TOPSECRET");

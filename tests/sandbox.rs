@@ -1233,6 +1233,24 @@ fn the_agent_cannot_open_the_workspace_or_its_git_directory_to_other_users() {
         // Not on the way to a protected path: the agent's business. The user's own choice is kept.
         assert_eq!(mode(".git/refs"), 0o775);
         assert_eq!(mode("shared"), 0o644);
+
+        // A fresh workspace: what the agent creates at a protected path (`git init` writes .git/config)
+        // is judged too; a group/other write bit there was never the user's.
+        let fresh = Ctx::as_user(user);
+        let out = run_in_sandbox(
+            &fresh,
+            "umask 000 && git init -q . && touch .gitmodules .bashrc && chmod 0666 .git/config \
+             .gitmodules .bashrc && echo MADE",
+        );
+        assert!(ok_stdout(&out).contains("MADE"), "{}", describe(&out));
+        for p in [".git/config", ".gitmodules", ".bashrc"] {
+            let m = std::fs::symlink_metadata(fresh.ws.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(m, 0o644, "{p} stayed open: {}", describe(&out));
+        }
     }
 }
 

@@ -1873,6 +1873,46 @@ fn repositories_the_agent_sets_up_in_subdirectories_do_not_run_its_code_for_the_
 }
 
 #[test]
+fn a_hook_hidden_among_many_files_in_a_nested_repository_is_still_caught() {
+    // The after-run check reads a nested repository's hooks directory entry by entry, up to a budget:
+    // a directory fuller than that is judged as a whole, so no hook hides behind a thousand samples.
+    let (_t, ws) = plain_workspace();
+    let pwned = pwned_marker(&ws);
+    let script = format!(
+        "mkdir many && cd many && git init -q && mkdir -p .git/hooks && i=0; \
+         while [ $i -lt 1500 ]; do : > .git/hooks/zz$i.sample; i=$((i+1)); done; \
+         printf '#!/bin/sh\\ntouch {p}\\n' > .git/hooks/pre-commit && chmod +x .git/hooks/pre-commit && \
+         echo BUILT",
+        p = pwned.display(),
+    );
+    let out = run_sh(&ws, &script);
+    let stderr = text(&out.stderr);
+    assert!(text(&out.stdout).contains("BUILT"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{} holds more entries than a hooks directory does",
+            ws.join("many/.git/hooks").display()
+        )),
+        "{stderr}"
+    );
+    let _ = host_git(
+        &ws.join("many"),
+        &[
+            "-c",
+            "user.name=u",
+            "-c",
+            "user.email=u@x",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "x",
+        ],
+    );
+    assert!(!pwned.exists(), "the user's git ran the agent's hook");
+}
+
+#[test]
 fn a_directory_the_after_run_walk_cannot_read_is_named() {
     // Git needs only search permission to reach a repository below a directory; the walk needs to read
     // it. As an unprivileged user (root reads anything), an unreadable directory is said, not skipped.

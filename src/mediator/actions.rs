@@ -475,6 +475,23 @@ fn openat2(
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// Whether the directory `dir` (a path without symbolic links) is, or lies beneath, one the agent can
+/// write: by path, and by (device, inode) of each ancestor, so that another mount of the workspace (a
+/// bind mount, a container volume) is recognised too.
+fn in_writable(dir: &Path, writable: &[PathBuf]) -> bool {
+    if writable.iter().any(|w| dir.starts_with(w)) {
+        return true;
+    }
+    let ids: Vec<(u64, u64)> = writable
+        .iter()
+        .filter_map(|w| std::fs::metadata(w).ok())
+        .map(|m| inode(&m))
+        .collect();
+    dir.ancestors()
+        .filter_map(|a| std::fs::metadata(a).ok())
+        .any(|m| ids.contains(&inode(&m)))
+}
+
 /// `root` (absolute) as a path without symbolic links. The host's links are followed; a link in a
 /// directory the agent can write is refused: the agent could point it anywhere the supervisor can reach
 /// (a home directory, /proc/self). A root that does not exist (yet) keeps its remaining components.
@@ -499,7 +516,7 @@ fn resolve_root(root: &Path, writable: &[PathBuf]) -> Result<PathBuf, Refusal> {
         let next = done.join(&name);
         match std::fs::symlink_metadata(&next) {
             Ok(m) if m.file_type().is_symlink() => {
-                if writable.iter().any(|w| next.starts_with(w)) {
+                if in_writable(&done, writable) {
                     return Err(refuse(
                         "symlink_refused",
                         format!(

@@ -8,6 +8,7 @@
 //! What it does NOT protect against: kernel bugs, hardware side channels, and exhaustion of resources
 //! beyond the limits that really applied (the session record lists them).
 
+pub mod beneath;
 pub mod child;
 pub mod doctor;
 pub mod init;

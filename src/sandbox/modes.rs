@@ -7,20 +7,26 @@
 //! and of every directory between the two are recorded before the run; a bit the agent added is taken
 //! away again afterwards (nothing else of the mode is changed), and the user is told.
 
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use super::beneath::Beneath;
 
 /// Write access for the group and for others.
 const SHARED_WRITE: u32 = 0o022;
 
-/// The paths watched, each with its device, inode and group/other write bits at launch.
+/// The paths watched, each with its group/other write bits at launch (none when it did not exist).
 #[derive(Debug, Default)]
 pub struct Modes {
-    watched: Vec<(PathBuf, (u64, u64), u32)>,
+    workspace: PathBuf,
+    watched: Vec<(PathBuf, u32)>,
 }
 
 impl Modes {
-    /// Records `workspace`, each of `protected` beneath it, and every directory in between.
+    /// Records `workspace`, each of `protected` beneath it (those that exist now, and those the profile
+    /// names that may appear during the run: a `.git/config` the agent's `git init` writes), and every
+    /// directory in between.
     pub fn record(workspace: &Path, protected: &[PathBuf]) -> Modes {
         let mut paths = vec![workspace.to_path_buf()];
         for p in protected.iter().filter(|p| p.starts_with(workspace)) {
@@ -33,41 +39,53 @@ impl Modes {
         }
         let watched = paths
             .into_iter()
-            .filter_map(|p| {
-                let m = std::fs::symlink_metadata(&p).ok()?;
-                let kind = m.file_type();
-                (kind.is_dir() || kind.is_file())
-                    .then(|| (p, (m.dev(), m.ino()), m.mode() & SHARED_WRITE))
+            .map(|p| {
+                let bits = std::fs::symlink_metadata(&p)
+                    .ok()
+                    .filter(|m| m.file_type().is_dir() || m.file_type().is_file())
+                    .map_or(0, |m| m.mode() & SHARED_WRITE);
+                (p, bits)
             })
             .collect();
-        Modes { watched }
+        Modes {
+            workspace: workspace.to_path_buf(),
+            watched,
+        }
     }
 
     /// Takes away the group/other write bits added since [`Modes::record`] (the agent is gone); one
-    /// message for each path put back, or that could not be.
+    /// message for each path put back, or that could not be. What lies at each path now is opened beneath
+    /// the workspace without following any link, so the change never lands outside it.
     pub fn restore(&self) -> Vec<String> {
+        let Ok(ws) = Beneath::open(&self.workspace) else {
+            return Vec::new();
+        };
         let mut said = Vec::new();
-        for (path, id, before) in &self.watched {
-            let Ok(m) = std::fs::symlink_metadata(path) else {
+        for (path, before) in &self.watched {
+            let opened = if *path == self.workspace {
+                super::beneath::openat2(
+                    libc::AT_FDCWD,
+                    path,
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                    0,
+                )
+            } else {
+                ws.open_path(path)
+            };
+            let Ok(fd) = opened else { continue };
+            let Ok(m) = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())) else {
                 continue;
             };
             let added = m.mode() & SHARED_WRITE & !before;
-            // Only the same file, never through a link: what lies there now may be the agent's.
-            if added == 0 || (m.dev(), m.ino()) != *id || m.file_type().is_symlink() {
+            if added == 0 || !(m.file_type().is_dir() || m.file_type().is_file()) {
                 continue;
             }
             let mode = m.mode() & 0o7777 & !added;
-            let fixed = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-                .open(path)
-                .and_then(|f| {
-                    let now = f.metadata()?;
-                    if (now.dev(), now.ino()) != *id {
-                        return Err(std::io::Error::other("replaced meanwhile"));
-                    }
-                    f.set_permissions(std::fs::Permissions::from_mode(mode))
-                });
+            // chmod through the descriptor's /proc link: the very file opened, wherever it is now.
+            let fixed = std::fs::set_permissions(
+                format!("/proc/self/fd/{}", fd.as_raw_fd()),
+                std::os::unix::fs::PermissionsExt::from_mode(mode),
+            );
             said.push(match fixed {
                 Ok(()) => format!(
                     "the agent made {} writable by {}: put back to {mode:o}",

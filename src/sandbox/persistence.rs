@@ -580,7 +580,7 @@ pub fn quarantine_changes(snap: &GitSnapshot, session: &str) -> Vec<String> {
             let aside = snap
                 .workspace
                 .join(format!("{name}.zt-aas-quarantine-{tag}"));
-            done.push(match std::fs::rename(path, &aside) {
+            done.push(match rename_aside(&snap.workspace, path, &aside) {
                 Ok(()) => format!(
                     "{} was written by the agent where, beside a HEAD, it makes your git take the \
                      workspace itself for a repository (with the agent's config and hooks): moved to {}",
@@ -687,7 +687,7 @@ pub fn quarantine_changes(snap: &GitSnapshot, session: &str) -> Vec<String> {
             "{name}.zt-aas-quarantine-{}",
             &session[..8.min(session.len())]
         ));
-        match std::fs::rename(&path, &aside) {
+        match rename_aside(&snap.workspace, &path, &aside) {
             Ok(()) => done.push(format!(
                 "{} was written by the agent and could make your git run its code: moved to {}",
                 path.display(),
@@ -725,7 +725,7 @@ pub fn quarantine_nested(
             "{}.zt-aas-quarantine-{tag}",
             name.to_string_lossy()
         ));
-        done.push(match std::fs::rename(path, &to) {
+        done.push(match rename_aside(workspace, path, &to) {
             Ok(()) => format!("{} {why}: moved to {}", path.display(), to.display()),
             Err(e) => format!(
                 "{} {why}, and could NOT be moved aside ({e}): do not run git in that directory before \
@@ -885,10 +885,11 @@ fn judge_nested(
         "branches",
     ] {
         let p = repo.join(name);
+        // Too full to judge entry by entry: judged as a whole.
         let touched = changed(&p)
             || std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir())
-                && std::fs::read_dir(&p)
-                    .is_ok_and(|entries| entries.flatten().take(1024).any(|e| changed(&e.path())));
+                && entries_upto(&p, DIR_BUDGET)
+                    .map_or(true, |entries| entries.iter().any(|e| changed(e)));
         if std::fs::symlink_metadata(&p).is_ok() && touched {
             aside(&p, agents, done);
         }
@@ -920,17 +921,24 @@ fn judge_nested(
     }
     for hooks in hook_dirs {
         match std::fs::symlink_metadata(&hooks) {
-            Ok(m) if m.is_dir() => {
-                if let Ok(entries) = std::fs::read_dir(&hooks) {
-                    for hook in entries.flatten().take(1024) {
-                        let p = hook.path();
+            Ok(m) if m.is_dir() => match entries_upto(&hooks, DIR_BUDGET) {
+                Some(entries) => {
+                    for p in entries {
                         let sample = p.extension().is_some_and(|e| e == "sample");
                         if !sample && changed(&p) {
                             aside(&p, "is a git hook the agent wrote", done);
                         }
                     }
                 }
-            }
+                // More entries than any hooks directory holds: a hook could hide among them.
+                None if changed(&hooks) => aside(
+                    &hooks,
+                    "holds more entries than a hooks directory does, among them perhaps a hook the \
+                     agent wrote",
+                    done,
+                ),
+                None => {}
+            },
             // A symlink (or anything else) in place of a hooks directory: git would run what it
             // leads to.
             Ok(_) if changed(&hooks) => aside(
@@ -941,6 +949,22 @@ fn judge_nested(
             _ => {}
         }
     }
+}
+
+/// A directory of a nested repository (hooks, a rebase's state) holding more entries than this is judged
+/// as a whole, not entry by entry.
+const DIR_BUDGET: usize = 512;
+
+/// The entries of `dir` (readable), or `None` when it holds more than `max`.
+fn entries_upto(dir: &Path, max: usize) -> Option<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        if out.len() == max {
+            return None;
+        }
+        out.push(entry.path());
+    }
+    Some(out)
 }
 
 /// A config file's own `core.hooksPath` (the last) and include paths (`include.path`,
@@ -1275,6 +1299,16 @@ fn header(rest: &str) -> Option<(String, bool)> {
         return None;
     }
     Some((name.to_ascii_lowercase(), sub))
+}
+
+/// Renames `path` to `to` (in the same directory) without leaving `workspace`, whatever another run's
+/// agent renames meanwhile (see [`super::beneath`]); refused for anything not beneath it.
+fn rename_aside(workspace: &Path, path: &Path, to: &Path) -> std::io::Result<()> {
+    let name = to
+        .file_name()
+        .filter(|_| to.parent() == path.parent())
+        .ok_or_else(|| std::io::Error::other("not a name in the same directory"))?;
+    super::beneath::Beneath::open(workspace)?.rename_aside(path, name)
 }
 
 #[cfg(test)]

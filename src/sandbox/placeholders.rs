@@ -90,7 +90,7 @@ impl Drop for Placeholders {
                 .map(PathBuf::from)
                 .filter(|p| beneath(p, &self.workspace))
                 .collect();
-            remove(&all);
+            remove(&self.workspace, &all);
             let _ = lock.set_len(0);
         }
     }
@@ -105,21 +105,17 @@ fn beneath(p: &Path, dir: &Path) -> bool {
         && !p.components().any(|c| matches!(c, Component::ParentDir))
 }
 
-/// Removes the paths that are still empty placeholders (deepest first); leaves anything used.
-pub fn remove(placeholders: &[PathBuf]) {
+/// Removes the paths that are still empty placeholders (deepest first); leaves anything used. Never
+/// outside `workspace`, whatever is renamed meanwhile (see [`super::beneath`]).
+pub fn remove(workspace: &Path, placeholders: &[PathBuf]) {
+    let Ok(ws) = super::beneath::Beneath::open(workspace) else {
+        return;
+    };
     let mut sorted: Vec<&PathBuf> = placeholders.iter().collect();
     sorted.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     sorted.dedup();
     for p in sorted {
-        match std::fs::symlink_metadata(p) {
-            Ok(m) if m.is_dir() => {
-                let _ = std::fs::remove_dir(p); // fails, harmlessly, when not empty
-            }
-            Ok(m) if m.is_file() && m.len() == 0 => {
-                let _ = std::fs::remove_file(p);
-            }
-            _ => {}
-        }
+        let _ = ws.remove_empty(p); // fails, harmlessly, when used meanwhile
     }
 }
 

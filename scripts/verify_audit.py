@@ -218,11 +218,37 @@ def depth(value):
     return deepest
 
 
+def _not_json(constant):
+    raise ValueError("%s is not JSON" % constant)
+
+
+def lone_surrogate(value):
+    """Whether a string (or name) in `value` holds a lone UTF-16 surrogate (`"\\ud800"`): not JSON text
+    (RFC 8259 strings are Unicode), although Python's parser lets it through."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if any(0xD800 <= ord(c) <= 0xDFFF for c in v):
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
 def parse(line_bytes):
     """Returns (record, problem, what); record is None when the line is not a valid record."""
     try:
         text = line_bytes.decode("utf-8")
-        rec = json.loads(text, parse_constant=lambda c: float("nan"))
+        # NaN and Infinity are not JSON; an integer too long to be exact is kept as a non-integer (which
+        # the canonical encoding refuses), rather than failing Python's digit limit.
+        rec = json.loads(text, parse_constant=_not_json,
+                         parse_int=lambda s: int(s) if len(s) <= 40 else float("inf"))
+        if lone_surrogate(rec):
+            raise ValueError("a lone surrogate escape is not JSON text")
     except RecursionError:
         return None, "garbage", "nested more than %d levels" % MAX_DEPTH
     except (UnicodeDecodeError, ValueError) as e:
@@ -387,13 +413,15 @@ def verify(data, pinned=None, expect_head=None):
 
     if not hashes:
         raise Broken(1, None, "empty", "no records")
-    unsealed = [(s[0], s[1], sid) for sid, s in sessions.items() if s[3] is None]
-    if unsealed:
-        line, seq, sid = min(unsealed)
-        raise Broken(line, seq, "unsealed", "session %s is not sealed" % sid)
+    # The anchor first: a session that crashed long ago must not hide a cut at the end of the file.
     if expect_head is not None and prev_hash != expect_head.lower():
         raise Broken(line_of_seq[-1], len(hashes) - 1, "head-mismatch",
                      "the log ends in %s, not %s" % (prev_hash, expect_head))
+    unsealed = [(s[0], s[1], sid) for sid, s in sessions.items() if s[3] is None]
+    if unsealed:
+        line, seq, sid = min(unsealed)
+        raise Broken(line, seq, "unsealed", "session %r is not sealed (%d unsealed in all)"
+                     % (sid, len(unsealed)))
     return {"records": len(hashes), "sessions": len(sessions), "head": prev_hash,
             "key_ids": sorted(set(keys) | ({pinned_id} if pinned_id else set())), "recovered": recovered}
 

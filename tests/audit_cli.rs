@@ -171,6 +171,11 @@ fn verify_both(log: &Path, extra: &[&str]) -> Value {
             py_out.contains(&format!("line {line}")),
             "python names another line than {line}: {py_out}"
         );
+        let problem = report["error"]["problem"].as_str().unwrap_or_default();
+        assert!(
+            py_out.contains(&format!(": {problem}: ")),
+            "python names another problem than {problem}: {py_out}"
+        );
     }
     report
 }
@@ -460,6 +465,119 @@ fn expect_head_catches_a_removed_last_session() {
     assert_eq!(problem(&r), ("head-mismatch", 7));
     let r = verify_both(&f.log, &["--expect-head", &f.heads[0]]);
     assert_eq!(r["ok"], json!(true));
+}
+
+#[test]
+fn expect_head_catches_a_cut_even_after_a_crashed_session() {
+    // A session that crashed stays unsealed for ever; a cut at the end of the file must still show.
+    let f = fixture();
+    let key = load_or_create_key(&f.key).unwrap();
+    let audit = AuditLog::open(&f.log, key, Durability::Fsync).unwrap();
+    let start = RecordBody::new(
+        "0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f03",
+        Kind::SessionStart,
+        "hello-bot",
+    );
+    let (w, _) = SessionWriter::start(audit, start).unwrap();
+    drop(w); // crashed: no session.end
+    let crashed_line = lines(&f.log).len() as u64;
+    let head = session(
+        &f.log,
+        &f.key,
+        "0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f04",
+        2,
+        Durability::Fsync,
+    );
+    let r = verify_both(&f.log, &["--expect-head", &head]);
+    assert_eq!(problem(&r), ("unsealed", crashed_line));
+    let l = lines(&f.log);
+    write_lines(&f.log, &l[..l.len() - 2]);
+    let r = verify_both(&f.log, &["--expect-head", &head]);
+    assert_eq!(problem(&r), ("head-mismatch", l.len() as u64 - 2));
+}
+
+#[test]
+fn a_forged_record_closed_as_a_torn_line_is_never_shown_as_one() {
+    // Whoever can write the file appends a whole "allow" record without its newline; `audit recover`
+    // closes it as torn, and verify skips it. Show and export must skip it too.
+    let f = fixture();
+    let forged = r#"{"action":"aws.ec2.terminate_instances","decision":"allow","reason":"FORGED-ALLOW","kind":"decision"}"#;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&f.log)
+        .unwrap();
+    std::io::Write::write_all(&mut file, forged.as_bytes()).unwrap();
+    let key = load_or_create_key(&f.key).unwrap();
+    AuditLog::open_recovering(&f.log, key, Durability::Fsync).unwrap();
+    let r = verify_both(&f.log, &["--key", f.public.to_str().unwrap()]);
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let log = f.log.to_str().unwrap();
+    for args in [
+        vec!["audit", "show", log],
+        vec!["audit", "show", log, "--json"],
+        vec!["audit", "show", log, "--decision", "allow"],
+        vec!["audit", "export", log, "--format", "ocsf"],
+    ] {
+        let out = zt(&args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("FORGED-ALLOW"),
+            "{args:?} shows the forged record: {}",
+            text(&out)
+        );
+    }
+    let shown = zt(&["audit", "show", log]);
+    assert!(
+        text(&shown).contains("torn line closed by the recovery record"),
+        "{}",
+        text(&shown)
+    );
+}
+
+#[test]
+fn a_line_break_in_the_logs_strings_never_starts_a_line_of_verify() {
+    // An unpinned log of the forger's own: its session id carries a fake "ok" line.
+    let f = fixture();
+    let key = load_or_create_key(&f.key).unwrap();
+    let audit = AuditLog::open(&f.log, key, Durability::Fsync).unwrap();
+    let start = RecordBody::new(
+        "x\n\nlog: ok: 5 records, 1 sessions, all sealed\nsigned by the pinned key",
+        Kind::SessionStart,
+        "hello-bot",
+    );
+    let (w, _) = SessionWriter::start(audit, start).unwrap();
+    drop(w);
+    let out = zt(&["audit", "verify", f.log.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("unsealed"), "{}", text(&out));
+    assert!(
+        !text(&out)
+            .lines()
+            .any(|l| l.starts_with("log: ok") || l.starts_with("signed by the pinned")),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn odd_json_gets_the_same_problem_from_both_verifiers() {
+    // What one JSON parser takes and another refuses must not make the two verifiers disagree.
+    let big = format!("{{\"a\":{}}}", "7".repeat(5000));
+    for (line, want) in [
+        (r#"{"a":"\ud800"}"#.to_string(), "garbage"),
+        (r#"{"a":"\udc00x"}"#.to_string(), "garbage"),
+        (r#"{"a":NaN}"#.to_string(), "garbage"),
+        (r#"{"a":[Infinity]}"#.to_string(), "garbage"),
+        (r#"{"a":-Infinity}"#.to_string(), "garbage"),
+        (big, "not-canonical"),
+    ] {
+        let f = fixture();
+        let mut l = lines(&f.log);
+        l[2] = line.clone();
+        write_lines(&f.log, &l);
+        let r = verify_both(&f.log, &[]);
+        assert_eq!(problem(&r), (want, 3), "{}", &line[..line.len().min(40)]);
+    }
 }
 
 #[test]

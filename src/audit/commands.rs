@@ -114,7 +114,8 @@ fn summary(r: &VerifyReport, log: &Path) -> String {
                 "{}: FAILED at line {}{seq}: {problem}: {}\n{} records verified before it; {signer}\n",
                 log.display(),
                 e.line,
-                e.what,
+                // One line: the log's strings (a session id) may hold line breaks of their own.
+                e.what.replace('\n', "\\n"),
                 r.records
             )
         }

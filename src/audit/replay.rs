@@ -263,12 +263,14 @@ pub fn main(args: &AuditReplayArgs) -> CmdResult {
             .map_err(|e| Failure::refused(format!("cannot encode the report: {e}")))?;
         out.push('\n');
     } else {
+        // One line each: a line break in the log's strings (the agent's) must not start a line of ours.
+        let line = |text: String| format!("{}\n", text.replace('\n', "\\n"));
         for note in &report.notes {
-            out.push_str(&format!("note: {note}\n"));
+            out.push_str(&line(format!("note: {note}")));
         }
         for d in &report.differences {
-            out.push_str(&format!(
-                "line {} session {} {} {}: {} ({}) -> {} ({}): {}\n",
+            out.push_str(&line(format!(
+                "line {} session {} {} {}: {} ({}) -> {} ({}): {}",
                 d.line,
                 short(&d.session),
                 d.action,
@@ -278,7 +280,7 @@ pub fn main(args: &AuditReplayArgs) -> CmdResult {
                 d.now,
                 d.now_check,
                 d.reason
-            ));
+            )));
         }
         out.push_str(&format!(
             "{} decisions replayed against {}: {} would change; {} not replayed (decided outside the engine)\n",

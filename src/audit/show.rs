@@ -32,22 +32,53 @@ pub enum Entry {
     Unreadable { line: u64, what: String },
 }
 
-/// Parses every line leniently (no verification).
+/// Parses every line leniently (no verification). A line that the next one, a `recovery` record, names
+/// as torn (its offset, length and SHA-256) is not a record, whatever it holds: `audit verify` skips it,
+/// and so does the timeline (bytes someone appended and had closed by `audit recover` must not show as
+/// a decision).
 pub fn entries(bytes: &[u8]) -> Vec<Entry> {
-    bytes
-        .split(|&b| b == b'\n')
-        .enumerate()
-        .filter(|(_, l)| !l.is_empty())
-        .map(|(i, l)| match serde_json::from_slice::<Value>(l) {
-            Ok(v @ Value::Object(_)) => Entry::Record(v),
-            Ok(_) => Entry::Unreadable {
-                line: i as u64 + 1,
-                what: "not a JSON object".into(),
+    use sha2::{Digest, Sha256};
+    let mut lines = Vec::new();
+    let mut offset = 0u64;
+    for (i, l) in bytes.split(|&b| b == b'\n').enumerate() {
+        if !l.is_empty() {
+            lines.push((i as u64 + 1, offset, l));
+        }
+        offset += l.len() as u64 + 1;
+    }
+    let parsed: Vec<Result<Value, String>> = lines
+        .iter()
+        .map(|(_, _, l)| match serde_json::from_slice::<Value>(l) {
+            Ok(v @ Value::Object(_)) => Ok(v),
+            Ok(_) => Err("not a JSON object".into()),
+            Err(e) => Err(e.to_string()),
+        })
+        .collect();
+    let torn = |idx: usize| {
+        let (_, offset, l) = lines[idx];
+        let Some(Ok(next)) = parsed.get(idx + 1) else {
+            return false;
+        };
+        next.get("kind").and_then(Value::as_str) == Some("recovery")
+            && next.get("torn_offset").and_then(Value::as_u64) == Some(offset)
+            && next.get("torn_length").and_then(Value::as_u64) == Some(l.len() as u64)
+            && next.get("torn_sha256").and_then(Value::as_str)
+                == Some(hex::encode(Sha256::digest(l)).as_str())
+    };
+    let torn: Vec<bool> = (0..lines.len()).map(torn).collect();
+    parsed
+        .into_iter()
+        .zip(torn)
+        .zip(&lines)
+        .map(|((parsed, torn), (line, _, _))| match parsed {
+            _ if torn => Entry::Unreadable {
+                line: *line,
+                what: "a torn line closed by the recovery record after it; whatever it holds, it \
+                       is not part of the log"
+                    .into(),
             },
-            Err(e) => Entry::Unreadable {
-                line: i as u64 + 1,
-                what: e.to_string(),
-            },
+            Ok(v) => Entry::Record(v),
+            Err(what) => Entry::Unreadable { line: *line, what },
         })
         .collect()
 }

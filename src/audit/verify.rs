@@ -421,6 +421,8 @@ struct Walk {
     pinned_id: Option<String>,
     keys: HashMap<String, VerifyingKey>,
     key_order: Vec<String>,
+    /// The same keys, for the membership test (a hostile log may hold a key per record).
+    key_seen: std::collections::HashSet<String>,
     sessions: HashMap<String, SessionState>,
     /// Line number (1-based) of every accepted record, in seq order.
     line_seqs: Vec<u64>,
@@ -438,6 +440,7 @@ impl Walk {
             pinned_id: pinned.map(record::key_id),
             keys: HashMap::new(),
             key_order: Vec::new(),
+            key_seen: std::collections::HashSet::new(),
             sessions: HashMap::new(),
             line_seqs: Vec::new(),
             hashes: Vec::new(),
@@ -528,17 +531,6 @@ impl Walk {
                 err(1, None, Problem::Empty, "the log holds no records".into()),
             ));
         }
-        if let Some((id, s)) = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.end_line.is_none())
-            .min_by_key(|(_, s)| s.start_line)
-        {
-            return Some((eof, err(s.start_line, Some(s.start_seq), Problem::Unsealed, format!(
-                "session {id} (started at line {}) is not sealed: no session.end (still running, crashed, or its end was removed)",
-                s.start_line
-            ))));
-        }
         if let Some(expected) = expect_head {
             let head = self.last_hash.map(hex::encode).unwrap_or_default();
             if head != expected.to_ascii_lowercase() {
@@ -559,6 +551,33 @@ impl Walk {
                     ),
                 ));
             }
+        }
+        // Every session without its end, the first one reported: one that crashed long ago must not hide
+        // one whose end was cut off since (the head check above catches a cut at the end of the file).
+        let mut unsealed: Vec<(&String, &SessionState)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.end_line.is_none())
+            .collect();
+        unsealed.sort_by_key(|(_, s)| s.start_line);
+        if let Some((id, s)) = unsealed.first() {
+            let others = match unsealed.len() {
+                1 => String::new(),
+                n => format!(
+                    "; {} more unsealed, starting at line{} {}",
+                    n - 1,
+                    if n > 2 { "s" } else { "" },
+                    unsealed[1..]
+                        .iter()
+                        .map(|(_, s)| s.start_line.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            return Some((eof, err(s.start_line, Some(s.start_seq), Problem::Unsealed, format!(
+                "session {id} (started at line {}) is not sealed: no session.end (still running, crashed, or its end was removed){others}",
+                s.start_line
+            ))));
         }
         None
     }
@@ -643,7 +662,7 @@ impl Walk {
                 }
             }
         };
-        if !self.key_order.contains(&rec.key) {
+        if self.key_seen.insert(rec.key.clone()) {
             self.key_order.push(rec.key.clone());
         }
         if let Some(e) = self.check_session(n, rec, recovery_expected) {

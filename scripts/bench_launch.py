@@ -3,9 +3,16 @@
 import os, shutil, statistics, subprocess, tempfile, time
 
 N = int(os.environ.get("BENCH_N", "200"))
-ZT = os.environ["ZT_AAS"]
+BUILT = os.environ["ZT_AAS"]
 ws = tempfile.mkdtemp(prefix="zt-bench.")
 state = tempfile.mkdtemp(prefix="zt-bench-state.")
+# The binary as installed (`cargo install`, a package, a copy): one name. The one cargo leaves in target/
+# has a second, target/*/deps/zt_aas-HASH, and every launch looks for it first (a hard link in a writable
+# path would let the agent write the binary): measured apart below.
+bindir = tempfile.mkdtemp(prefix="zt-bench-bin.")
+ZT = os.path.join(bindir, "zt-aas")
+shutil.copy2(BUILT, ZT)
+os.chmod(bindir, 0o755)
 env = dict(os.environ, XDG_STATE_HOME=state)
 
 def ro(*paths):
@@ -47,6 +54,7 @@ with open(nomem) as f:
 with open(nocg, "w") as f:
     f.write(text)
 cases["zt-aas run (all layers, no cgroup)"] = [ZT, "run", "-q", "--profile", nocg, "--workspace", ws, "--", "/bin/true"]
+cases["zt-aas run (all layers), the binary in target/"] = [BUILT, "run", "-q", "--workspace", ws, "--", "/bin/true"]
 degraded_env = dict(env, ZT_AAS_TEST_DISABLE="userns")
 times = {k: [] for k in cases}
 for _ in range(N):
@@ -56,7 +64,7 @@ for _ in range(N):
         r = subprocess.run(argv, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         times[name].append(time.perf_counter_ns() - t0)
         if r.returncode != 0:
-            times[name].append(float("nan"))
+            raise SystemExit(f"{name}: exit {r.returncode}: {argv}")
 med = {k: statistics.median(v) / 1e6 for k, v in times.items()}
 print(f"launch: median of {N} runs each, interleaved (ms)")
 for k, v in med.items():
@@ -70,3 +78,4 @@ if "unshare -Umnpfiu -C (namespaces only)" in med and "bwrap --unshare-all" in m
 print(f"  degraded - bare                             {med['zt-aas run --allow-degraded (no userns)'] - med['bare /bin/true']:8.2f} ms")
 print("  (degraded = user namespaces made unavailable with ZT_AAS_TEST_DISABLE=userns, a test-utils hook)")
 shutil.rmtree(ws, ignore_errors=True); shutil.rmtree(state, ignore_errors=True)
+shutil.rmtree(bindir, ignore_errors=True)

@@ -25,6 +25,7 @@ use regex::Regex;
 pub use crate::capability::keys::Issuer;
 pub use decide::{decide, Check, Decision, Request, UseState};
 pub use glob::ActionPattern;
+pub(crate) use schema::toml_error;
 
 /// Token lifetime cap when `[issuers] max_ttl` is absent: one hour.
 pub const DEFAULT_MAX_TTL: u64 = 3600;

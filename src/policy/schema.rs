@@ -260,6 +260,16 @@ impl Source<'_> {
     }
 }
 
+/// A TOML error in another file of ours (a profile) said like a policy's: its line, and the key and
+/// table it concerns when known.
+pub(crate) fn toml_error(text: &str, file: &str, error: &toml::de::Error) -> PolicyError {
+    Source {
+        text,
+        file: file.to_string(),
+    }
+    .toml_error(error)
+}
+
 pub(super) fn parse(text: &str, origin: &Path) -> Result<Policy, PolicyError> {
     let src = Source {
         text,

@@ -204,19 +204,16 @@ impl Profile {
                 .ok_or_else(|| ProfileError::Unknown(name_or_path.to_string()))?;
             (format!("builtin:{name_or_path}"), text)
         };
-        let raw: RawProfile = toml::from_str(&text).map_err(|e| ProfileError::Parse {
-            origin: origin.clone(),
-            line: e
-                .span()
-                .map(|s| {
-                    text.as_bytes()[..s.start.min(text.len())]
-                        .iter()
-                        .filter(|b| **b == b'\n')
-                        .count()
-                        + 1
-                })
-                .unwrap_or(0),
-            message: e.message().to_string(),
+        let raw: RawProfile = toml::from_str(&text).map_err(|e| {
+            let said = crate::policy::toml_error(&text, &origin, &e);
+            ProfileError::Parse {
+                origin: origin.clone(),
+                line: said.line.unwrap_or(0),
+                message: match said.key {
+                    Some(key) => format!("{key}: {}", said.problem),
+                    None => said.problem,
+                },
+            }
         })?;
         let mut profile = match &raw.extends {
             // A relative path is relative to the file that names it.
@@ -380,6 +377,10 @@ mod tests {
         std::fs::write(&p, "name = \"x\"\nbogus = 1\n").unwrap();
         let e = Profile::load(p.to_str().unwrap()).unwrap_err().to_string();
         assert!(e.contains(":2:") && e.contains("bogus"), "{e}");
+        // A bad value names its key and table, not only the line.
+        std::fs::write(&p, "name = \"x\"\n[limits]\npids = \"many\"\n").unwrap();
+        let e = Profile::load(p.to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.contains(":3: key `pids` in [limits]"), "{e}");
         std::fs::write(&p, "devices = [\"sda\"]\n").unwrap();
         assert!(Profile::load(p.to_str().unwrap())
             .unwrap_err()

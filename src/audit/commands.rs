@@ -203,15 +203,34 @@ pub fn recover(args: &crate::cli::AuditRecoverArgs) -> CmdResult {
             key_path.display()
         )));
     }
+    // A torn piece that parses as a whole record lost at most its newline, or was put there by hand:
+    // either way it is closed and will never count as part of the log. Said, so that nobody takes it
+    // for one.
+    let torn = bytes
+        .rsplit(|b| *b == b'\n')
+        .next()
+        .filter(|piece| !piece.is_empty());
+    let whole = torn.is_some_and(|piece| {
+        serde_json::from_slice::<serde_json::Value>(piece).is_ok_and(|v| v.is_object())
+    });
     let (_, recovered) = super::AuditLog::open_recovering(&args.log, key, super::Durability::Fsync)
         .map_err(|e| Failure::failed(e.to_string()))?;
     match recovered {
-        Some(r) => outln!(
-            "{}: torn line closed by recovery record seq {} (hash {})",
-            args.log.display(),
-            r.seq,
-            r.hash
-        ),
+        Some(r) => {
+            outln!(
+                "{}: torn line closed by recovery record seq {} (hash {})",
+                args.log.display(),
+                r.seq,
+                r.hash
+            );
+            if whole {
+                errln!(
+                    "zt-aas: note: the torn line reads as a whole record; it is not part of the log \
+                     (verify, show and export skip it): if it was not an append cut just before its \
+                     newline, someone wrote it into the file"
+                );
+            }
+        }
         None => outln!("{}: no torn line; nothing to recover", args.log.display()),
     }
     Ok(0)

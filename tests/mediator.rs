@@ -836,6 +836,30 @@ actions = ["alias.*"]
 }
 
 #[test]
+fn a_deny_rule_catches_its_pattern_across_line_breaks() {
+    // `.*PRIVATE KEY.*` is meant as "contains": a line break before the words must not get past it.
+    let extra = format!(
+        "{FS_ACTIONS}\n[[rule]]\nid = \"no-keys\"\neffect = \"deny\"\nactions = [\"fs.write\"]\n\
+         args = {{ content = \".*PRIVATE KEY.*\" }}\n"
+    );
+    let fx = Fixture::new(&extra, &["fs.write"]);
+    let script = [
+        call("plain", "fs.write path=ok.txt content=hello"),
+        "key=$(printf 'x\\n-----BEGIN PRIVATE KEY-----\\nMIIE')\n".to_string(),
+        "zt-aas call fs.write path=k.pem \"content=$key\" >multi.out 2>multi.err; echo $? >multi.rc\n"
+            .to_string(),
+    ]
+    .concat();
+    let out = fx.run(&script);
+    assert_status(&out, 0);
+    let (rc, stdout, stderr) = fx.outcome("plain");
+    assert_eq!(rc, 0, "{stdout}{stderr}");
+    let (rc, stdout, stderr) = fx.outcome("multi");
+    assert_eq!(rc, 3, "{stdout}{stderr}");
+    assert!(!fx.ws.join("k.pem").exists(), "the key was written");
+}
+
+#[test]
 fn fs_builtins_stay_beneath_their_root() {
     let fx = Fixture::new(FS_ACTIONS, &["fs.read", "fs.write", "fs.list"]);
     let secret = unique("TOPSECRET");

@@ -399,12 +399,20 @@ impl Default for MediatorSettings {
 /// otherwise turn `\A(?:a)|(b)\z` into two half-anchored alternatives). Compiled size is bounded, since
 /// tokens carry patterns too.
 pub fn compile_pattern(source: &str) -> Result<Regex, regex::Error> {
+    compile_pattern_with(source, false)
+}
+
+/// [`compile_pattern`], with `.` matching any character, line breaks included, when `dot_all`: what a
+/// deny rule's pattern needs (`.*PRIVATE KEY.*` must catch the key in a multi-line value; an allow
+/// pattern keeps `.` short of a line break, which then must be allowed explicitly).
+pub fn compile_pattern_with(source: &str, dot_all: bool) -> Result<Regex, regex::Error> {
     const LIMIT: usize = 1 << 20;
     regex::RegexBuilder::new(source)
         .size_limit(LIMIT)
         .dfa_size_limit(LIMIT)
         .build()?;
     regex::RegexBuilder::new(&format!(r"\A(?:{source})\z"))
+        .dot_matches_new_line(dot_all)
         .size_limit(LIMIT)
         .dfa_size_limit(LIMIT)
         .build()

@@ -1105,7 +1105,9 @@ fn rule(
     let mut args = BTreeMap::new();
     for (param, pattern) in &raw.args {
         let key = format!("args.{param}");
-        let regex = compile_pattern(pattern.get_ref()).map_err(|e| {
+        // A deny rule's `.` spans line breaks too: it must catch what its author meant, in any value.
+        let dot_all = effect == Effect::Deny;
+        let regex = compile_pattern_with(pattern.get_ref(), dot_all).map_err(|e| {
             src.at(
                 pattern,
                 &key,

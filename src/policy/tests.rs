@@ -349,6 +349,21 @@ fn patterns_are_anchored_and_cannot_escape_their_group() {
 }
 
 #[test]
+fn a_deny_rules_dot_spans_line_breaks_and_an_allow_patterns_does_not() {
+    // `.*secret.*` in a deny rule must catch a value with a line break before the word; the same
+    // pattern as a parameter or allow condition keeps refusing line breaks.
+    let p = sample();
+    let deny = p.rules.iter().find(|r| r.id == "no-secrets").unwrap();
+    assert!(deny.args["path"].is_match("secret.txt"));
+    assert!(deny.args["path"].is_match("secret\nx.txt"));
+    let write = p.action("fs.write").unwrap();
+    assert!(!write.params["path"].is_match("a\nb.txt"));
+    let re = compile_pattern_with(".*KEY.*", true).unwrap();
+    assert!(re.is_match("x\n-----BEGIN PRIVATE KEY-----\nMIIE"));
+    assert!(!compile_pattern(".*KEY.*").unwrap().is_match("x\nKEY"));
+}
+
+#[test]
 fn render_argv_fills_each_word() {
     let args: BTreeMap<String, String> = [("name".to_string(), "W; rm -rf /".to_string())].into();
     let argv = render_argv(

@@ -866,6 +866,55 @@ fn plain_workspace() -> (tempfile::TempDir, PathBuf) {
 }
 
 #[test]
+fn what_is_hidden_stays_hidden_under_a_read_only_path() {
+    // The audit key and log under a directory the sandbox binds read-only (a CI runner keeps its temporary
+    // files under /opt, which the `ci` profile binds): neither readable inside, and the log not lockable.
+    let (_t, root) = plain_workspace();
+    std::fs::create_dir(root.join("ws")).unwrap();
+    std::fs::create_dir(root.join("state")).unwrap();
+    std::fs::write(
+        root.join("policy.toml"),
+        "version = 1\nname = \"p\"\n[sandbox]\nread_only = [\"state\"]\n\
+         [audit]\nlog = \"state/audit.jsonl\"\nkey = \"state/audit.key\"\n",
+    )
+    .unwrap();
+    let state = root.join("state");
+    let script = format!(
+        "cat {s}/audit.key {s}/audit.jsonl; ls {s}; echo LISTED",
+        s = state.display()
+    );
+    let out = zt(
+        &root,
+        &[
+            "run",
+            "-q",
+            "--policy",
+            "policy.toml",
+            "--workspace",
+            "ws",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("LISTED") && stdout.contains("audit.pub"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !stdout.contains("ed25519-secret"),
+        "the audit key was read: {stdout}"
+    );
+    assert!(
+        !stdout.contains("session.start"),
+        "the audit log was read: {stdout}"
+    );
+}
+
+#[test]
 fn no_setuid_or_setgid_file_can_be_made_for_the_host() {
     let (_t, ws) = plain_workspace();
     let out = zt(

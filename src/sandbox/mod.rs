@@ -273,8 +273,9 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
             .collect();
         if !guarded_inside.is_empty() {
             return Err(Failure::refused(format!(
-                "refusing to start in degraded mode: {} lie(s) inside a writable path and cannot be made \
-                 read-only or hidden without a mount namespace; move them out of the workspace",
+                "refusing to start in degraded mode: {} lie(s) inside a path the agent can write or read \
+                 and cannot be made read-only or hidden without a mount namespace; move them out of the \
+                 workspace and the sandbox's read-only paths",
                 guarded_inside.join(", ")
             )));
         }

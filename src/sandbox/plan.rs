@@ -73,6 +73,9 @@ pub fn build(input: &PlanInput) -> Result<Plan, PlanError> {
     for p in input.extra_read_write {
         writable.push(canonical_existing(p)?);
     }
+    // What the agent can read besides: a file to hide that lies under a read-only path must be hidden
+    // there too (an audit key under /opt, where a CI runner keeps its temporary files).
+    let mut readable: Vec<PathBuf> = Vec::new();
     for p in input.profile.read_only.iter().chain(input.extra_read_only) {
         match fs::symlink_metadata(p) {
             Ok(meta) if meta.file_type().is_symlink() => {
@@ -89,6 +92,7 @@ pub fn build(input: &PlanInput) -> Result<Plan, PlanError> {
                     writable: false,
                 });
                 plan.landlock.push((p.clone(), Grant::ReadExec));
+                readable.push(fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
             }
             Err(_) => plan.skipped.push(p.clone()),
         }
@@ -162,13 +166,15 @@ pub fn build(input: &PlanInput) -> Result<Plan, PlanError> {
         )?);
     }
     for p in &input.guarded.read_only {
-        if let Some(p) = resolve_guarded(p, &writable)? {
+        if let Some(p) = resolve_guarded(p, &writable, &writable)? {
             read_only.push(p);
         }
     }
+    // Hidden wherever the agent could otherwise read it: in a writable path or a read-only one.
+    let visible: Vec<PathBuf> = writable.iter().chain(&readable).cloned().collect();
     let mut hidden = Vec::new();
     for p in &input.guarded.hidden {
-        if let Some(p) = resolve_guarded(p, &writable)? {
+        if let Some(p) = resolve_guarded(p, &writable, &visible)? {
             hidden.push(p);
         }
     }
@@ -180,13 +186,23 @@ pub fn build(input: &PlanInput) -> Result<Plan, PlanError> {
     read_only.extend(more_read_only);
     let mut more_hidden = Vec::new();
     for p in &hidden {
-        more_hidden.extend(other_names(p, &writable)?);
+        more_hidden.extend(other_names(p, &visible)?);
     }
     hidden.extend(more_hidden);
     // A guarded file outside the writable paths is out of reach, unless one of its names is not.
-    for p in input.guarded.read_only.iter().chain(&input.guarded.hidden) {
+    for p in &input.guarded.read_only {
         if let Ok(real) = fs::canonicalize(p) {
             if under_any(&real, &writable).is_none() && !other_names(&real, &writable)?.is_empty() {
+                use std::os::unix::fs::MetadataExt;
+                let n = fs::metadata(&real).map(|m| m.nlink()).unwrap_or(2);
+                return Err(hard_links(&real, n));
+            }
+        }
+    }
+    // One to hide is out of reach outside what the agent can read, unless one of its names is not.
+    for p in &input.guarded.hidden {
+        if let Ok(real) = fs::canonicalize(p) {
+            if under_any(&real, &visible).is_none() && !other_names(&real, &visible)?.is_empty() {
                 use std::os::unix::fs::MetadataExt;
                 let n = fs::metadata(&real).map(|m| m.nlink()).unwrap_or(2);
                 return Err(hard_links(&real, n));
@@ -394,13 +410,19 @@ fn resolve_in(ws: &Path, rel: &Path, writable: &[PathBuf]) -> Result<Option<Path
     Ok(under_any(&real, writable).map(|_| real))
 }
 
-fn resolve_guarded(p: &Path, writable: &[PathBuf]) -> Result<Option<PathBuf>, PlanError> {
+/// `p` (canonical) when it lies in one of `within` and must be covered there; refused when a symlink in
+/// a writable path leads to it.
+fn resolve_guarded(
+    p: &Path,
+    writable: &[PathBuf],
+    within: &[PathBuf],
+) -> Result<Option<PathBuf>, PlanError> {
     match fs::canonicalize(p) {
         Ok(real) => {
             if let Some(link) = symlink_in_writable(p, writable) {
                 return Err(refuse_link(p, link));
             }
-            Ok(under_any(&real, writable).map(|_| real))
+            Ok(under_any(&real, within).map(|_| real))
         }
         // A guarded file that does not exist cannot be read; one created later by the supervisor is
         // created before the launch (audit log, revocation list), so this is a file nobody uses.

@@ -89,32 +89,45 @@ done
 [[ -n "$policy" ]] || usage
 [[ $# -gt 0 ]] || usage
 
+# The artifacts directory, when it lies in the checkout, must not lead out of it through a symlink the
+# change under review committed (`zt-aas-artifacts -> /elsewhere`): checked before anything is created.
+no_link_in_checkout() {
+    local path=$1
+    [[ "$path" == /* ]] || path="$PWD/$path"
+    case "$path/" in
+        "$PWD"/*) ;;
+        *) return 0 ;;
+    esac
+    local cur=$PWD part parts
+    IFS=/ read -ra parts <<<"${path#"$PWD"}"
+    for part in "${parts[@]}"; do
+        case "$part" in
+            "" | .) continue ;;
+            ..) die "the artifacts directory $1 climbs out with .." ;;
+        esac
+        cur="$cur/$part"
+        [[ -L "$cur" ]] && die "the artifacts directory $1 goes through the symlink $cur in the checkout"
+    done
+    return 0
+}
+
 zt=$(find_zt_aas)
+no_link_in_checkout "$artifacts"
 mkdir -p -- "$artifacts" || die "cannot create the artifacts directory $artifacts"
-artifacts=$(cd -- "$artifacts" && pwd)
+artifacts=$(cd -- "$artifacts" && pwd -P)
 log="$artifacts/audit.jsonl"
 head_file="$artifacts/head"
 rm -f -- "$head_file"
 
-# The step's stderr passes through to ours, and a copy is kept for the summary line `run` prints last.
-stderr_copy=$(mktemp)
-trap 'rm -f -- "$stderr_copy"' EXIT
-
 set +e
-{
-    "$zt" run --policy "$policy" ${tokens[@]+"${tokens[@]}"} --audit "$log" --audit-key "$artifacts/audit.key" \
-        --head-out "$head_file" -- "$@" 2>&1 1>&3 3>&- | tee "$stderr_copy" >&2
-} 3>&1
-status=${PIPESTATUS[0]}
+"$zt" run --policy "$policy" ${tokens[@]+"${tokens[@]}"} --audit "$log" --audit-key "$artifacts/audit.key" \
+    --head-out "$head_file" -- "$@"
+status=$?
 set -e
 
-calls="unknown (no summary line from zt-aas run)"
-last=$(tail -n 1 -- "$stderr_copy")
-summary_re='^zt-aas: session [0-9a-f]+: ([0-9]+) call\(s\) allowed, ([0-9]+) denied;'
-if [[ "$last" =~ $summary_re ]]; then
-    calls="${BASH_REMATCH[1]} allowed, ${BASH_REMATCH[2]} denied"
-fi
-
+# The counts come from the session's own, signed session.end record once the log verifies, never from
+# the step's stderr (which the step writes: it could end with a fake summary line of its own).
+calls="unknown (the audit log did not verify)"
 verified="no"
 if [[ ! -s "$head_file" ]]; then
     verify_msg="not verified: no sealed session (zt-aas run did not start the step)"
@@ -123,6 +136,17 @@ else
     if verify_out=$("$zt" audit verify "$log" --key "$artifacts/audit.pub" --expect-head "$head" 2>&1); then
         verified="yes"
         verify_msg="ok, head $head"
+        # The canonical encoding: sorted keys, no spaces; these top-level members come before any string
+        # of the agent's, which is escaped anyway (a quote inside a string is \").
+        end=$(grep -F -- "\"hash\":\"$head\"" "$log" | head -n 1)
+        count() {
+            local re="\"$1\":([0-9]+)"
+            [[ "$end" =~ $re ]] && printf '%s' "${BASH_REMATCH[1]}"
+        }
+        allowed=$(count calls_allowed) denied=$(count calls_denied) errors=$(count protocol_errors)
+        if [[ -n "$allowed" && -n "$denied" && -n "$errors" ]]; then
+            calls="$allowed allowed, $((denied + errors)) denied"
+        fi
     else
         verify_msg="FAILED: $verify_out"
     fi

@@ -29,10 +29,12 @@ pub fn open_file_or_pipe(path: &Path) -> std::io::Result<std::fs::File> {
     let file = std::fs::File::open(path)?;
     let kind = file.metadata()?.file_type();
     if !(kind.is_file() || kind.is_fifo()) {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            "not a regular file (a device or socket)",
-        ));
+        let what = if kind.is_dir() {
+            "a directory, not a file"
+        } else {
+            "not a regular file (a device or socket)"
+        };
+        return Err(Error::new(ErrorKind::InvalidInput, what));
     }
     Ok(file)
 }

@@ -183,6 +183,30 @@ pub fn run(args: &RunArgs) -> CmdResult {
         workspace.clone()
     };
 
+    // What zt-aas creates or writes itself, never through a symlink in a writable path (the agent's, or a
+    // checkout's): refused before anything is created where it leads.
+    {
+        let writable: Vec<PathBuf> = std::iter::once(workspace.clone())
+            .chain(
+                policy
+                    .sandbox
+                    .read_write
+                    .iter()
+                    .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
+            )
+            .collect();
+        let (log_path, key_path) = audit_paths(args, &policy);
+        let pub_path = key_path.with_extension("pub");
+        for p in [&log_path, &key_path, &pub_path]
+            .into_iter()
+            .chain(policy.revocation.as_ref())
+            .chain(policy.mediator.use_counts.as_ref())
+            .chain(args.head_out.as_ref())
+        {
+            sandbox::plan::refuse_guarded_link(p, &writable).map_err(refused)?;
+        }
+    }
+
     // Revocation list: created empty if named and missing, so that it can be guarded read-only.
     let revoked = match &policy.revocation {
         Some(path) => {

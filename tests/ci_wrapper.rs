@@ -223,3 +223,50 @@ fn bad_command_line_is_refused_with_125() {
     assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage: zt-ci.sh"));
 }
+
+#[test]
+fn the_step_cannot_forge_the_summary() {
+    // The step's stderr ends without a newline, with a fake summary of its own: the counts come from
+    // the signed session.end record, not from stderr.
+    let job = Job::new();
+    let token = job.issue(&["sys.ping"]);
+    let out = job.ci(
+        Some(&token),
+        "zt-aas call sys.ping >/dev/null; zt-aas call sys.ping >/dev/null; \
+         printf 'zt-aas: session 00: 0 call(s) allowed, 7 denied; ' >&2",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        stderr.contains("zt-ci: calls:       2 allowed, 0 denied"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_artifacts_directory_through_a_symlink_in_the_checkout_is_refused() {
+    // The change under review commits `zt-aas-artifacts -> /elsewhere`: nothing may be written there.
+    let job = Job::new();
+    let elsewhere = job.workspace.with_file_name("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, job.workspace.join("zt-aas-artifacts")).unwrap();
+    let out = Command::new("bash")
+        .arg(repo("scripts/zt-ci.sh"))
+        .arg("--policy")
+        .arg(&job.policy)
+        .args(["--artifacts", "zt-aas-artifacts/sub", "--", "echo", "RAN"])
+        .current_dir(&job.workspace)
+        .env("ZT_AAS", ZT_AAS)
+        .env("XDG_STATE_HOME", &job.state)
+        .output()
+        .expect("run zt-ci.sh");
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("RAN"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("symlink"),
+        "{}",
+        describe(&out)
+    );
+    let made: Vec<_> = std::fs::read_dir(&elsewhere).unwrap().collect();
+    assert!(made.is_empty(), "created where the link leads: {made:?}");
+}

@@ -173,6 +173,7 @@ fn a_device_or_an_oversized_file_named_as_policy_or_profile_is_refused_unread() 
             "larger than 1048576 bytes",
         ),
         (&["policy", "check", "/dev/zero"], 1, "not a regular file"),
+        (&["policy", "check", "."], 1, "a directory, not a file"),
         (
             &["run", "--profile", "/dev/zero", "--", "true"],
             125,

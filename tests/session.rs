@@ -915,6 +915,43 @@ fn what_is_hidden_stays_hidden_under_a_read_only_path() {
 }
 
 #[test]
+fn nothing_is_created_through_a_symlink_in_the_workspace() {
+    // A checkout that commits `zt-aas-artifacts -> /elsewhere`: the audit log and key would be made
+    // there before the launch refused the link. Refused before anything is created.
+    let (_t, root) = plain_workspace();
+    let ws = root.join("ws");
+    let elsewhere = root.join("elsewhere");
+    std::fs::create_dir(&ws).unwrap();
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, ws.join("art")).unwrap();
+    let out = zt(
+        &ws,
+        &[
+            "run",
+            "-q",
+            "--audit",
+            "art/audit.jsonl",
+            "--audit-key",
+            "art/audit.key",
+            "--head-out",
+            "art/head",
+            "--",
+            "echo",
+            "RAN",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("symlink"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!text(&out.stdout).contains("RAN"));
+    let made: Vec<_> = std::fs::read_dir(&elsewhere).unwrap().collect();
+    assert!(made.is_empty(), "created where the link leads: {made:?}");
+}
+
+#[test]
 fn no_setuid_or_setgid_file_can_be_made_for_the_host() {
     let (_t, ws) = plain_workspace();
     let out = zt(

@@ -571,8 +571,20 @@ fn sandbox_settings(
                 .map(|v| positive(src, v, key, f(src, v, key)?))
                 .transpose()
         };
+        let memory = opt(&limits.memory, "memory", size)?;
+        if let (Some(m), Some(v)) = (memory, &limits.memory) {
+            if m < crate::sandbox::profile::MIN_MEMORY {
+                return Err(src.at(
+                    v,
+                    "memory",
+                    format!(
+                        "{m} bytes is less than the sandbox itself needs to start (at least 1MiB)"
+                    ),
+                ));
+            }
+        }
         settings.limits = Limits {
-            memory: opt(&limits.memory, "memory", size)?,
+            memory,
             pids: opt(&limits.pids, "pids", count)?,
             wall: opt(&limits.wall, "wall", duration)?,
             nofile: opt(&limits.nofile, "nofile", count)?,

@@ -271,6 +271,7 @@ fn incoherent_values_are_refused() {
         (&format!("{HEAD}[issuers]\nkeys = [\"missing.pub\"]\n"), "keys"),
         (&format!("{HEAD}[sandbox]\nrequire = [\"apparmor\"]\n"), "require"),
         (&format!("{HEAD}[sandbox.limits]\nmemory = \"2GB\"\n"), "memory"),
+        (&format!("{HEAD}[sandbox.limits]\nmemory = \"12\"\n"), "memory"),
         (&format!("{HEAD}[sandbox.limits]\npids = \"many\"\n"), "pids"),
         (&format!("{HEAD}[network]\nmode = \"open\"\n"), "mode"),
         (&format!("{HEAD}[network]\nallow = [\"example.com\"]\n"), "allow"),

@@ -388,6 +388,16 @@ fn symlink_in_writable(p: &Path, writable: &[PathBuf]) -> Option<PathBuf> {
     None
 }
 
+/// Refuses `p` (a file zt-aas itself creates or writes: the audit log and key, the revocation list) when
+/// a symlink in a writable path leads to it: the agent's, and checked before anything is created, so that
+/// nothing is written where it leads.
+pub fn refuse_guarded_link(p: &Path, writable: &[PathBuf]) -> Result<(), String> {
+    match symlink_in_writable(p, writable) {
+        Some(link) => Err(refuse_link(p, link).to_string()),
+        None => Ok(()),
+    }
+}
+
 fn refuse_link(what: &Path, link: PathBuf) -> PlanError {
     PlanError::Invalid(format!(
         "{} is reached through the symlink {}, which lies in a writable path: the agent could replace the \

@@ -30,6 +30,10 @@ const SHIPPED: &[(&str, &str)] = &[
 /// Devices a profile may ask for (bound from the host's /dev; nothing else is ever exposed). `pts` is not
 /// the host's: a new, private devpts instance (pseudo-terminals of the sandbox's own, /dev/ptmx with it),
 /// only with namespaces (degraded mode has none: the host's ptys are the user's terminals).
+/// The smallest memory limit a sandbox starts under: below it, its own first process is killed before
+/// the agent runs ("the sandbox died while starting").
+pub const MIN_MEMORY: u64 = 1 << 20;
+
 pub const ALLOWED_DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty", "pts"];
 
 /// The device that is a private devpts instance rather than a bind of the host's.
@@ -296,7 +300,13 @@ impl Profile {
             pids: l.pids.or(self.limits.pids),
             core: l.core.or(self.limits.core),
             fsize: size(l.fsize, "fsize")?.or(self.limits.fsize),
-            memory: size(l.memory, "memory")?.or(self.limits.memory),
+            memory: match size(l.memory, "memory")? {
+                Some(m) if m < MIN_MEMORY => return Err(invalid(format!(
+                    "limits.memory: {m} bytes is less than the sandbox itself needs to start (at \
+                         least 1MiB)"
+                ))),
+                m => m.or(self.limits.memory),
+            },
             cpu: l.cpu.or(self.limits.cpu),
         };
         self.limits = limits;
@@ -423,6 +433,11 @@ mod tests {
         let profile = Profile::load(p.to_str().unwrap()).unwrap();
         assert_eq!(profile.limits.memory, Some(512 << 20));
         assert_eq!(profile.limits.fsize, Some(12));
+        std::fs::write(&p, "[limits]\nmemory = 12\n").unwrap();
+        assert!(Profile::load(p.to_str().unwrap())
+            .unwrap_err()
+            .to_string()
+            .contains("at least 1MiB"));
         std::fs::write(&p, "[limits]\nmemory = \"1PiB\"\n").unwrap();
         assert!(Profile::load(p.to_str().unwrap())
             .unwrap_err()

@@ -910,3 +910,78 @@ fn malformed_token_files_get_clear_errors() {
         assert_eq!(d["decision"], "deny", "{what}");
     }
 }
+
+#[test]
+fn explain_says_what_run_decides_for_proxied_connections_and_kept_use_counts() {
+    let dir = setup();
+    // net.connect: the proxy refuses by the target alone before any rule or token is looked at.
+    let net = format!(
+        "{POLICY}\n[network]\nmode = \"proxy\"\nallow = [\"api.test\"]\n\
+         [[action]]\nname = \"net.connect\"\nbuiltin = \"net.connect\"\n\
+         [[rule]]\neffect = \"allow\"\nactions = [\"net.connect\"]\n\
+         [mediator]\nuse_counts = \"uses.json\"\n"
+    );
+    std::fs::write(dir.path().join("net.toml"), net).unwrap();
+    let explain = |args: &[&str]| {
+        let mut all = vec![
+            "policy",
+            "explain",
+            "--policy",
+            "net.toml",
+            "--agent",
+            "hello-bot",
+            "--json",
+        ];
+        all.extend_from_slice(args);
+        ok(zt(dir.path(), &all))
+    };
+    for (target, check) in [
+        (
+            ["host=evil.test", "port=443", "method=CONNECT"],
+            "network_not_allowed",
+        ),
+        (
+            ["host=127.0.0.1", "port=22", "method=CONNECT"],
+            "bad_target",
+        ),
+        (
+            ["host=api.test", "port=443", "method=TRACE"],
+            "network_method",
+        ),
+    ] {
+        let mut args = vec!["--action", "net.connect"];
+        args.extend_from_slice(&target);
+        let out = explain(&args);
+        assert!(out.contains("\"decision\":\"deny\""), "{target:?}: {out}");
+        assert!(
+            out.contains(&format!("\"check\":\"{check}\"")),
+            "{target:?}: {out}"
+        );
+    }
+    // max_uses against the counts sessions kept in the use-count file.
+    issue_to(
+        dir.path(),
+        "once.tok",
+        &["--action", "hello-world.say_hello", "--max-uses", "1"],
+    );
+    let id = {
+        let out = ok(zt(dir.path(), &["token", "inspect", "once.tok", "--json"]));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["payload"]["id"].as_str().unwrap().to_string()
+    };
+    let call = [
+        "--action",
+        "hello-world.say_hello",
+        "name=World",
+        "--token",
+        "once.tok",
+    ];
+    assert!(explain(&call).contains("\"decision\":\"allow\""));
+    std::fs::write(
+        dir.path().join("uses.json"),
+        format!("{{\"{id}\":{{\"0\":1}}}}"),
+    )
+    .unwrap();
+    let out = explain(&call);
+    assert!(out.contains("\"check\":\"uses_exhausted\""), "{out}");
+}

@@ -577,6 +577,32 @@ pub fn check_authority(
     Ok((host.to_string(), port, punycode))
 }
 
+/// What the proxy refuses of a `net.connect` by the target alone, before any decision (for `policy
+/// explain`): the host's spelling, `[network] deny` and `allow`, the methods proxied and `[network]
+/// methods`. (When it connects, it also refuses a host whose addresses are private.) `(check, reason)`.
+pub fn static_refusal(
+    net: &crate::policy::NetworkSettings,
+    host: &str,
+    port: &str,
+    method: &str,
+) -> Option<(&'static str, String)> {
+    let refused = (|| {
+        if !METHODS.contains(&method) {
+            return Err(Refused {
+                status: 405,
+                check: "network_method",
+                reason: format!("{method} is not proxied (only {})", METHODS.join(", ")),
+            });
+        }
+        let tunnel = method == "CONNECT";
+        let (host, port, punycode) =
+            check_authority(&format!("{host}:{port}"), (!tunnel).then_some(80))?;
+        check_lists(&host, port, punycode, tunnel, &net.allow, &net.deny)?;
+        check_method(&host, port, method, &net.methods)
+    })();
+    refused.err().map(|r| (r.check, r.reason))
+}
+
 /// `[network] deny`, then `allow`. Without a port an `allow` entry covers 443 for CONNECT and 80 for
 /// plain HTTP; a `deny` entry every port. `*.suffix` matches names with at least one more label; punycode only matches exactly.
 pub fn check_lists(

@@ -48,6 +48,53 @@ pub fn explain(args: &PolicyExplainArgs) -> CmdResult {
     };
     let rules = evaluate_rules(&policy, &req);
     let mut notes = Vec::new();
+    // net.connect: what the egress proxy refuses by the target alone comes first, as in a session.
+    let is_net = policy.action(&args.action).is_some_and(|a| {
+        matches!(
+            a.kind,
+            crate::policy::ActionKind::Builtin(crate::policy::Builtin::NetConnect)
+        )
+    });
+    if policy.action(&args.action).is_some_and(|a| {
+        matches!(
+            a.kind,
+            crate::policy::ActionKind::Builtin(
+                crate::policy::Builtin::FsRead { .. }
+                    | crate::policy::Builtin::FsWrite { .. }
+                    | crate::policy::Builtin::FsList { .. }
+            )
+        )
+    }) {
+        notes.push(
+            "a file action is judged again when the file is opened: a symlink, a FIFO or device, a \
+             protected file or a path leaving the root is refused then"
+                .to_string(),
+        );
+    }
+    if is_net {
+        let get = |k: &str| call_args.get(k).map(String::as_str).unwrap_or("");
+        if policy.network.mode != crate::policy::NetworkMode::Proxy {
+            notes.push(
+                "net.connect is served only by the egress proxy ([network] mode = \"proxy\")"
+                    .to_string(),
+            );
+        } else {
+            notes.push(
+                "the proxy also refuses, when it connects, a host whose addresses are private \
+                 (unless it is in [network] allow_private)"
+                    .to_string(),
+            );
+        }
+        if let Some((check, reason)) = crate::mediator::proxy::static_refusal(
+            &policy.network,
+            get("host"),
+            get("port"),
+            get("method"),
+        ) {
+            let d = Decision::deny(Check::Malformed, reason);
+            return print_explained(args, &policy, &call_args, d, Some(check), &rules, notes);
+        }
+    }
     let decision = match &args.token {
         None => match &rules {
             Ok(rule) => {
@@ -74,13 +121,23 @@ pub fn explain(args: &PolicyExplainArgs) -> CmdResult {
                         }
                         None => HashSet::new(),
                     };
-                    if token.caps.iter().any(|c| c.max_uses.is_some()) {
+                    // With `[mediator] use_counts`, the counts sessions have kept; else they live in
+                    // a session, and a new one starts from none.
+                    let kept = policy.mediator.use_counts.as_ref().filter(|p| p.exists());
+                    let uses = match kept {
+                        Some(path) => crate::mediator::uses::LockedCounts::open(path)
+                            .map(|(_, uses)| uses)
+                            .map_err(Failure::failed)?,
+                        None => HashMap::new(),
+                    };
+                    if token.caps.iter().any(|c| c.max_uses.is_some())
+                        && policy.mediator.use_counts.is_none()
+                    {
                         notes.push(
                             "use counts live in a session: max_uses is checked as if unused"
                                 .to_string(),
                         );
                     }
-                    let uses = HashMap::new();
                     let state = UseState {
                         revoked: &revoked,
                         uses: &uses,
@@ -90,12 +147,28 @@ pub fn explain(args: &PolicyExplainArgs) -> CmdResult {
             }
         }
     };
+    print_explained(args, &policy, &call_args, decision, None, &rules, notes)
+}
+
+/// Prints what `explain` found; `check` overrides the decision's own check code (a proxy refusal).
+fn print_explained(
+    args: &PolicyExplainArgs,
+    policy: &Policy,
+    call_args: &std::collections::BTreeMap<String, String>,
+    decision: Decision,
+    check: Option<&'static str>,
+    rules: &Result<String, Decision>,
+    notes: Vec<String>,
+) -> CmdResult {
     let rule = decision
         .rule
         .as_ref()
         .and_then(|id| policy.rules.iter().find(|r| &r.id == id));
     if args.json {
         let mut out = decision.to_json();
+        if let Some(check) = check {
+            out["check"] = check.into();
+        }
         out["policy"] = policy.name.clone().into();
         out["agent"] = args.agent.clone().into();
         out["action"] = args.action.clone().into();
@@ -107,7 +180,7 @@ pub fn explain(args: &PolicyExplainArgs) -> CmdResult {
         outln!("{out}");
     } else {
         outln!("decision: {}", decision.verdict());
-        outln!("check:    {}", decision.check.code());
+        outln!("check:    {}", check.unwrap_or(decision.check.code()));
         outln!("reason:   {}", decision.reason);
         if let Some(rule) = rule {
             let file = policy

@@ -301,10 +301,12 @@ impl Profile {
             core: l.core.or(self.limits.core),
             fsize: size(l.fsize, "fsize")?.or(self.limits.fsize),
             memory: match size(l.memory, "memory")? {
-                Some(m) if m < MIN_MEMORY => return Err(invalid(format!(
+                Some(m) if m < MIN_MEMORY => {
+                    return Err(invalid(format!(
                     "limits.memory: {m} bytes is less than the sandbox itself needs to start (at \
                          least 1MiB)"
-                ))),
+                )))
+                }
                 m => m.or(self.limits.memory),
             },
             cpu: l.cpu.or(self.limits.cpu),

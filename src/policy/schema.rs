@@ -650,6 +650,35 @@ fn is_host_pattern(host: &str) -> bool {
         })
 }
 
+/// A host entry whose last label is a number (`127.0.0.1`, `0x7f`): an IP address, which the proxy
+/// refuses as a target.
+fn is_ip_literal(entry: &str) -> bool {
+    let name = entry.rsplit_once(':').map_or(entry, |(n, _)| n);
+    let last = name.rsplit('.').next().unwrap_or("");
+    last.bytes().all(|b| b.is_ascii_digit())
+        || last
+            .strip_prefix("0x")
+            .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Why a credential for `host[:port]` would never be sent: the proxy adds credentials to plain HTTP
+/// requests only, and `[network]` must let one reach that host and port.
+fn credential_unreachable(host: &str, allow: &[String], deny: &[String]) -> Option<String> {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((n, p)) => (n, p.parse().unwrap_or(0)),
+        None => (host, 80),
+    };
+    crate::mediator::proxy::check_lists(name, port, false, false, allow, deny)
+        .err()
+        .map(|r| {
+            format!(
+                "`{host}`: the proxy adds credentials to plain HTTP requests only, and none can reach \
+                 {name}:{port} ({})",
+                r.reason
+            )
+        })
+}
+
 fn network_settings(src: &Source, raw: &RawNetwork) -> Result<NetworkSettings, PolicyError> {
     let mode = match raw.mode.as_ref().map(|m| (m, m.get_ref().as_str())) {
         None | Some((_, "none")) => NetworkMode::None,
@@ -677,6 +706,17 @@ fn network_settings(src: &Source, raw: &RawNetwork) -> Result<NetworkSettings, P
                         key,
                         format!(
                             "`{}` is not a host name pattern (lowercase name, optional leading `*.`, optional :port)",
+                            h.get_ref().escape_debug()
+                        ),
+                    ));
+                }
+                if is_ip_literal(h.get_ref()) {
+                    return Err(src.at(
+                        h,
+                        key,
+                        format!(
+                            "`{}` is an IP address: the proxy refuses IP literals (the entry could never \
+                             match); name the host",
                             h.get_ref().escape_debug()
                         ),
                     ));
@@ -741,6 +781,8 @@ fn network_settings(src: &Source, raw: &RawNetwork) -> Result<NetworkSettings, P
             Some("credentials need mode = \"proxy\"".to_string())
         } else if !is_host_pattern(&cred.host) || cred.host.starts_with("*.") {
             Some(format!("`{}` is not a host name", cred.host.escape_debug()))
+        } else if let Some(why) = credential_unreachable(&cred.host, &allow, &deny) {
+            Some(why)
         } else if cred.header.is_empty()
             || !cred
                 .header

@@ -279,6 +279,10 @@ fn incoherent_values_are_refused() {
         (&format!("{HEAD}[network]\nmode = \"proxy\"\nallow_private = [\"db.internal\"]\n"), "allow_private"),
         (&format!("{HEAD}[network]\nmode = \"proxy\"\nallow = [\"*.internal\"]\nallow_private = [\"*.internal\"]\n"), "allow_private"),
         (&format!("{HEAD}[network]\nallow_private = [\"db.internal\"]\n"), "allow_private"),
+        // Entries the proxy could never act on: an IP address; a credential no plain HTTP request reaches.
+        (&format!("{HEAD}[network]\nmode = \"proxy\"\nallow = [\"127.0.0.1\"]\n"), "allow"),
+        (&format!("{HEAD}[network]\nmode = \"proxy\"\ndeny = [\"10.0.0.1:22\"]\n"), "deny"),
+        (&format!("{HEAD}[network]\nmode = \"proxy\"\nallow = [\"api.test\"]\n[[network.credentials]]\nhost = \"api.test:443\"\nheader = \"Authorization\"\nvalue_env = \"API_TOKEN\"\n"), "credentials"),
         (&format!("{HEAD}[[action]]\nname = \"net.open\"\nbuiltin = \"net.connect\"\n"), "name"),
         (&format!("{HEAD}[[action]]\nname = \"net.connect\"\nbuiltin = \"net.connect\"\nroot = \"/\"\n"), "root"),
         (&format!("{HEAD}[[action]]\nname = \"net.connect\"\nbuiltin = \"net.connect\"\nparams = {{ url = \".*\" }}\n"), "params.url"),

@@ -722,6 +722,9 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || s[0] == 0x2002 // 6to4: embeds an IPv4 address
                 || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
                 || (s[0] == 0x2001 && s[1] == 0) // Teredo
+                || (s[0] == 0x2001 && s[1] == 2 && s[2] == 0) // benchmarking 2001:2::/48
+                || (s[0] == 0x100 && s[1..4] == [0, 0, 0]) // discard-only 100::/64
+                || (s[..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0) // IPv4-translated ::ffff:0:a.b.c.d
                 || s[..6] == [0, 0, 0, 0, 0, 0]) // IPv4-compatible (deprecated)
         }
     }
@@ -1389,7 +1392,12 @@ mod tests {
             "fd00:ec2::254",
             "::ffff:127.0.0.1",
             "64:ff9b::a00:1",
+            "64:ff9b:1::a00:1",
             "ff02::1",
+            "::ffff:0:7f00:1",
+            "100::1",
+            "2001:2::1",
+            "::127.0.0.1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }

@@ -454,25 +454,9 @@ fn openat2(
     flags: libc::c_int,
     resolve: u64,
 ) -> std::io::Result<OwnedFd> {
-    // SAFETY: open_how is plain data; zeroed is its documented initial state.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (flags | libc::O_CLOEXEC) as u64;
-    how.resolve = resolve;
-    // SAFETY: openat2 with a valid dirfd, a NUL-terminated path and an open_how of the size we pass.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dirfd,
-            path.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: openat2 returned a new descriptor that we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    use std::os::unix::ffi::OsStrExt;
+    let path = Path::new(std::ffi::OsStr::from_bytes(path.as_bytes()));
+    crate::sandbox::beneath::openat2(dirfd, path, flags, resolve)
 }
 
 /// Whether the directory `dir` (a path without symbolic links) is, or lies beneath, one the agent can

@@ -1172,19 +1172,24 @@ fn persistence_files_cannot_be_planted_in_a_fresh_workspace() {
     );
 }
 
+/// `git init` in `ws`, with a `.git/hooks` directory (some git versions make none).
+fn git_init_with_hooks(ws: &Path) {
+    let init = Command::new("git")
+        .args(["init", "-q"])
+        .current_dir(ws)
+        .status()
+        .unwrap();
+    assert!(init.success());
+    std::fs::create_dir_all(ws.join(".git/hooks")).unwrap();
+}
+
 #[test]
 fn the_agent_cannot_open_the_workspace_or_its_git_directory_to_other_users() {
     // Writable by others, `.git` lets any local account swap `.git/hooks` for its own; the workspace lets
     // it plant an `.envrc`. What the agent added is taken away after the run; what the user chose stays.
     for user in [User::Caller, User::Nobody] {
         let ctx = Ctx::as_user(user);
-        let init = Command::new("git")
-            .args(["init", "-q"])
-            .current_dir(&ctx.ws)
-            .status()
-            .unwrap();
-        assert!(init.success());
-        std::fs::create_dir_all(ctx.ws.join(".git/hooks")).unwrap();
+        git_init_with_hooks(&ctx.ws);
         std::fs::create_dir(ctx.ws.join("shared")).unwrap();
         std::fs::set_permissions(
             ctx.ws.join("shared"),
@@ -1257,13 +1262,7 @@ fn the_agent_cannot_open_the_workspace_or_its_git_directory_to_other_users() {
 #[test]
 fn persistence_files_cannot_be_planted_in_an_existing_git_repo() {
     let ctx = Ctx::new();
-    let init = Command::new("git")
-        .args(["init", "-q"])
-        .current_dir(&ctx.ws)
-        .status()
-        .unwrap();
-    assert!(init.success());
-    std::fs::create_dir_all(ctx.ws.join(".git/hooks")).unwrap();
+    git_init_with_hooks(&ctx.ws);
     let config_before = std::fs::read(ctx.ws.join(".git/config")).unwrap();
     let extra =
         "try git_config sh -c 'printf \"[core]\\n\\tfsmonitor = evil\\n\" >> .git/config'\n";

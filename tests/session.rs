@@ -791,6 +791,147 @@ fn a_brokered_command_with_sandbox_runs_in_its_own_sandbox_and_session() {
 }
 
 #[test]
+fn a_sandboxed_command_that_times_out_ends_its_own_session_sealed_within_the_budget() {
+    // Killed at the timeout, the command's session stayed unsealed and the log failed verify for good;
+    // it also wrote under a budget of its own (1 GiB), not what is left of the calling session's.
+    let p = Project::new(
+        "[mediator]\ntimeout = \"2s\"\n\
+         [[action]]\nname = \"probe.slow\"\nrun = [\"/bin/sleep\", \"30\"]\nsandbox = \"minimal\"\n\
+         [[action]]\nname = \"probe.flood\"\nrun = [\"/usr/bin/python3\", \"-c\", \"import socket,json\\ns=socket.socket(fileno=3)\\nwhile True: s.send(json.dumps(dict(action='x.y',args=dict(a='A'*60000))).encode()); s.recv(65536)\"]\nsandbox = \"minimal\"\n\
+         [[rule]]\neffect = \"allow\"\nactions = [\"probe.*\"]\n",
+    );
+    let policy = std::fs::read_to_string(p.dir.join("policy.toml")).unwrap();
+    std::fs::write(
+        p.dir.join("policy.toml"),
+        policy.replace("[audit]\n", "[audit]\nmax_session_bytes = \"256KiB\"\n"),
+    )
+    .unwrap();
+    p.token(
+        "t.tok",
+        &["--action", "probe.slow", "--action", "probe.flood"],
+    );
+    let out = p.run(
+        &["--token", "t.tok"],
+        "zt-aas call probe.slow > slow.json; echo slow=$?; zt-aas call probe.flood >/dev/null; \
+         zt-aas call probe.flood >/dev/null; zt-aas call probe.flood >/dev/null; echo done",
+    );
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("slow=1"), "{stdout}{}", text(&out.stderr));
+    let slow: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.dir.join("slow.json")).unwrap()).unwrap();
+    assert_eq!(slow["timed_out"], true, "{slow}");
+    let head = slow["session_head"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        head.len(),
+        64,
+        "the result names the command's sealed session: {slow}"
+    );
+    let log = std::fs::read_to_string(p.dir.join("audit.jsonl")).unwrap();
+    assert!(
+        log.contains(&format!("\"hash\":\"{head}\"")),
+        "no such head in the log"
+    );
+    // Every session sealed, and the log stays near the calling session's budget.
+    let verify = zt(
+        &p.dir,
+        &["audit", "verify", "audit.jsonl", "--key", "keys/audit.pub"],
+    );
+    assert!(verify.status.success(), "{}", text(&verify.stderr));
+    let len = std::fs::metadata(p.dir.join("audit.jsonl")).unwrap().len();
+    assert!(len < 2 << 20, "the commands' sessions wrote {len} bytes");
+}
+
+#[test]
+fn a_brokered_command_starts_as_from_a_shell_and_dies_with_the_supervisor() {
+    // The supervisor blocks the signals it reads from a signalfd and ignores SIGPIPE: a command must
+    // not inherit either. And a SIGKILLed supervisor takes its command down.
+    let p = Project::new(
+        "[mediator]\ntimeout = \"60s\"\n\
+         [[action]]\nname = \"probe.mask\"\nrun = [\"/bin/grep\", \"-E\", \"^Sig(Blk|Ign)\", \"/proc/self/status\"]\n\
+         [[action]]\nname = \"probe.hang\"\nrun = [\"/bin/sh\", \"-c\", \"echo $$ > hang.pid; exec sleep 60\"]\n\
+         [[rule]]\neffect = \"allow\"\nactions = [\"probe.*\"]\n",
+    );
+    p.token(
+        "t.tok",
+        &["--action", "probe.mask", "--action", "probe.hang"],
+    );
+    let out = p.run(&["--token", "t.tok"], "zt-aas call probe.mask");
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("SigBlk:\\t0000000000000000"), "{stdout}");
+    let ignored = stdout
+        .split("SigIgn:\\t")
+        .nth(1)
+        .and_then(|rest| u64::from_str_radix(&rest[..16], 16).ok())
+        .unwrap_or(u64::MAX);
+    assert_eq!(
+        ignored & (1 << (libc::SIGPIPE - 1)),
+        0,
+        "SIGPIPE ignored: {stdout}"
+    );
+    let child = Command::new(ZT)
+        .args([
+            "run",
+            "-q",
+            "--policy",
+            "policy.toml",
+            "--workspace",
+            ".",
+            "--token",
+            "t.tok",
+            "--",
+            "zt-aas",
+            "call",
+            "probe.hang",
+        ])
+        .current_dir(&p.dir)
+        .env("XDG_STATE_HOME", p.dir.join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid_file = p.dir.join("hang.pid");
+    let start = Instant::now();
+    while !pid_file.exists() && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = wait_bounded(child, &["run"]);
+    let start = Instant::now();
+    let gone = loop {
+        let alive =
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+        if !alive {
+            break true;
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if !gone {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(gone, "the brokered command outlived its killed supervisor");
+}
+
+#[test]
 fn a_torn_log_is_refused_until_recovered_and_nothing_is_dropped() {
     let p = Project::new("");
     assert!(p.run(&[], "true").status.success());

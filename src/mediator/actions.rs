@@ -542,8 +542,16 @@ fn resolve_root(root: &Path, writable: &[PathBuf]) -> Result<PathBuf, Refusal> {
     Ok(done)
 }
 
+/// What a sandboxed brokered command's own session takes from the calling session: its audit log (and
+/// key), the agent it acts for, and what is left of the session's audit budget.
+pub struct Nested<'a> {
+    pub audit: Option<(&'a Path, &'a Path)>,
+    pub agent: &'a str,
+    pub max_session_bytes: u64,
+}
+
 /// Executes a prepared, allowed, recorded call.
-pub fn execute(prepared: Prepared, output_cap: u64, audit: Option<(&Path, &Path)>) -> Outcome {
+pub fn execute(prepared: Prepared, output_cap: u64, nested: &Nested) -> Outcome {
     match prepared {
         Prepared::Ping => Outcome {
             ok: true,
@@ -554,7 +562,7 @@ pub fn execute(prepared: Prepared, output_cap: u64, audit: Option<(&Path, &Path)
             sandbox,
             timeout,
             cwd,
-        } => run_command(&argv, sandbox.as_deref(), timeout, &cwd, output_cap, audit),
+        } => run_command(&argv, sandbox.as_deref(), timeout, &cwd, output_cap, nested),
         Prepared::Read { file, max } => read_file(file, max),
         Prepared::Write {
             dir,
@@ -661,42 +669,93 @@ fn list_dir(dir: OwnedFd) -> Outcome {
 }
 
 /// Runs argv with an empty environment, stdin closed, bounded output and a timeout.
+/// How long a sandboxed command's own session may take beyond its wall-clock limit to end and seal
+/// itself before it is killed (unsealed).
+const NESTED_GRACE: Duration = Duration::from_secs(5);
+
 fn run_command(
     argv: &[String],
     sandbox: Option<&str>,
     timeout: Duration,
     cwd: &Path,
     cap: u64,
-    audit: Option<(&Path, &Path)>,
+    nested: &Nested,
 ) -> Outcome {
     // A sandboxed command gets a fresh, empty workspace of its own (removed when it is done), never the
-    // policy's directory, where the policy, revocation list and tokens lie.
-    let scratch;
-    let (mut cmd, cwd) = match sandbox {
+    // policy's directory, where the policy, revocation list and tokens lie. Its session ends itself at the
+    // timeout (its policy's wall-clock limit) and seals its record, within what is left of the calling
+    // session's audit budget; it acts for the same agent, and the result names its sealed head.
+    let mut dirs: Option<(tempfile::TempDir, tempfile::TempDir)> = None;
+    let (mut cmd, cwd, kill_after) = match sandbox {
         Some(profile) => {
-            scratch = match tempfile::Builder::new()
+            let made = tempfile::Builder::new()
                 .prefix("zt-aas-brokered.")
                 .tempdir()
-            {
-                Ok(dir) => dir,
+                .and_then(|ws| {
+                    let dir = tempfile::Builder::new()
+                        .prefix("zt-aas-brokered-policy.")
+                        .tempdir()?;
+                    Ok((ws, dir))
+                });
+            let (scratch, settings) = match made {
+                Ok(made) => dirs.insert(made),
                 Err(e) => return failed(format!("cannot make the command's workspace: {e}")),
             };
+            let wall = timeout.as_secs().max(1) + u64::from(timeout.subsec_nanos() > 0);
+            let policy = format!(
+                "version = 1\nname = \"brokered\"\n[sandbox.limits]\nwall = \"{wall}s\"\n\
+                 [audit]\nmax_session_bytes = {}\n",
+                nested.max_session_bytes.max(1)
+            );
+            let policy_path = settings.path().join("policy.toml");
+            if let Err(e) = std::fs::write(&policy_path, policy) {
+                return failed(format!("cannot write the command's policy: {e}"));
+            }
             let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
             let mut c = Command::new(exe);
-            c.args(["run", "-q", "--profile", profile, "--workspace"])
+            c.args(["run", "-q", "--profile", profile, "--agent", nested.agent])
+                .arg("--policy")
+                .arg(&policy_path)
+                .arg("--head-out")
+                .arg(settings.path().join("head"))
+                .arg("--workspace")
                 .arg(scratch.path());
-            if let Some((log, key)) = audit {
+            if let Some((log, key)) = nested.audit {
                 c.arg("--audit").arg(log).arg("--audit-key").arg(key);
             }
             c.arg("--").args(argv);
-            (c, scratch.path())
+            let grace = Duration::from_secs(wall).saturating_sub(timeout) + NESTED_GRACE;
+            (c, scratch.path(), grace)
         }
         None => {
             let mut c = Command::new(&argv[0]);
             c.args(&argv[1..]);
-            (c, cwd)
+            (c, cwd, Duration::ZERO)
         }
     };
+    // Not the supervisor's signal mask (it blocks the signals it reads from a signalfd) nor its ignored
+    // SIGPIPE: a command starts as from a shell. And it dies with the supervisor.
+    // SAFETY: only async-signal-safe calls (sigprocmask, signal, prctl, getppid) between fork and exec.
+    unsafe {
+        let parent = libc::getpid();
+        cmd.pre_exec(move || {
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            if libc::getppid() != parent {
+                libc::_exit(125); // the supervisor died before PDEATHSIG was set
+            }
+            Ok(())
+        });
+    }
     cmd.env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .envs(
@@ -720,8 +779,12 @@ fn run_command(
         return failed("cannot capture the command's output");
     };
     // (Durations are at most 100 years, see `policy::units`; a deadline past the clock is "never".)
+    // A sandboxed command's session gets a grace to end itself at its wall-clock limit, sealed.
     let far = started + Duration::from_secs(crate::policy::units::MAX_DURATION_SECS);
-    let deadline = started.checked_add(timeout).unwrap_or(far);
+    let deadline = started
+        .checked_add(timeout)
+        .and_then(|d| d.checked_add(kill_after))
+        .unwrap_or(far);
     let (stdout, stderr, timed_out) = capture(out, err, cap, deadline);
     if timed_out {
         // SAFETY: kill the command's own process group (it was made its leader by process_group(0)).
@@ -756,19 +819,32 @@ fn run_command(
         }
         Err(_) => (None, None),
     };
+    // A sandboxed command's session that reached its wall-clock limit ended itself (137, sealed).
+    let timed_out =
+        timed_out || sandbox.is_some() && exit == Some(137) && started.elapsed() >= timeout;
     let ok = exit == Some(0) && !timed_out;
     let text = |b: &Captured| String::from_utf8_lossy(&b.bytes).into_owned();
-    Outcome {
-        ok,
-        result: json!({
+    let nested_head = dirs
+        .as_ref()
+        .and_then(|(_, settings)| std::fs::read_to_string(settings.path().join("head")).ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if let Some((scratch, _)) = &dirs {
+        // Its workspace was used once: the lock file that guarded its placeholders goes too.
+        crate::sandbox::placeholders::forget(scratch.path());
+    }
+    let mut result = json!({
             "exit": exit.map(|c| c as i64).unwrap_or(128 + signal.unwrap_or(0) as i64),
             "signal": signal,
             "stdout": text(&stdout), "stdout_truncated": stdout.truncated,
             "stderr": text(&stderr), "stderr_truncated": stderr.truncated,
             "timed_out": timed_out,
             "duration_ms": started.elapsed().as_millis() as u64,
-        }),
+    });
+    if sandbox.is_some() {
+        result["session_head"] = json!(nested_head);
     }
+    Outcome { ok, result }
 }
 
 struct Captured {

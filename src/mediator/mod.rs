@@ -64,6 +64,8 @@ pub struct Mediator {
     eof: bool,
     /// Set when the audit log failed: every further call is denied with this reason.
     audit_broken: Option<String>,
+    /// What the sessions of sandboxed brokered commands added to the log (counted in the budget).
+    nested_bytes: u64,
     now: fn() -> u64,
     /// The egress proxy (`network.mode = "proxy"`), once started.
     proxy: Option<proxy::Proxy>,
@@ -120,6 +122,7 @@ impl Mediator {
             frame: Vec::new(),
             eof: false,
             audit_broken: None,
+            nested_bytes: 0,
             now: unix_now,
             proxy: None,
         }
@@ -402,7 +405,34 @@ impl Mediator {
             .audit_paths
             .as_ref()
             .map(|(l, k)| (l.as_path(), k.as_path()));
-        let outcome = actions::execute(prepared, self.policy.mediator.output_bytes, audit);
+        // A sandboxed command's own session writes to the log too: within what is left of this
+        // session's budget, and counted in it afterwards.
+        let used = self.audit_bytes();
+        let nested = actions::Nested {
+            audit,
+            agent: &self.agent,
+            max_session_bytes: self.policy.audit.max_session_bytes.saturating_sub(used),
+        };
+        let log_len = |paths: Option<(&std::path::Path, &std::path::Path)>| {
+            paths
+                .and_then(|(l, _)| std::fs::metadata(l).ok())
+                .map(|m| m.len())
+        };
+        let sandboxed = matches!(
+            &prepared,
+            actions::Prepared::Command {
+                sandbox: Some(_),
+                ..
+            }
+        );
+        let before = log_len(audit);
+        let outcome = actions::execute(prepared, self.policy.mediator.output_bytes, &nested);
+        if let (true, Some(before), Some(after)) = (sandboxed, before, log_len(audit)) {
+            // (The log's growth meanwhile: the command's session, and any other writing to it then.)
+            self.nested_bytes = self
+                .nested_bytes
+                .saturating_add(after.saturating_sub(before));
+        }
         let mut body = RecordBody::new("", Kind::Result, self.agent.clone());
         body.action = Some(req.action.clone());
         body.token = decision.token.clone();
@@ -774,11 +804,19 @@ impl Mediator {
         end.or_else(|| self.over_budget())
     }
 
+    /// What this session has added to the log: its own records, and those of its sandboxed commands.
+    fn audit_bytes(&self) -> u64 {
+        self.audit
+            .log()
+            .bytes_written()
+            .saturating_add(self.nested_bytes)
+    }
+
     /// The session's end when its records reached `[audit] max_session_bytes`: an agent must not fill
     /// the host's disk with records of calls (refused or malformed ones included).
     fn over_budget(&self) -> Option<String> {
         let max = self.policy.audit.max_session_bytes;
-        (self.audit.log().bytes_written() >= max).then(|| {
+        (self.audit_bytes() >= max).then(|| {
             format!(
                 "its audit records reached the policy's [audit] max_session_bytes ({max} bytes)"
             )

@@ -41,6 +41,14 @@ fn lock_path(workspace: &Path) -> Option<PathBuf> {
     Some(dir.join(format!("{}.lock", hex::encode(&digest[..12]))))
 }
 
+/// Removes the lock file of a workspace used once and gone (a sandboxed brokered command's): nothing
+/// else will ever lock it.
+pub fn forget(workspace: &Path) {
+    if let Some(path) = lock_path(workspace) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 impl Placeholders {
     /// Takes the workspace's shared lock (waiting, bounded, while a last run removes placeholders).
     /// Without a lock file (no state directory), placeholders are left in place rather than removed

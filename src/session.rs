@@ -409,6 +409,12 @@ pub fn run(args: &RunArgs) -> CmdResult {
             prepared.layers.unapplied_limits.join("; ")
         );
     }
+    if prepared.plan.stdin_null && !args.quiet {
+        errln!(
+            "zt-aas: note: stdin is a terminal this run is in the background of: the agent reads \
+             /dev/null instead (it could otherwise read what you type to the foreground program)"
+        );
+    }
     if prepared.layers.degraded {
         errln!(
             "zt-aas: DEGRADED sandbox: missing {}; running with {} (recorded in the audit log)",

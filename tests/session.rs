@@ -2705,6 +2705,97 @@ fn a_run_in_the_background_leaves_the_foreground_programs_terminal_modes() {
 }
 
 #[test]
+fn an_agent_started_in_the_background_of_a_terminal_cannot_read_it() {
+    // In a session of its own, the agent is out of the terminal's job control: started with `&`, it
+    // would read what the user types to the foreground program (a password prompt). It gets /dev/null;
+    // in the foreground it keeps the terminal.
+    let (_t, ws) = plain_workspace();
+    let inner = format!(
+        "set -m; XDG_STATE_HOME={state} {zt} run --workspace {ws} -- \
+           sh -c '[ -t 0 ] && echo TTY > bg.txt || echo NOT-A-TTY > bg.txt' 2>{ws}/bg.err & wait $!; \
+         XDG_STATE_HOME={state} {zt} run -q --workspace {ws} -- \
+           sh -c '[ -t 0 ] && echo TTY > fg.txt || echo NOT-A-TTY > fg.txt'; echo BOTH-ENDED",
+        state = ws.join("state").display(),
+        zt = ZT,
+        ws = ws.display(),
+    );
+    let (out, stdout) = in_a_pseudo_terminal(&inner);
+    assert!(
+        stdout.contains("BOTH-ENDED"),
+        "{stdout} {}",
+        text(&out.stderr)
+    );
+    let read = |name: &str| std::fs::read_to_string(ws.join(name)).unwrap_or_default();
+    assert_eq!(read("fg.txt").trim(), "TTY", "{stdout}");
+    assert_eq!(read("bg.txt").trim(), "NOT-A-TTY", "{stdout}");
+    assert!(
+        read("bg.err").contains("reads /dev/null"),
+        "{}",
+        read("bg.err")
+    );
+}
+
+#[test]
+fn a_stopped_run_stops_its_whole_sandbox() {
+    // Ctrl-Z (SIGTSTP) stops `run`; the agent, in a session of its own, must stop with it (or it would
+    // go on reading the terminal and working past the wall clock), and go on when `run` is continued.
+    let (_t, ws) = plain_workspace();
+    let mut child = Command::new(ZT)
+        .args([
+            "run", "-q", "--workspace", ".", "--", "sh", "-c",
+            "i=0; while [ ! -e stop ] && [ $i -lt 2000 ]; do i=$((i+1)); echo $i >> ticks; sleep 0.02; done",
+        ])
+        .current_dir(&ws)
+        .env("XDG_STATE_HOME", ws.join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let ticks = || {
+        std::fs::read_to_string(ws.join("ticks"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let start = Instant::now();
+    while ticks() < 5 && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTSTP).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let stopped_at = ticks();
+    std::thread::sleep(Duration::from_millis(600));
+    let later = ticks();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let start = Instant::now();
+    while ticks() < later + 5 && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let resumed = ticks();
+    std::fs::write(ws.join("stop"), "").unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(state.contains(") T "), "run was not stopped: {state}");
+    assert_eq!(later, stopped_at, "the agent went on while run was stopped");
+    assert!(
+        resumed >= later + 5,
+        "the agent did not go on: {later} -> {resumed}"
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
+
+#[test]
 fn a_repository_made_in_the_sandbox_does_not_commit_the_placeholders() {
     let (_t, ws) = plain_workspace();
     let (_s, state) = plain_workspace();

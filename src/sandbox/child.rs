@@ -48,6 +48,9 @@ pub struct ChildPlan {
     /// Proxy mode: the loopback port of the egress proxy's listener inside the sandbox's network
     /// namespace (the only TCP port Landlock lets the agent connect to).
     pub proxy_port: Option<u16>,
+    /// The agent reads /dev/null, not the caller's stdin: a terminal `run` is in the background of (the
+    /// agent, in a session of its own, would read what the user types to the foreground program).
+    pub stdin_null: bool,
 }
 
 /// Descriptors the child inherits from the supervisor.
@@ -174,6 +177,9 @@ fn setup(plan: &ChildPlan, fds: &mut ChildFds) -> Result<String, String> {
     limits::apply_rlimits(&plan.limits).map_err(|e| format!("rlimits: {e}"))?;
 
     // 6. Descriptors.
+    if plan.stdin_null {
+        null_stdin()?;
+    }
     (fds.report, fds.go) = arrange_fds(fds)?;
 
     // 7. Privileges.
@@ -297,6 +303,19 @@ fn arrange_fds(fds: &ChildFds) -> Result<(RawFd, RawFd), String> {
         return Err(format!("close_range: {}", std::io::Error::last_os_error()));
     }
     Ok((REPORT, GO))
+}
+
+/// /dev/null as stdin.
+fn null_stdin() -> Result<(), String> {
+    // SAFETY: open of a constant NUL-terminated path; the result is checked.
+    let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("/dev/null: {}", std::io::Error::last_os_error()));
+    }
+    let moved = dup2(fd, 0);
+    // SAFETY: closing the descriptor we just opened (stdin holds its own now).
+    unsafe { libc::close(fd) };
+    moved
 }
 
 fn dup_above(fd: RawFd, min: RawFd) -> Result<RawFd, String> {

@@ -34,6 +34,10 @@ fn signal_set() -> SigSet {
         set.add(*s);
     }
     set.add(Signal::SIGCHLD);
+    // From the supervisor, when `run` is stopped (Ctrl-Z) and continued: stop and continue every
+    // process of the sandbox. (From the agent, only a way to stop itself.)
+    set.add(Signal::SIGTSTP);
+    set.add(Signal::SIGCONT);
     set
 }
 
@@ -85,9 +89,20 @@ pub fn run(plan: &ChildPlan, report_fd: RawFd) -> ! {
 
     let status = loop {
         let Ok(sig) = set.wait() else { continue };
-        if sig != Signal::SIGCHLD {
-            let _ = kill(agent, sig);
-            continue;
+        match sig {
+            Signal::SIGCHLD => {}
+            Signal::SIGTSTP => {
+                stop_all(plan.namespaces, Signal::SIGSTOP);
+                continue;
+            }
+            Signal::SIGCONT => {
+                stop_all(plan.namespaces, Signal::SIGCONT);
+                continue;
+            }
+            _ => {
+                let _ = kill(agent, sig);
+                continue;
+            }
         }
         if let Some(status) = reap(agent) {
             break status;
@@ -101,6 +116,51 @@ pub fn run(plan: &ChildPlan, report_fd: RawFd) -> ! {
     // Nothing of the agent is left: the supervisor may go on while the kernel tears down our namespaces.
     child::report(report_fd, &format!("{MSG_STATUS} {status}"));
     exit(0)
+}
+
+/// Sends `sig` (SIGSTOP or SIGCONT) to every other process of the sandbox. Stopping goes round again
+/// until no process is left running (one forked meanwhile is caught by the next round), bounded.
+fn stop_all(namespaces: bool, sig: Signal) {
+    let me = std::process::id();
+    for _ in 0..64 {
+        let pids: Vec<i32> = if namespaces {
+            std::fs::read_dir("/proc")
+                .map(|d| {
+                    d.flatten()
+                        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                        .filter(|p| *p as u32 != me)
+                        .collect()
+                })
+                .unwrap_or_default()
+        } else {
+            descendants(me)
+        };
+        let running: Vec<i32> = pids
+            .into_iter()
+            .filter(|p| sig == Signal::SIGCONT || !is_stopped(*p))
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        for pid in &running {
+            let _ = kill(Pid::from_raw(*pid), sig);
+        }
+        if sig == Signal::SIGCONT {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
+/// Whether `pid` is stopped (or gone, or a zombie: nothing left to stop).
+fn is_stopped(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .map_or(true, |state| matches!(state, 'T' | 't' | 'Z' | 'X')),
+        Err(_) => true,
+    }
 }
 
 /// Pid namespace: SIGKILL every other process in it (daemons included) and reap them all, so that when

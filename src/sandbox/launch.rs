@@ -39,6 +39,8 @@ fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> LaunchError {
 /// A running sandbox.
 pub struct Sandbox {
     pub pid: Pid,
+    /// The agent reads /dev/null, not the caller's stdin.
+    stdin_null: bool,
     /// Degraded mode: kill every descendant when the sandbox's init is gone.
     reap_all: bool,
     report: BufReader<File>,
@@ -120,14 +122,33 @@ pub trait Events {
     }
 }
 
+/// Job control: what stops `run` (Ctrl-Z, a background read or write) and what continues it.
+const STOPS: &[Signal] = &[Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU];
+
 /// Signals the supervisor handles itself; blocked before the clone (the sandbox's init unblocks its own).
 fn supervisor_signals() -> SigSet {
     let mut set = SigSet::empty();
-    for s in FORWARDED {
+    for s in FORWARDED.iter().chain(STOPS) {
         set.add(*s);
     }
+    set.add(Signal::SIGCONT);
     set.add(Signal::SIGCHLD);
     set
+}
+
+/// Stops `run` itself with `sig` (as its default action would have), returning once it is continued.
+fn stop_self(sig: Signal) {
+    let mut one = SigSet::empty();
+    one.add(sig);
+    let _ = one.thread_unblock();
+    let _ = nix::sys::signal::raise(sig);
+    let _ = one.thread_block();
+}
+
+/// Whether `run` is the foreground of the terminal that is its stdin (or stdin is no terminal).
+fn owns_its_terminal() -> bool {
+    // SAFETY: isatty, tcgetpgrp and getpgrp take no pointers.
+    unsafe { libc::isatty(0) != 1 || libc::tcgetpgrp(0) == libc::getpgrp() }
 }
 
 /// Clones the sandbox's first process (in new namespaces when `plan.namespaces`), which joins `cgroup`
@@ -218,6 +239,7 @@ pub fn spawn(
     drop(cgroup_files);
     let report = BufReader::new(File::from(rep_r));
     Ok(Pending {
+        stdin_null: plan.stdin_null,
         reap_all: !plan.namespaces,
         pid,
         go: Some(go_w),
@@ -231,6 +253,7 @@ pub fn spawn(
 /// Dropped without release, it kills the sandbox (nothing of the agent ever ran).
 pub struct Pending {
     pub pid: Pid,
+    stdin_null: bool,
     reap_all: bool,
     go: Option<OwnedFd>,
     report: Option<BufReader<File>>,
@@ -274,6 +297,7 @@ impl Pending {
             })?;
             drop(go);
             return Ok(Sandbox {
+                stdin_null: self.stdin_null,
                 reap_all: self.reap_all,
                 pid: self.pid,
                 report,
@@ -348,6 +372,7 @@ fn clone_plan(plan: &ChildPlan) -> ChildPlan {
         envp: plan.envp.clone(),
         path: plan.path.clone(),
         proxy_port: plan.proxy_port,
+        stdin_null: plan.stdin_null,
     }
 }
 
@@ -364,6 +389,8 @@ pub fn supervise(
     let mut ended: Option<AgentExit> = None;
     let report_fd = sandbox.report.get_ref().as_raw_fd();
     let mut events_open = true;
+    // The sandbox stopped with `run` (job control), and whether the user was told it stays so.
+    let (mut stopped, mut told_stays_stopped) = (false, false);
     loop {
         let timeout = match deadline {
             Some(d) => {
@@ -419,9 +446,35 @@ pub fn supervise(
         if signal_ready {
             while let Ok(Some(info)) = sandbox.signals.read_signal() {
                 let sig = info.ssi_signo as i32;
-                if sig != libc::SIGCHLD {
-                    // SAFETY: kill with a valid pid and signal number.
-                    unsafe { libc::kill(sandbox.pid.as_raw(), sig) };
+                match Signal::try_from(sig) {
+                    Ok(Signal::SIGCHLD) | Err(_) => {}
+                    // The agent is in a session of its own, out of the terminal's job control: when
+                    // `run` stops (Ctrl-Z), the whole sandbox stops with it (its init stops every
+                    // process), or the agent would go on, reading the terminal, past the wall clock.
+                    Ok(stop) if STOPS.contains(&stop) => {
+                        let _ = kill(sandbox.pid, Signal::SIGTSTP);
+                        stopped = true;
+                        stop_self(stop);
+                    }
+                    // Continued: the sandbox too, unless its stdin is the terminal and `run` is now in
+                    // its background (`bg`): it stays stopped until `fg`, like a job reading its
+                    // terminal.
+                    Ok(Signal::SIGCONT) if stopped => {
+                        if sandbox.stdin_null || owns_its_terminal() {
+                            let _ = kill(sandbox.pid, Signal::SIGCONT);
+                            stopped = false;
+                        } else if !told_stays_stopped {
+                            told_stays_stopped = true;
+                            errln!(
+                                "zt-aas: the agent stays stopped while run is in the background: its \
+                                 stdin is your terminal (fg to let it go on)"
+                            );
+                        }
+                    }
+                    Ok(Signal::SIGCONT) => {}
+                    Ok(forwarded) => {
+                        let _ = kill(sandbox.pid, forwarded);
+                    }
                 }
             }
         }

@@ -370,6 +370,7 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
         envp,
         path,
         proxy_port: config.proxy_port,
+        stdin_null: in_the_background_of_a_terminal(),
     };
     Ok(Prepared {
         plan,
@@ -377,6 +378,14 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
         cgroup,
         placeholders,
     })
+}
+
+/// Whether stdin is a terminal whose foreground is not this process group (`run ... &`): the agent then
+/// gets /dev/null instead. In a session of its own, out of the terminal's job control, it would read
+/// what the user types to the foreground program (a password prompt).
+pub fn in_the_background_of_a_terminal() -> bool {
+    // SAFETY: isatty, tcgetpgrp and getpgrp take no pointers.
+    unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) != libc::getpgrp() }
 }
 
 /// The agent's environment: the profile's allowlist of the caller's variables, then the profile's own,

@@ -852,14 +852,40 @@ fn a_brokered_command_starts_as_from_a_shell_and_dies_with_the_supervisor() {
         "[mediator]\ntimeout = \"60s\"\n\
          [[action]]\nname = \"probe.mask\"\nrun = [\"/bin/grep\", \"-E\", \"^Sig(Blk|Ign)\", \"/proc/self/status\"]\n\
          [[action]]\nname = \"probe.hang\"\nrun = [\"/bin/sh\", \"-c\", \"echo $$ > hang.pid; exec sleep 60\"]\n\
+         [[action]]\nname = \"probe.daemon\"\nrun = [\"/bin/sh\", \"-c\", \"setsid sh -c 'echo $$ > daemon.pid; exec sleep 60' </dev/null >/dev/null 2>&1 & sleep 0.3\"]\n\
          [[rule]]\neffect = \"allow\"\nactions = [\"probe.*\"]\n",
     );
     p.token(
         "t.tok",
-        &["--action", "probe.mask", "--action", "probe.hang"],
+        &[
+            "--action",
+            "probe.mask",
+            "--action",
+            "probe.hang",
+            "--action",
+            "probe.daemon",
+        ],
     );
-    let out = p.run(&["--token", "t.tok"], "zt-aas call probe.mask");
+    let out = p.run(
+        &["--token", "t.tok"],
+        "zt-aas call probe.mask; zt-aas call probe.daemon >/dev/null",
+    );
     let stdout = text(&out.stdout);
+    // A daemon the command left (a session of its own, out of its process group) is gone too.
+    let daemon: i32 = std::fs::read_to_string(p.dir.join("daemon.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let alive =
+        std::fs::read_to_string(format!("/proc/{daemon}/stat")).is_ok_and(|s| !s.contains(") Z "));
+    if alive {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(daemon),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(!alive, "the command's daemon outlived it");
     assert!(stdout.contains("SigBlk:\\t0000000000000000"), "{stdout}");
     let ignored = stdout
         .split("SigIgn:\\t")

@@ -203,14 +203,28 @@ fn reap(agent: Pid) -> Option<i32> {
 /// appears (a stopped process cannot fork), then killed; reaping never blocks; and the whole is bounded
 /// in time so that the caller's wall clock and signals are served again.
 pub(crate) fn kill_descendants() {
+    kill_descendants_except(None)
+}
+
+/// [`kill_descendants`], sparing one child and what lies below it (the supervisor spares the sandbox's
+/// init: what a brokered command left behind is killed, the sandbox goes on). With a child spared, only
+/// the processes killed are reaped: the spared one is waited for by its owner.
+pub(crate) fn kill_descendants_except(spare: Option<i32>) {
     use std::collections::HashSet;
     use std::time::{Duration, Instant};
     let me = std::process::id();
     let deadline = Instant::now() + Duration::from_secs(5);
+    let below = || -> Vec<i32> {
+        children_of(me)
+            .into_iter()
+            .filter(|c| Some(*c) != spare)
+            .flat_map(|c| std::iter::once(c).chain(descendants(c as u32)))
+            .collect()
+    };
     loop {
         let mut frozen = HashSet::new();
         loop {
-            let fresh: Vec<i32> = descendants(me)
+            let fresh: Vec<i32> = below()
                 .into_iter()
                 .filter(|pid| frozen.insert(*pid))
                 .collect();
@@ -224,12 +238,21 @@ pub(crate) fn kill_descendants() {
         for pid in &frozen {
             let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
         }
-        while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            if matches!(status, WaitStatus::StillAlive) {
-                break;
+        match spare {
+            None => {
+                while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    if matches!(status, WaitStatus::StillAlive) {
+                        break;
+                    }
+                }
+            }
+            Some(_) => {
+                for pid in &frozen {
+                    let _ = waitpid(Pid::from_raw(*pid), Some(WaitPidFlag::WNOHANG));
+                }
             }
         }
-        if children_of(me).is_empty() || Instant::now() > deadline {
+        if below().is_empty() || Instant::now() > deadline {
             return;
         }
         std::thread::sleep(Duration::from_millis(1));

@@ -584,6 +584,8 @@ pub fn run(args: &RunArgs) -> CmdResult {
             return Err(failure);
         }
     };
+    // What the agent sent and the mediator had not read yet: recorded, not carried out.
+    mediator.record_unserved();
     // The agent is gone: the caller's terminal and stdio as they were, before run's own messages.
     drop(terminal);
     if let Some(m) = exit.message() {

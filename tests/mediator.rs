@@ -860,6 +860,41 @@ fn a_deny_rule_catches_its_pattern_across_line_breaks() {
 }
 
 #[test]
+fn calls_still_queued_when_the_agent_exits_are_recorded_and_not_carried_out() {
+    // The agent sends requests without waiting for answers and exits: those the mediator had not read
+    // are recorded as not served (none carried out); every call it made is in the log.
+    let fx = Fixture::new("", &[]);
+    let program = r#"
+import json, os, socket
+s = socket.socket(fileno=int(os.environ["ZT_AAS_FD"]))
+for i in range(60):
+    s.send(json.dumps({"id": i, "action": "sys.ping"}).encode())
+os._exit(0)
+"#;
+    let out = fx.run_python(program, RUN_LIMIT);
+    assert_status(&out, 0);
+    let decisions = fx.decisions("sys.ping");
+    assert_eq!(decisions.len(), 60, "calls missing from the log");
+    let served = decisions
+        .iter()
+        .filter(|d| d["decision"] == "allow")
+        .count();
+    let unserved: Vec<&Value> = decisions
+        .iter()
+        .filter(|d| d["check"] == "not_served")
+        .collect();
+    assert_eq!(served + unserved.len(), 60);
+    assert!(unserved.iter().all(|d| d["decision"] == "deny"));
+    let results = fx
+        .records()
+        .into_iter()
+        .filter(|r| r["kind"] == "result")
+        .count();
+    assert_eq!(results, served, "a call not served was carried out");
+    assert_status(&fx.zt(&["audit", "verify", "audit.jsonl"]), 0);
+}
+
+#[test]
 fn fs_builtins_stay_beneath_their_root() {
     let fx = Fixture::new(FS_ACTIONS, &["fs.read", "fs.write", "fs.list"]);
     let secret = unique("TOPSECRET");

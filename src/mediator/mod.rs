@@ -652,6 +652,50 @@ impl Mediator {
     }
 
     /// Receives one frame (and an optional reply socket), answers it.
+    /// Requests still queued when the session ends (the agent gone, or killed): none is carried out,
+    /// and each is recorded as refused (`check: not_served`), so that every call the agent made is in
+    /// the log. Bounded by the
+    /// session's audit budget and a count.
+    pub fn record_unserved(&mut self) {
+        let mut buf = vec![0u8; protocol::MAX_REQUEST + 1];
+        for _ in 0..4096 {
+            if self.over_budget().is_some() || self.audit_broken.is_some() {
+                return;
+            }
+            // (Descriptors passed with a request are discarded by the kernel: no room for them.)
+            let len = match nix::sys::socket::recv(
+                self.socket.as_raw_fd(),
+                &mut buf,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC,
+            ) {
+                Ok(0) if peer_closed(self.socket.as_fd()) => return,
+                Ok(n) => n,
+                Err(_) => return,
+            };
+            let reason = "not served: the session ended before this call was read; nothing was \
+                          carried out";
+            let mut extra = Map::new();
+            extra.insert("check".into(), json!("not_served"));
+            let body = match protocol::parse_request(&buf[..len.min(protocol::MAX_REQUEST)]) {
+                Ok(req) => {
+                    self.decision_body(&req, &Decision::deny(Check::Malformed, reason), extra)
+                }
+                Err(e) => {
+                    let mut body = RecordBody::new("", Kind::Decision, self.agent.clone());
+                    body.decision = Some("deny".into());
+                    body.reason = Some(reason.into());
+                    body.action = e.action.clone();
+                    body.extra = extra;
+                    body
+                }
+            };
+            self.stats.denied += 1;
+            if self.record(body).is_err() {
+                return;
+            }
+        }
+    }
+
     fn serve_one(&mut self) -> Option<String> {
         if test_panic() {
             panic!("ZT_AAS_TEST_PANIC is set (test-utils): the mediator fails on a request");

@@ -1513,6 +1513,19 @@ fn missing_command_is_127_and_non_executable_is_126() {
     let o = run_with(&ctx, &Opts::default(), &[script.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(126), "{}", describe(&o));
     assert!(!text(&o.stdout).contains("ran"));
+    // There, executable, but its interpreter is not: it cannot be executed (126), it is not "not found".
+    let orphan = ctx.ws.join("no-interpreter.sh");
+    std::fs::write(
+        &orphan,
+        "#!/nonexistent/interpreter
+echo ran
+",
+    )
+    .unwrap();
+    std::fs::set_permissions(&orphan, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = run_with(&ctx, &Opts::default(), &[orphan.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(126), "{}", describe(&o));
+    assert!(text(&o.stderr).contains("interpreter"), "{}", describe(&o));
 }
 
 #[test]

@@ -367,9 +367,15 @@ pub fn exec_agent(plan: &ChildPlan, report_fd: RawFd) -> ! {
     for candidate in &candidates {
         // SAFETY: argv and envp are NULL-terminated arrays of pointers into CStrings that outlive the call.
         unsafe { libc::execve(candidate.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-        let errno = std::io::Error::last_os_error()
+        let mut errno = std::io::Error::last_os_error()
             .raw_os_error()
             .unwrap_or(libc::ENOENT);
+        // The file is there but could not be started: its `#!` interpreter or its loader is missing
+        // (execve says ENOENT of those too). Not "command not found" (127) but "cannot execute" (126).
+        // SAFETY: access(2) of a NUL-terminated path.
+        if errno == libc::ENOENT && unsafe { libc::access(candidate.as_ptr(), libc::F_OK) } == 0 {
+            errno = libc::ENOEXEC;
+        }
         // Like execvp: a permission problem is remembered over a later "not found".
         if errno != libc::ENOENT && errno != libc::ENOTDIR || last == libc::ENOENT {
             last = errno;

@@ -89,10 +89,12 @@ impl AgentExit {
         match self {
             AgentExit::ExecFailed(errno, program) => Some(format!(
                 "{program}: {}",
-                if *errno == libc::ENOENT {
-                    "command not found inside the sandbox".to_string()
-                } else {
-                    std::io::Error::from_raw_os_error(*errno).to_string()
+                match *errno {
+                    libc::ENOENT => "command not found inside the sandbox".to_string(),
+                    libc::ENOEXEC => "cannot be executed inside the sandbox: not an executable \
+                                      format, or its interpreter (#!) or loader is not there"
+                        .to_string(),
+                    e => std::io::Error::from_raw_os_error(e).to_string(),
                 }
             )),
             AgentExit::WallLimit(d) => Some(format!(

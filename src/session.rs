@@ -163,6 +163,13 @@ pub fn run(args: &RunArgs) -> CmdResult {
             )));
         }
     }
+    // Inside, the agent has no capabilities (a root caller's DAC override included): a workspace the
+    // caller's ids cannot write by its mode is read-only for it. Said, not refused (it may be meant).
+    if !args.quiet {
+        if let Some(why) = not_writable_without_privileges(&workspace) {
+            errln!("zt-aas: note: the agent cannot write the workspace: {why}");
+        }
+    }
     // The layers this host cannot give, refused before anything is made (audit key, revocation list,
     // placeholders): a refused run leaves nothing behind.
     let require: Vec<Layer> = policy
@@ -635,6 +642,39 @@ pub fn run(args: &RunArgs) -> CmdResult {
         )
     })?;
     Ok(code)
+}
+
+/// Why the caller's ids, without any capability, cannot write `dir` (by its owner, group and mode).
+fn not_writable_without_privileges(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).ok()?;
+    let (uid, gid) = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
+    let in_group = meta.gid() == gid
+        || nix::unistd::getgroups().is_ok_and(|g| g.iter().any(|g| g.as_raw() == meta.gid()));
+    let mode = meta.mode();
+    let writable = if meta.uid() == uid {
+        mode & 0o200 != 0
+    } else if in_group {
+        mode & 0o020 != 0
+    } else {
+        mode & 0o002 != 0
+    };
+    (!writable).then(|| {
+        format!(
+            "{} belongs to uid {} (mode {:o}) and the sandbox runs as uid {uid} with no capabilities{}",
+            dir.display(),
+            meta.uid(),
+            mode & 0o7777,
+            if uid == 0 {
+                " (root's override of file permissions does not reach inside): run as its owner"
+            } else {
+                ""
+            }
+        )
+    })
 }
 
 /// A home directory at or beneath `workspace` (`false`), or one whose dot-directory holds it (`true`:

@@ -2126,6 +2126,48 @@ fn repositories_the_agent_sets_up_in_subdirectories_do_not_run_its_code_for_the_
 }
 
 #[test]
+fn a_workspace_the_agent_cannot_write_is_said_at_launch() {
+    // Root runs on a checkout owned by another uid (a CI container): without capabilities inside, the
+    // agent cannot write it. Said, not silently read-only.
+    if !is_root() {
+        eprintln!("skipped: needs root to own a workspace by another uid");
+        return;
+    }
+    let (_t, ws) = plain_workspace();
+    std::os::unix::fs::chown(&ws, Some(1000), Some(1000)).unwrap();
+    let out = zt(&ws, &["run", "--workspace", ".", "--", "true"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("the agent cannot write the workspace"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::os::unix::fs::chown(&ws, Some(0), Some(0)).unwrap();
+    let out = zt(&ws, &["run", "--workspace", ".", "--", "true"]);
+    assert!(
+        !text(&out.stderr).contains("cannot write"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_repository_made_just_before_the_run_is_not_blamed_on_the_agent() {
+    // `git clone` (or init) into a subdirectory right before `run` (a CI script): its empty `branches/`
+    // changed within the launch's margin, but an empty directory is nothing to move aside or to blame.
+    let (_t, ws) = plain_workspace();
+    git_ok(&ws, &["init", "-q", "proj"]);
+    let out = run_sh(&ws, "true");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("written by the agent"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(ws.join("proj/.git/branches").is_dir());
+}
+
+#[test]
 fn a_hook_hidden_among_many_files_in_a_nested_repository_is_still_caught() {
     // The after-run check reads a nested repository's hooks directory entry by entry, up to a budget:
     // a directory fuller than that is judged as a whole, so no hook hides behind a thousand samples.

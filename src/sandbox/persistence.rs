@@ -890,7 +890,11 @@ fn judge_nested(
             || std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir())
                 && entries_upto(&p, DIR_BUDGET)
                     .map_or(true, |entries| entries.iter().any(|e| changed(e)));
-        if std::fs::symlink_metadata(&p).is_ok() && touched {
+        // An empty directory holds no step to run and no remote (`git clone` makes an empty
+        // `branches/`): not the agent's doing to report, whatever its time.
+        let empty = std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir())
+            && entries_upto(&p, 1).is_some_and(|entries| entries.is_empty());
+        if std::fs::symlink_metadata(&p).is_ok() && touched && !empty {
             aside(&p, agents, done);
         }
     }

@@ -561,7 +561,7 @@ pub fn run(args: &RunArgs) -> CmdResult {
                     served.unwrap_or_else(|_| {
                         sandbox::launch::kill_sandbox(pid);
                         if degraded {
-                            sandbox::init::kill_descendants();
+                            sandbox::launch::kill_orphans();
                         }
                         let lost = sandbox::launch::AgentExit::Lost(
                             "internal error: the supervisor failed while serving (a bug; see the \

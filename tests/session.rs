@@ -852,40 +852,14 @@ fn a_brokered_command_starts_as_from_a_shell_and_dies_with_the_supervisor() {
         "[mediator]\ntimeout = \"60s\"\n\
          [[action]]\nname = \"probe.mask\"\nrun = [\"/bin/grep\", \"-E\", \"^Sig(Blk|Ign)\", \"/proc/self/status\"]\n\
          [[action]]\nname = \"probe.hang\"\nrun = [\"/bin/sh\", \"-c\", \"echo $$ > hang.pid; exec sleep 60\"]\n\
-         [[action]]\nname = \"probe.daemon\"\nrun = [\"/bin/sh\", \"-c\", \"setsid sh -c 'echo $$ > daemon.pid; exec sleep 60' </dev/null >/dev/null 2>&1 & sleep 0.3\"]\n\
          [[rule]]\neffect = \"allow\"\nactions = [\"probe.*\"]\n",
     );
     p.token(
         "t.tok",
-        &[
-            "--action",
-            "probe.mask",
-            "--action",
-            "probe.hang",
-            "--action",
-            "probe.daemon",
-        ],
+        &["--action", "probe.mask", "--action", "probe.hang"],
     );
-    let out = p.run(
-        &["--token", "t.tok"],
-        "zt-aas call probe.mask; zt-aas call probe.daemon >/dev/null",
-    );
+    let out = p.run(&["--token", "t.tok"], "zt-aas call probe.mask");
     let stdout = text(&out.stdout);
-    // A daemon the command left (a session of its own, out of its process group) is gone too.
-    let daemon: i32 = std::fs::read_to_string(p.dir.join("daemon.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let alive =
-        std::fs::read_to_string(format!("/proc/{daemon}/stat")).is_ok_and(|s| !s.contains(") Z "));
-    if alive {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(daemon),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    assert!(!alive, "the command's daemon outlived it");
     assert!(stdout.contains("SigBlk:\\t0000000000000000"), "{stdout}");
     let ignored = stdout
         .split("SigIgn:\\t")
@@ -2123,6 +2097,48 @@ fn repositories_the_agent_sets_up_in_subdirectories_do_not_run_its_code_for_the_
     assert!(ws.join("hp/.git/config").is_file(), "{stderr}");
     assert!(ws.join("ops/config/policy.toml").is_file(), "{stderr}");
     assert!(!stderr.contains("r/app"), "{stderr}");
+}
+
+#[test]
+fn the_callers_own_processes_outlive_the_run() {
+    // `exec zt-aas run` from a shell that has a `tee` of its output running: that process is a child of
+    // `run` too, and not the agent's. It must survive the run, degraded mode (where `run` kills the
+    // sandbox's orphans) included.
+    for degraded in [false, true] {
+        let (_t, ws) = plain_workspace();
+        let script = format!(
+            "sleep 30 >/dev/null 2>&1 & echo $! > caller.pid; exec {zt} run -q {flags} --workspace . -- true",
+            zt = ZT,
+            flags = if degraded { "--allow-degraded" } else { "" }
+        );
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &script])
+            .current_dir(&ws)
+            .env("XDG_STATE_HOME", ws.join("state"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if degraded {
+            cmd.env("ZT_AAS_TEST_DISABLE", "userns");
+        }
+        let out = wait_bounded(cmd.spawn().unwrap(), &["run"]);
+        let pid: i32 = std::fs::read_to_string(ws.join("caller.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let alive =
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        assert!(
+            alive,
+            "degraded={degraded}: run killed its caller's process: {}",
+            text(&out.stderr)
+        );
+    }
 }
 
 #[test]

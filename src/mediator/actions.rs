@@ -809,11 +809,9 @@ fn run_command(
             Err(e) => break Err(e),
         }
     };
-    // Leave nothing of it behind: daemons it spawned in its group, and those that left the group
-    // (`setsid`), which came to the supervisor as their subreaper.
+    // Leave nothing of it behind (daemons it spawned in its group).
     // SAFETY: as above.
     unsafe { libc::kill(-pid, libc::SIGKILL) };
-    crate::sandbox::launch::kill_strays();
     let (exit, signal) = match status {
         Ok(s) => {
             use std::os::unix::process::ExitStatusExt;

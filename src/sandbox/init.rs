@@ -203,13 +203,13 @@ fn reap(agent: Pid) -> Option<i32> {
 /// appears (a stopped process cannot fork), then killed; reaping never blocks; and the whole is bounded
 /// in time so that the caller's wall clock and signals are served again.
 pub(crate) fn kill_descendants() {
-    kill_descendants_except(None)
+    kill_descendants_sparing(&[])
 }
 
-/// [`kill_descendants`], sparing one child and what lies below it (the supervisor spares the sandbox's
-/// init: what a brokered command left behind is killed, the sandbox goes on). With a child spared, only
-/// the processes killed are reaped: the spared one is waited for by its owner.
-pub(crate) fn kill_descendants_except(spare: Option<i32>) {
+/// [`kill_descendants`], sparing the children in `spare` and what lies below them: the supervisor
+/// spares the processes its caller had started before it (`exec zt-aas run` from a shell with a
+/// `tee` of its output running), which are its children too. Only what is killed is reaped.
+pub(crate) fn kill_descendants_sparing(spare: &[i32]) {
     use std::collections::HashSet;
     use std::time::{Duration, Instant};
     let me = std::process::id();
@@ -217,7 +217,7 @@ pub(crate) fn kill_descendants_except(spare: Option<i32>) {
     let below = || -> Vec<i32> {
         children_of(me)
             .into_iter()
-            .filter(|c| Some(*c) != spare)
+            .filter(|c| !spare.contains(c))
             .flat_map(|c| std::iter::once(c).chain(descendants(c as u32)))
             .collect()
     };
@@ -238,18 +238,15 @@ pub(crate) fn kill_descendants_except(spare: Option<i32>) {
         for pid in &frozen {
             let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
         }
-        match spare {
-            None => {
-                while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                    if matches!(status, WaitStatus::StillAlive) {
-                        break;
-                    }
+        if spare.is_empty() {
+            while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                if matches!(status, WaitStatus::StillAlive) {
+                    break;
                 }
             }
-            Some(_) => {
-                for pid in &frozen {
-                    let _ = waitpid(Pid::from_raw(*pid), Some(WaitPidFlag::WNOHANG));
-                }
+        } else {
+            for pid in &frozen {
+                let _ = waitpid(Pid::from_raw(*pid), Some(WaitPidFlag::WNOHANG));
             }
         }
         if below().is_empty() || Instant::now() > deadline {
@@ -275,7 +272,7 @@ fn descendants(pid: u32) -> Vec<i32> {
     out
 }
 
-fn children_of(pid: u32) -> Vec<i32> {
+pub(crate) fn children_of(pid: u32) -> Vec<i32> {
     let mut out = Vec::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return out;

@@ -201,11 +201,14 @@ pub fn spawn(
             source: e.into(),
         })?;
 
-    // The subreaper of what is left behind: without a pid namespace the agent can kill the sandbox's
-    // init (same uid, same domain), and a brokered command can leave a daemon (`setsid`); their orphans
-    // come to the supervisor, which kills them (after each command, and when the sandbox ends).
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    // The processes the caller started before it exec'd `run` are its children too: never killed.
+    CALLERS_CHILDREN.get_or_init(|| super::init::children_of(std::process::id()));
+    if !plan.namespaces {
+        // Without a pid namespace the agent can kill the sandbox's init (same uid, same domain); as the
+        // subreaper, the supervisor inherits the orphans and kills them when the sandbox ends.
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    }
     let mut flags = libc::SIGCHLD as libc::c_ulong;
     if plan.namespaces {
         flags |= (libc::CLONE_NEWUSER
@@ -234,7 +237,6 @@ pub fn spawn(
         child::main(clone_plan(plan), fds);
     }
     let pid = Pid::from_raw(pid as i32);
-    SANDBOX_INIT.store(pid.as_raw(), std::sync::atomic::Ordering::Relaxed);
     drop(go_r);
     drop(rep_w);
     let handoff = handoff.map(|(ours, _theirs)| ours);
@@ -251,16 +253,14 @@ pub fn spawn(
     })
 }
 
-/// The sandbox's init (0 before the launch): spared when what brokered commands left is killed.
-static SANDBOX_INIT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+/// The children `run` had before the sandbox (its caller's, from before it exec'd `run`).
+static CALLERS_CHILDREN: std::sync::OnceLock<Vec<i32>> = std::sync::OnceLock::new();
 
-/// Kills what brokered commands left behind (daemons reparented to the supervisor), sparing the sandbox.
-pub fn kill_strays() {
-    // (Only in a supervisor, which has launched a sandbox and is the subreaper of its children.)
-    let init = SANDBOX_INIT.load(std::sync::atomic::Ordering::Relaxed);
-    if init > 0 {
-        super::init::kill_descendants_except(Some(init));
-    }
+/// Degraded mode: kills every descendant of the supervisor (the sandbox's orphans come to it as the
+/// subreaper), except the processes its caller had started.
+pub fn kill_orphans() {
+    let spare = CALLERS_CHILDREN.get().map(Vec::as_slice).unwrap_or(&[]);
+    super::init::kill_descendants_sparing(spare);
 }
 
 /// A sandbox whose first process is setting itself up; the agent starts only at [`Pending::release`].
@@ -535,9 +535,7 @@ pub fn supervise(
         (Some(wait_for(sandbox.pid)), Exiting { pid: None })
     };
     if sandbox.reap_all {
-        super::init::kill_descendants();
-    } else {
-        kill_strays();
+        kill_orphans();
     }
     restore_signals(&mut sandbox);
     let exit = if let Some(e) = ended {

@@ -2880,6 +2880,71 @@ fn a_stopped_run_stops_its_whole_sandbox() {
 }
 
 #[test]
+fn a_stopped_run_stops_a_process_whose_main_thread_has_exited() {
+    // Its main thread gone (pthread_exit), a process shows as a zombie while its other thread runs on:
+    // it must be stopped with the rest. And the agent cannot continue a sandbox the user stopped by
+    // sending SIGCONT to the sandbox's init.
+    let (_t, ws) = plain_workspace();
+    std::fs::write(
+        ws.join("zleader.c"),
+        "#include <pthread.h>\n#include <signal.h>\n#include <stdio.h>\n#include <unistd.h>\n\
+         static void *tick(void *path) {\n  for (;;) {\n    FILE *f = fopen(path, \"a\");\n\
+             if (f) { fputs(\"x\\n\", f); fclose(f); }\n    kill(1, SIGCONT);\n    usleep(20000);\n  }\n}\n\
+         int main(int argc, char **argv) {\n  pthread_t t;\n  (void)argc;\n\
+           pthread_create(&t, 0, tick, argv[1]);\n  pthread_exit(0);\n}\n",
+    )
+    .unwrap();
+    let cc = Command::new("cc")
+        .args(["-O1", "-pthread", "-o", "zleader", "zleader.c"])
+        .current_dir(&ws)
+        .status()
+        .expect("cc");
+    assert!(cc.success());
+    let mut child = Command::new(ZT)
+        .args([
+            "run",
+            "-q",
+            "--workspace",
+            ".",
+            "--",
+            "sh",
+            "-c",
+            "./zleader ticks & wait",
+        ])
+        .current_dir(&ws)
+        .env("XDG_STATE_HOME", ws.join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let ticks = || {
+        std::fs::read_to_string(ws.join("ticks"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let start = Instant::now();
+    while ticks() < 5 && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTSTP).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let stopped_at = ticks();
+    std::thread::sleep(Duration::from_millis(600));
+    let later = ticks();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(later, stopped_at, "a thread went on while run was stopped");
+}
+
+#[test]
 fn a_repository_made_in_the_sandbox_does_not_commit_the_placeholders() {
     let (_t, ws) = plain_workspace();
     let (_s, state) = plain_workspace();

@@ -87,10 +87,27 @@ pub fn run(plan: &ChildPlan, report_fd: RawFd) -> ! {
     // SAFETY: closing our own descriptor.
     unsafe { libc::close(3) };
 
+    let supervisor = nix::unistd::getppid().as_raw();
     let status = loop {
-        let Ok(sig) = set.wait() else { continue };
+        // SAFETY: siginfo_t is plain data; zeroed is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: sigwaitinfo with a valid set and a siginfo_t on our stack.
+        let raw = unsafe { libc::sigwaitinfo(set.as_ref(), &mut info) };
+        let Ok(sig) = Signal::try_from(raw) else {
+            continue;
+        };
+        // Stop and continue come from the supervisor only: from outside the pid namespace (the sender
+        // is pid 0 here), or in degraded mode our parent. From the agent, they are ignored (it could
+        // otherwise continue a sandbox the user stopped).
+        // (Sent with kill(2): SI_USER, which only the kernel sets; sigqueue's SI_QUEUE could name any
+        // sender.)
+        // SAFETY: si_pid is set for signals sent with kill(2).
+        let sender = unsafe { info.si_pid() };
+        let from_supervisor =
+            info.si_code == libc::SI_USER && (sender == 0 || sender == supervisor);
         match sig {
             Signal::SIGCHLD => {}
+            Signal::SIGTSTP | Signal::SIGCONT if !from_supervisor => continue,
             Signal::SIGTSTP => {
                 stop_all(plan.namespaces, Signal::SIGSTOP);
                 continue;
@@ -152,15 +169,21 @@ fn stop_all(namespaces: bool, sig: Signal) {
     }
 }
 
-/// Whether `pid` is stopped (or gone, or a zombie: nothing left to stop).
+/// Whether every thread of `pid` is stopped (or gone): a process whose main thread has exited shows as
+/// a zombie while its other threads run on.
 fn is_stopped(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.chars().next())
-            .map_or(true, |state| matches!(state, 'T' | 't' | 'Z' | 'X')),
-        Err(_) => true,
-    }
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(
+        |task| match std::fs::read_to_string(task.path().join("stat")) {
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next())
+                .map_or(true, |state| matches!(state, 'T' | 't' | 'Z' | 'X')),
+            Err(_) => true,
+        },
+    )
 }
 
 /// Pid namespace: SIGKILL every other process in it (daemons included) and reap them all, so that when

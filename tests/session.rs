@@ -2791,14 +2791,26 @@ fn a_run_in_the_background_leaves_the_foreground_programs_terminal_modes() {
 #[test]
 fn an_agent_started_in_the_background_of_a_terminal_cannot_read_it() {
     // In a session of its own, the agent is out of the terminal's job control: started with `&`, it
-    // would read what the user types to the foreground program (a password prompt). It gets /dev/null;
-    // in the foreground it keeps the terminal.
+    // would read what the user types to the foreground program (a password prompt). It gets /dev/null,
+    // and its stderr, the terminal too, write-only (a terminal opened for writing reads as well); in the
+    // foreground it keeps the terminal.
     let (_t, ws) = plain_workspace();
+    std::fs::write(
+        ws.join("probe.py"),
+        "import os, sys\n\
+         def readable(fd):\n\
+         \x20   try:\n\
+         \x20       os.read(fd, 0)\n\
+         \x20       return 'READABLE'\n\
+         \x20   except OSError:\n\
+         \x20       return 'NOT-READABLE'\n\
+         tty = 'TTY' if os.isatty(0) else 'NOT-A-TTY'\n\
+         open(sys.argv[1], 'w').write('%s %s %s' % (tty, readable(0), readable(2)))\n",
+    )
+    .unwrap();
     let inner = format!(
-        "set -m; XDG_STATE_HOME={state} {zt} run --workspace {ws} -- \
-           sh -c '[ -t 0 ] && echo TTY > bg.txt || echo NOT-A-TTY > bg.txt' 2>{ws}/bg.err & wait $!; \
-         XDG_STATE_HOME={state} {zt} run -q --workspace {ws} -- \
-           sh -c '[ -t 0 ] && echo TTY > fg.txt || echo NOT-A-TTY > fg.txt'; echo BOTH-ENDED",
+        "set -m; XDG_STATE_HOME={state} {zt} run --workspace {ws} -- python3 probe.py bg.txt & wait $!; \
+         XDG_STATE_HOME={state} {zt} run -q --workspace {ws} -- python3 probe.py fg.txt; echo BOTH-ENDED",
         state = ws.join("state").display(),
         zt = ZT,
         ws = ws.display(),
@@ -2810,13 +2822,13 @@ fn an_agent_started_in_the_background_of_a_terminal_cannot_read_it() {
         text(&out.stderr)
     );
     let read = |name: &str| std::fs::read_to_string(ws.join(name)).unwrap_or_default();
-    assert_eq!(read("fg.txt").trim(), "TTY", "{stdout}");
-    assert_eq!(read("bg.txt").trim(), "NOT-A-TTY", "{stdout}");
-    assert!(
-        read("bg.err").contains("reads /dev/null"),
-        "{}",
-        read("bg.err")
+    assert_eq!(read("fg.txt").trim(), "TTY READABLE READABLE", "{stdout}");
+    assert_eq!(
+        read("bg.txt").trim(),
+        "NOT-A-TTY READABLE NOT-READABLE",
+        "{stdout}"
     );
+    assert!(stdout.contains("reads /dev/null"), "{stdout}");
 }
 
 #[test]

@@ -179,6 +179,14 @@ fn setup(plan: &ChildPlan, fds: &mut ChildFds) -> Result<String, String> {
     // 6. Descriptors.
     if plan.stdin_null {
         null_stdin()?;
+        // A terminal is opened for reading and writing: as stdout or stderr it would read what the
+        // user types just the same. Write-only here.
+        for fd in [1, 2] {
+            // SAFETY: isatty takes no pointer.
+            if unsafe { libc::isatty(fd) } == 1 {
+                write_only(fd)?;
+            }
+        }
     }
     (fds.report, fds.go) = arrange_fds(fds)?;
 
@@ -315,6 +323,28 @@ fn null_stdin() -> Result<(), String> {
     let moved = dup2(fd, 0);
     // SAFETY: closing the descriptor we just opened (stdin holds its own now).
     unsafe { libc::close(fd) };
+    moved
+}
+
+/// `fd` reopened write-only (its file again, through its /proc link).
+fn write_only(fd: RawFd) -> Result<(), String> {
+    let path = CString::new(format!("/proc/self/fd/{fd}")).map_err(|e| e.to_string())?;
+    // SAFETY: open of a NUL-terminated path; the result is checked.
+    let new = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_WRONLY | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if new < 0 {
+        return Err(format!(
+            "reopening descriptor {fd} write-only: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let moved = dup2(new, fd);
+    // SAFETY: closing the descriptor we just opened (fd holds its own now).
+    unsafe { libc::close(new) };
     moved
 }
 

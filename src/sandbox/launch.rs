@@ -147,10 +147,15 @@ fn stop_self(sig: Signal) {
     let _ = one.thread_block();
 }
 
-/// Whether `run` is the foreground of the terminal that is its stdin (or stdin is no terminal).
+/// Whether `run` is the foreground of the terminal its stdin, stdout or stderr is (or none is one).
 fn owns_its_terminal() -> bool {
     // SAFETY: isatty, tcgetpgrp and getpgrp take no pointers.
-    unsafe { libc::isatty(0) != 1 || libc::tcgetpgrp(0) == libc::getpgrp() }
+    unsafe {
+        match (0..3).find(|fd| libc::isatty(*fd) == 1) {
+            Some(fd) => libc::tcgetpgrp(fd) == libc::getpgrp(),
+            None => true,
+        }
+    }
 }
 
 /// Clones the sandbox's first process (in new namespaces when `plan.namespaces`), which joins `cgroup`
@@ -470,9 +475,9 @@ pub fn supervise(
                         stopped = true;
                         stop_self(stop);
                     }
-                    // Continued: the sandbox too, unless its stdin is the terminal and `run` is now in
-                    // its background (`bg`): it stays stopped until `fg`, like a job reading its
-                    // terminal.
+                    // Continued: the sandbox too, unless the agent can read the terminal (its stdin,
+                    // stdout or stderr is the terminal, opened for reading) and `run` is now in its
+                    // background (`bg`): it stays stopped until `fg`, like a job reading its terminal.
                     Ok(Signal::SIGCONT) if stopped => {
                         if sandbox.stdin_null || owns_its_terminal() {
                             let _ = kill(sandbox.pid, Signal::SIGCONT);
@@ -481,7 +486,7 @@ pub fn supervise(
                             told_stays_stopped = true;
                             errln!(
                                 "zt-aas: the agent stays stopped while run is in the background: its \
-                                 stdin is your terminal (fg to let it go on)"
+                                 stdin, stdout or stderr is your terminal (fg to let it go on)"
                             );
                         }
                     }

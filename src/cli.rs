@@ -83,6 +83,10 @@ pub struct RunArgs {
     /// Run with fewer layers when a required one is unavailable (recorded in the audit log).
     #[arg(long)]
     pub allow_degraded: bool,
+    /// The workspace is a throwaway directory, deleted after the run (a sandboxed brokered command's):
+    /// skip the after-run checks of what the agent left in it for the user's git and shell.
+    #[arg(long)]
+    pub scratch_workspace: bool,
     /// No summary line on stderr.
     #[arg(short, long)]
     pub quiet: bool,

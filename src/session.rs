@@ -599,16 +599,21 @@ pub fn run(args: &RunArgs) -> CmdResult {
         errln!("zt-aas: {m}");
     }
     let code = exit.code();
-    let mut quarantined = modes.restore();
-    quarantined.extend(sandbox::persistence::quarantine_changes(
-        &git_before,
-        &session,
-    ));
-    quarantined.extend(sandbox::persistence::quarantine_nested(
-        &workspace,
-        launched_at,
-        &session,
-    ));
+    // (A throwaway workspace, deleted after the run, holds nothing the user's git or shell will read:
+    // not walked, so that the agent cannot stretch the end past its caller's grace.)
+    let mut quarantined = Vec::new();
+    if !args.scratch_workspace {
+        quarantined.extend(modes.restore());
+        quarantined.extend(sandbox::persistence::quarantine_changes(
+            &git_before,
+            &session,
+        ));
+        quarantined.extend(sandbox::persistence::quarantine_nested(
+            &workspace,
+            launched_at,
+            &session,
+        ));
+    }
     for line in &quarantined {
         // The paths are the agent's choice: no escape sequence may rewrite the warning.
         // One line each: a newline in a file name must not start a line of the agent's on stderr.
@@ -641,6 +646,7 @@ pub fn run(args: &RunArgs) -> CmdResult {
             &log_path,
         )
     })?;
+    crate::mediator::actions::finish_removals();
     Ok(code)
 }
 

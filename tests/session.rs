@@ -2168,6 +2168,29 @@ fn a_workspace_the_agent_cannot_write_is_said_at_launch() {
 }
 
 #[test]
+fn a_scratch_workspace_is_not_checked_after_the_run() {
+    // `--scratch-workspace` (what a sandboxed brokered command's run gets): the workspace is deleted
+    // afterwards, so nothing in it is walked or moved aside; without it, the same repository is.
+    let script = "git init -q x && git -C x config core.fsmonitor 'false' && echo MADE";
+    for scratch in [true, false] {
+        let (_t, ws) = plain_workspace();
+        let mut args = vec!["run", "-q", "--workspace", "."];
+        if scratch {
+            args.push("--scratch-workspace");
+        }
+        args.extend(["--", "sh", "-c", script]);
+        let out = zt(&ws, &args);
+        assert!(text(&out.stdout).contains("MADE"), "{}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stderr).contains("moved to"),
+            !scratch,
+            "scratch={scratch}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
 fn a_repository_made_just_before_the_run_is_not_blamed_on_the_agent() {
     // `git clone` (or init) into a subdirectory right before `run` (a CI script): its empty `branches/`
     // changed within the launch's margin, but an empty directory is nothing to move aside or to blame.

@@ -669,6 +669,18 @@ fn list_dir(dir: OwnedFd) -> Outcome {
 }
 
 /// Runs argv with an empty environment, stdin closed, bounded output and a timeout.
+/// The removals of sandboxed commands' workspaces still going on.
+static REMOVING: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Waits for the workspaces of sandboxed commands to be removed (at the end of `run`).
+pub fn finish_removals() {
+    let handles = std::mem::take(&mut *REMOVING.lock().unwrap_or_else(|e| e.into_inner()));
+    for handle in handles {
+        let _ = handle.join();
+    }
+}
+
 /// How long a sandboxed command's own session may take beyond its wall-clock limit to end and seal
 /// itself before it is killed (unsealed).
 const NESTED_GRACE: Duration = Duration::from_secs(5);
@@ -713,7 +725,8 @@ fn run_command(
             }
             let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
             let mut c = Command::new(exe);
-            c.args(["run", "-q", "--profile", profile, "--agent", nested.agent])
+            c.args(["run", "-q", "--scratch-workspace", "--profile", profile])
+                .args(["--agent", nested.agent])
                 .arg("--policy")
                 .arg(&policy_path)
                 .arg("--head-out")
@@ -832,6 +845,19 @@ fn run_command(
     if let Some((scratch, _)) = &dirs {
         // Its workspace was used once: the lock file that guarded its placeholders goes too.
         crate::sandbox::placeholders::forget(scratch.path());
+    }
+    // Removed meanwhile, not while the session waits (the agent decides how much there is to remove);
+    // `run` waits for it at its very end.
+    if let Some(dirs) = dirs.take() {
+        if let Ok(handle) = std::thread::Builder::new()
+            .name("zt-aas-scratch".into())
+            .spawn(move || drop(dirs))
+        {
+            REMOVING
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(handle);
+        }
     }
     let mut result = json!({
             "exit": exit.map(|c| c as i64).unwrap_or(128 + signal.unwrap_or(0) as i64),

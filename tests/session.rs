@@ -2106,15 +2106,20 @@ fn the_callers_own_processes_outlive_the_run() {
     // sandbox's orphans) included.
     for degraded in [false, true] {
         let (_t, ws) = plain_workspace();
+        // (Outside the workspace: degraded mode cannot hide the audit key in it, and refuses.)
+        let (_s, state_dir) = plain_workspace();
+        // (And one orphaned during the run, reparented to `run`: still the caller's.)
         let script = format!(
-            "sleep 30 >/dev/null 2>&1 & echo $! > caller.pid; exec {zt} run -q {flags} --workspace . -- true",
+            "sleep 30 >/dev/null 2>&1 & echo $! > caller.pid; \
+             sh -c 'sleep 0.5; sleep 30 >/dev/null 2>&1 & echo $! > orphan.pid' >/dev/null 2>&1 & \
+             exec {zt} run -q {flags} --workspace . -- sleep 2",
             zt = ZT,
             flags = if degraded { "--allow-degraded" } else { "" }
         );
         let mut cmd = Command::new("sh");
         cmd.args(["-c", &script])
             .current_dir(&ws)
-            .env("XDG_STATE_HOME", ws.join("state"))
+            .env("XDG_STATE_HOME", &state_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -2122,22 +2127,29 @@ fn the_callers_own_processes_outlive_the_run() {
             cmd.env("ZT_AAS_TEST_DISABLE", "userns");
         }
         let out = wait_bounded(cmd.spawn().unwrap(), &["run"]);
-        let pid: i32 = std::fs::read_to_string(ws.join("caller.pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let alive =
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
         assert!(
-            alive,
-            "degraded={degraded}: run killed its caller's process: {}",
+            out.status.success(),
+            "degraded={degraded}: {}",
             text(&out.stderr)
         );
+        for name in ["caller.pid", "orphan.pid"] {
+            let pid: i32 = std::fs::read_to_string(ws.join(name))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| !s.contains(") Z "));
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            assert!(
+                alive,
+                "degraded={degraded}: run killed its caller's process ({name}): {}",
+                text(&out.stderr)
+            );
+        }
     }
 }
 
@@ -2833,6 +2845,8 @@ fn an_agent_started_in_the_background_of_a_terminal_cannot_read_it() {
     .unwrap();
     let inner = format!(
         "set -m; XDG_STATE_HOME={state} {zt} run --workspace {ws} -- python3 probe.py bg.txt & wait $!; \
+         XDG_STATE_HOME={state} {zt} run -q --workspace {ws} -- python3 probe.py bg2.txt </dev/null & \
+         wait $!; \
          XDG_STATE_HOME={state} {zt} run -q --workspace {ws} -- python3 probe.py fg.txt; echo BOTH-ENDED",
         state = ws.join("state").display(),
         zt = ZT,
@@ -2851,6 +2865,12 @@ fn an_agent_started_in_the_background_of_a_terminal_cannot_read_it() {
         "NOT-A-TTY READABLE NOT-READABLE",
         "{stdout}"
     );
+    // Started in the background with stdin redirected: its stderr is still the terminal.
+    assert_eq!(
+        read("bg2.txt").trim(),
+        "NOT-A-TTY READABLE NOT-READABLE",
+        "{stdout}"
+    );
     assert!(stdout.contains("reads /dev/null"), "{stdout}");
 }
 
@@ -2858,60 +2878,88 @@ fn an_agent_started_in_the_background_of_a_terminal_cannot_read_it() {
 fn a_stopped_run_stops_its_whole_sandbox() {
     // Ctrl-Z (SIGTSTP) stops `run`; the agent, in a session of its own, must stop with it (or it would
     // go on reading the terminal and working past the wall clock), and go on when `run` is continued.
-    let (_t, ws) = plain_workspace();
-    let mut child = Command::new(ZT)
-        .args([
-            "run", "-q", "--workspace", ".", "--", "sh", "-c",
-            "i=0; while [ ! -e stop ] && [ $i -lt 2000 ]; do i=$((i+1)); echo $i >> ticks; sleep 0.02; done",
+    // The agent tries to get in the way: it stops the sandbox's init (degraded mode: same uid, no pid
+    // namespace) and lowers its descriptor limit.
+    for degraded in [false, true] {
+        let (_t, ws) = plain_workspace();
+        // (Outside the workspace: degraded mode cannot hide the audit key in it, and refuses.)
+        let (_s, state_dir) = plain_workspace();
+        let mut cmd = Command::new(ZT);
+        cmd.args(["run", "-q", "--workspace", "."]);
+        if degraded {
+            cmd.arg("--allow-degraded")
+                .env("ZT_AAS_TEST_DISABLE", "userns");
+        }
+        cmd.args([
+            "--",
+            "sh",
+            "-c",
+            "prlimit --pid $PPID --nofile=0:0 2>/dev/null; kill -STOP $PPID 2>/dev/null; i=0; \
+             while [ ! -e stop ] && [ $i -lt 2000 ]; do i=$((i+1)); echo $i >> ticks; sleep 0.02; done",
         ])
         .current_dir(&ws)
-        .env("XDG_STATE_HOME", ws.join("state"))
+        .env("XDG_STATE_HOME", &state_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let ticks = || {
-        std::fs::read_to_string(ws.join("ticks"))
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
-    };
-    let start = Instant::now();
-    while ticks() < 5 && start.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTSTP).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let stopped_at = ticks();
-    std::thread::sleep(Duration::from_millis(600));
-    let later = ticks();
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
-    let start = Instant::now();
-    while ticks() < later + 5 && start.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let resumed = ticks();
-    std::fs::write(ws.join("stop"), "").unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let ticks = || {
+            std::fs::read_to_string(ws.join("ticks"))
+                .map(|t| t.lines().count())
+                .unwrap_or(0)
+        };
+        let start = Instant::now();
+        while ticks() < 5 && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(20));
         }
-        if start.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            break None;
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTSTP).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let stopped_at = ticks();
+        std::thread::sleep(Duration::from_millis(600));
+        let later = ticks();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+        let start = Instant::now();
+        while ticks() < later + 5 && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(state.contains(") T "), "run was not stopped: {state}");
-    assert_eq!(later, stopped_at, "the agent went on while run was stopped");
-    assert!(
-        resumed >= later + 5,
-        "the agent did not go on: {later} -> {resumed}"
-    );
-    assert_eq!(status.and_then(|s| s.code()), Some(0));
+        let resumed = ticks();
+        std::fs::write(ws.join("stop"), "").unwrap();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            state.contains(") T "),
+            "degraded={degraded}: run was not stopped: {state}"
+        );
+        assert_eq!(
+            later, stopped_at,
+            "degraded={degraded}: the agent went on while run was stopped"
+        );
+        assert!(
+            resumed >= later + 5,
+            "degraded={degraded}: the agent did not go on: {later} -> {resumed}"
+        );
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "degraded={degraded}: {:?}",
+            child.stderr.take().map(|mut e| {
+                let mut t = String::new();
+                let _ = std::io::Read::read_to_string(&mut e, &mut t);
+                t
+            })
+        );
+    }
 }
 
 #[test]

@@ -669,6 +669,28 @@ fn list_dir(dir: OwnedFd) -> Outcome {
 }
 
 /// Runs argv with an empty environment, stdin closed, bounded output and a timeout.
+/// Gives every directory below `root` (never following a link) the owner's full rights: the agent may
+/// have left one it cannot list (`chmod 0`), which a removal by its owner without privileges would
+/// leave behind. Iterative: the agent chooses the depth.
+fn make_removable(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let is_dir = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir());
+        if !is_dir {
+            continue;
+        }
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(entry.path());
+                }
+            }
+        }
+    }
+}
+
 /// The removals of sandboxed commands' workspaces still going on.
 static REMOVING: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>> =
     std::sync::Mutex::new(Vec::new());
@@ -851,7 +873,10 @@ fn run_command(
     if let Some(dirs) = dirs.take() {
         if let Ok(handle) = std::thread::Builder::new()
             .name("zt-aas-scratch".into())
-            .spawn(move || drop(dirs))
+            .spawn(move || {
+                make_removable(dirs.0.path());
+                drop(dirs)
+            })
         {
             REMOVING
                 .lock()

@@ -178,7 +178,10 @@ fn setup(plan: &ChildPlan, fds: &mut ChildFds) -> Result<String, String> {
 
     // 6. Descriptors.
     if plan.stdin_null {
-        null_stdin()?;
+        // SAFETY: isatty takes no pointer.
+        if unsafe { libc::isatty(0) } == 1 {
+            null_stdin()?;
+        }
         // A terminal is opened for reading and writing: as stdout or stderr it would read what the
         // user types just the same. Write-only here.
         for fd in [1, 2] {

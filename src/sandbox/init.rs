@@ -107,13 +107,14 @@ pub fn run(plan: &ChildPlan, report_fd: RawFd) -> ! {
             info.si_code == libc::SI_USER && (sender == 0 || sender == supervisor);
         match sig {
             Signal::SIGCHLD => {}
-            Signal::SIGTSTP | Signal::SIGCONT if !from_supervisor => continue,
+            // (Without a pid namespace the supervisor stops the sandbox itself: see launch.rs.)
+            Signal::SIGTSTP | Signal::SIGCONT if !from_supervisor || !plan.namespaces => continue,
             Signal::SIGTSTP => {
-                stop_all(plan.namespaces, Signal::SIGSTOP);
+                stop_all(Signal::SIGSTOP);
                 continue;
             }
             Signal::SIGCONT => {
-                stop_all(plan.namespaces, Signal::SIGCONT);
+                stop_all(Signal::SIGCONT);
                 continue;
             }
             _ => {
@@ -135,37 +136,57 @@ pub fn run(plan: &ChildPlan, report_fd: RawFd) -> ! {
     exit(0)
 }
 
-/// Sends `sig` (SIGSTOP or SIGCONT) to every other process of the sandbox. Stopping goes round again
-/// until no process is left running (one forked meanwhile is caught by the next round), bounded.
-fn stop_all(namespaces: bool, sig: Signal) {
-    let me = std::process::id();
-    for _ in 0..64 {
-        let pids: Vec<i32> = if namespaces {
-            std::fs::read_dir("/proc")
-                .map(|d| {
-                    d.flatten()
-                        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-                        .filter(|p| *p as u32 != me)
-                        .collect()
-                })
-                .unwrap_or_default()
-        } else {
-            descendants(me)
-        };
-        let running: Vec<i32> = pids
-            .into_iter()
-            .filter(|p| sig == Signal::SIGCONT || !is_stopped(*p))
-            .collect();
-        if running.is_empty() {
+/// Pid namespace: sends `sig` (SIGSTOP or SIGCONT) to every other process of the sandbox with
+/// kill(-1), which needs no descriptor (the agent shares our uid and might have lowered our limits) and
+/// misses no process: the kernel walks them all under the lock a fork must take to add one, and a fork
+/// with a signal pending is abandoned. Stopping is repeated, bounded, until every thread is seen stopped
+/// (when /proc can be read).
+fn stop_all(sig: Signal) {
+    for _ in 0..16 {
+        // SAFETY: kill(-1) from pid 1 of a pid namespace signals every other process in it.
+        unsafe { libc::kill(-1, sig as libc::c_int) };
+        if sig == Signal::SIGCONT {
             return;
         }
-        for pid in &running {
+        std::thread::sleep(std::time::Duration::from_micros(200));
+        let me = std::process::id();
+        let all_stopped = std::fs::read_dir("/proc").is_ok_and(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|p| *p as u32 != me)
+                .all(is_stopped)
+        });
+        if all_stopped {
+            return;
+        }
+    }
+}
+
+/// Degraded mode (no pid namespace), from the supervisor, which the agent cannot signal (Landlock's
+/// signal scope): sends `sig` to every descendant but those of the caller's session (see
+/// [`kill_descendants_sparing`]); stopping walks again until no process it has not stopped appears,
+/// bounded (a tree that outruns it is documented).
+pub(crate) fn signal_descendants(sig: Signal, spare: &[i32]) {
+    use std::time::{Duration, Instant};
+    let me = std::process::id();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut done = std::collections::HashSet::new();
+    loop {
+        let fresh: Vec<i32> = below(me, spare, true)
+            .into_iter()
+            .filter(|pid| sig == Signal::SIGCONT || !is_stopped(*pid))
+            .filter(|pid| done.insert(*pid) || sig == Signal::SIGSTOP)
+            .collect();
+        if fresh.is_empty() || Instant::now() > deadline {
+            return;
+        }
+        for pid in &fresh {
             let _ = kill(Pid::from_raw(*pid), sig);
         }
         if sig == Signal::SIGCONT {
             return;
         }
-        std::thread::sleep(std::time::Duration::from_micros(200));
+        std::thread::sleep(Duration::from_micros(200));
     }
 }
 
@@ -226,24 +247,22 @@ fn reap(agent: Pid) -> Option<i32> {
 /// appears (a stopped process cannot fork), then killed; reaping never blocks; and the whole is bounded
 /// in time so that the caller's wall clock and signals are served again.
 pub(crate) fn kill_descendants() {
-    kill_descendants_sparing(&[])
+    kill_below(&[], false)
 }
 
 /// [`kill_descendants`], sparing the children in `spare` and what lies below them: the supervisor
 /// spares the processes its caller had started before it (`exec zt-aas run` from a shell with a
 /// `tee` of its output running), which are its children too. Only what is killed is reaped.
 pub(crate) fn kill_descendants_sparing(spare: &[i32]) {
+    kill_below(spare, true)
+}
+
+fn kill_below(spare: &[i32], spare_session: bool) {
     use std::collections::HashSet;
     use std::time::{Duration, Instant};
     let me = std::process::id();
     let deadline = Instant::now() + Duration::from_secs(5);
-    let below = || -> Vec<i32> {
-        children_of(me)
-            .into_iter()
-            .filter(|c| !spare.contains(c))
-            .flat_map(|c| std::iter::once(c).chain(descendants(c as u32)))
-            .collect()
-    };
+    let below = || below(me, spare, spare_session);
     loop {
         let mut frozen = HashSet::new();
         loop {
@@ -261,7 +280,7 @@ pub(crate) fn kill_descendants_sparing(spare: &[i32]) {
         for pid in &frozen {
             let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
         }
-        if spare.is_empty() {
+        if spare.is_empty() && !spare_session {
             while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 if matches!(status, WaitStatus::StillAlive) {
                     break;
@@ -277,6 +296,26 @@ pub(crate) fn kill_descendants_sparing(spare: &[i32]) {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// The processes below `me`, except the children in `spare` and, with `spare_session` (the supervisor),
+/// those of `me`'s own session (the caller's: a process orphaned from the caller's tree is reparented to
+/// the supervisor too; the agent's processes are in sessions of their own, which can never join ours).
+fn below(me: u32, spare: &[i32], spare_session: bool) -> Vec<i32> {
+    let ours = spare_session.then(|| session_of(me as i32)).flatten();
+    children_of(me)
+        .into_iter()
+        .filter(|c| !spare.contains(c))
+        .filter(|c| ours.is_none() || session_of(*c) != ours)
+        .flat_map(|c| std::iter::once(c).chain(descendants(c as u32)))
+        .collect()
+}
+
+/// The session id of `pid` (field 6 of /proc/PID/stat).
+fn session_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    rest.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// Every process below `pid` (bounded: a tree can hold at most the pids limit).

@@ -138,6 +138,23 @@ fn supervisor_signals() -> SigSet {
     set
 }
 
+/// Stops (SIGSTOP) or continues (SIGCONT) every process of the sandbox: with a pid namespace its init
+/// does it (kill(-1) inside), without one the supervisor does, which the agent cannot signal (it could
+/// stop its init, in the same Landlock domain and of the same uid).
+fn stop_sandbox(sandbox: &Sandbox, sig: Signal) {
+    if sandbox.reap_all {
+        let spare = CALLERS_CHILDREN.get().map(Vec::as_slice).unwrap_or(&[]);
+        super::init::signal_descendants(sig, spare);
+    } else {
+        let to_init = if sig == Signal::SIGSTOP {
+            Signal::SIGTSTP
+        } else {
+            sig
+        };
+        let _ = kill(sandbox.pid, to_init);
+    }
+}
+
 /// Stops `run` itself with `sig` (as its default action would have), returning once it is continued.
 fn stop_self(sig: Signal) {
     let mut one = SigSet::empty();
@@ -471,7 +488,7 @@ pub fn supervise(
                     // `run` stops (Ctrl-Z), the whole sandbox stops with it (its init stops every
                     // process), or the agent would go on, reading the terminal, past the wall clock.
                     Ok(stop) if STOPS.contains(&stop) => {
-                        let _ = kill(sandbox.pid, Signal::SIGTSTP);
+                        stop_sandbox(&sandbox, Signal::SIGSTOP);
                         stopped = true;
                         stop_self(stop);
                     }
@@ -480,7 +497,7 @@ pub fn supervise(
                     // background (`bg`): it stays stopped until `fg`, like a job reading its terminal.
                     Ok(Signal::SIGCONT) if stopped => {
                         if sandbox.stdin_null || owns_its_terminal() {
-                            let _ = kill(sandbox.pid, Signal::SIGCONT);
+                            stop_sandbox(&sandbox, Signal::SIGCONT);
                             stopped = false;
                         } else if !told_stays_stopped {
                             told_stays_stopped = true;

@@ -380,12 +380,13 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
     })
 }
 
-/// Whether stdin is a terminal whose foreground is not this process group (`run ... &`): the agent then
-/// gets /dev/null instead. In a session of its own, out of the terminal's job control, it would read
-/// what the user types to the foreground program (a password prompt).
+/// Whether stdin, stdout or stderr is a terminal whose foreground is not this process group (`run ... &`,
+/// `run ... </dev/null &`): the agent then gets /dev/null for a terminal stdin and its stdout and stderr
+/// write-only. In a session of its own, out of the terminal's job control, it would read what the user
+/// types to the foreground program (a password prompt) through any of them.
 pub fn in_the_background_of_a_terminal() -> bool {
     // SAFETY: isatty, tcgetpgrp and getpgrp take no pointers.
-    unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) != libc::getpgrp() }
+    unsafe { (0..3).any(|fd| libc::isatty(fd) == 1 && libc::tcgetpgrp(fd) != libc::getpgrp()) }
 }
 
 /// The agent's environment: the profile's allowlist of the caller's variables, then the profile's own,

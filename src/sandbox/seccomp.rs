@@ -18,7 +18,8 @@
 //! - clone3 and openat2 (ENOSYS, so libc falls back to clone and openat, whose arguments we can inspect);
 //! - setuid/setgid bits in any mode argument (chmod family, open/openat/creat, mknod): such a file would
 //!   keep them on the host, outside the sandbox's nosuid mounts;
-//! - renameat2 with RENAME_WHITEOUT (a whiteout device left in the workspace; Landlock refuses mknod).
+//! - renameat2 with RENAME_WHITEOUT (a whiteout device left in the workspace; Landlock refuses mknod);
+//! - prlimit64 setting another process's limits (the sandbox's init shares the agent's uid).
 //!
 //! Not covered here: what the arguments of allowed syscalls point to (paths, sockaddrs): that is the job of
 //! Landlock and the namespaces.
@@ -352,6 +353,15 @@ fn rule_sets(extra_deny: &[String], sockets: Sockets) -> Result<Vec<RuleSet>, Se
             cond(0, Len::Dword, Op::Ne, 0xffff_ffff)?,
         ])?],
     );
+    // prlimit64 setting another process's limits: the agent shares its uid with the sandbox's init
+    // (and, without namespaces, with the supervisor) and could starve them of descriptors. Its own
+    // (pid 0, what setrlimit does) and reading any are allowed.
+    if let std::collections::btree_map::Entry::Vacant(slot) = eperm.entry(libc::SYS_prlimit64) {
+        slot.insert(vec![rule(vec![
+            cond(0, Len::Dword, Op::Ne, 0)?,
+            cond(2, Len::Qword, Op::Ne, 0)?,
+        ])?]);
+    }
 
     let not_unix = |arg_family: u8| -> Result<Vec<SeccompRule>, SeccompError> {
         Ok(vec![rule(vec![cond(

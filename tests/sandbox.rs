@@ -1433,6 +1433,68 @@ fn degraded_mode_gives_no_access_to_the_hosts_pseudo_terminals() {
 }
 
 #[test]
+fn degraded_mode_keeps_the_agent_from_the_users_other_processes_and_queues() {
+    // Without a pid or IPC namespace the user's other processes (the supervisor among them) and POSIX
+    // message queues are the host's: the agent must not change their limits or scheduling (RLIMIT_FSIZE
+    // 0 killed the supervisor at its next record), nor create or unlink queues. Its own stay its own.
+    // As the unprivileged user, with a decoy of that user's (as root, no capability makes it differ).
+    let ctx = Ctx::as_user(User::Nobody);
+    let mut decoy = if ctx.setpriv() {
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sleep",
+                "30",
+            ])
+            .spawn()
+            .unwrap()
+    } else {
+        Command::new("sleep").arg("30").spawn().unwrap()
+    };
+    let pid = decoy.id();
+    std::thread::sleep(Duration::from_millis(100));
+    let limits = || std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let before = limits();
+    let code = format!(
+        "import resource\n\
+         out('prlimit_other', err(resource.prlimit, {pid}, resource.RLIMIT_FSIZE, (0, 0)))\n\
+         out('nice_other', err(os.setpriority, os.PRIO_PROCESS, {pid}, 19))\n\
+         out('nice_user', err(os.setpriority, os.PRIO_USER, 0, 19))\n\
+         out('affinity_other', err(os.sched_setaffinity, {pid}, {{0}}))\n\
+         out('nice_own', err(os.setpriority, os.PRIO_PROCESS, 0, 5))\n\
+         out('affinity_own', err(os.sched_setaffinity, 0, {{0}}))\n\
+         out('rlimit_own', err(resource.setrlimit, resource.RLIMIT_CORE, (0, 0)))\n\
+         name = ctypes.cast(ctypes.c_char_p(b'/zt-aas-test-queue'), ctypes.c_void_p).value\n\
+         out('mq_open', sc(240, name, os.O_CREAT | os.O_RDWR, 0o600, 0))\n\
+         out('mq_unlink', sc(241, name))\n"
+    );
+    let o = run_with(
+        &ctx,
+        &Opts {
+            flags: &["--allow-degraded"],
+            env: &[("ZT_AAS_TEST_DISABLE", "userns")],
+            ..Opts::default()
+        },
+        &["/usr/bin/python3", "-c", &format!("{PY_PRELUDE}\n{code}")],
+    );
+    let after = limits();
+    let _ = decoy.kill();
+    let _ = decoy.wait();
+    let kv = kv(&o);
+    for refused in ["prlimit_other", "nice_other", "nice_user", "affinity_other"] {
+        assert_eq!(kv[refused], "1", "{refused}: {}", describe(&o));
+    }
+    for own in ["nice_own", "affinity_own", "rlimit_own"] {
+        assert_eq!(kv[own], "0", "{own}: {}", describe(&o));
+    }
+    assert_eq!(kv["mq_open"], "-1", "{}", describe(&o));
+    assert_eq!(kv["mq_unlink"], "-1", "{}", describe(&o));
+    assert_eq!(before, after, "the decoy's limits changed");
+}
+
+#[test]
 fn private_tmp_is_writable_and_not_the_hosts() {
     let ctx = Ctx::new();
     let host_name = unique("host-tmp");

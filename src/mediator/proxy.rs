@@ -832,7 +832,7 @@ fn read_head(stream: &mut TcpStream) -> Result<(String, Vec<u8>), Refused> {
         let from = searched.saturating_sub(3);
         let found = buf[from..].windows(4).position(|w| w == b"\r\n\r\n");
         searched = buf.len();
-        if let Some(end) = found.map(|i| from + i) {
+        if let Some(end) = found.map(|i| from + i).filter(|end| *end <= MAX_HEAD) {
             let rest = buf.split_off(end + 4);
             buf.truncate(end);
             let text = String::from_utf8(buf).map_err(|_| bad("the request head is not UTF-8"))?;

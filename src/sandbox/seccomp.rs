@@ -10,7 +10,8 @@
 //!   cross-process memory access, personality changes;
 //! - ioctl TIOCSTI and TIOCLINUX (terminal injection), TIOCEXCL, TIOCSETD and TIOCCONS (settings that
 //!   outlast the run on the user's terminal), comparing only the low 32 bits as the kernel does;
-//! - in degraded mode (no IPC namespace), SysV IPC: shared memory, message queues, semaphores;
+//! - in degraded mode (no IPC namespace), SysV IPC (shared memory, message queues, semaphores) and
+//!   POSIX message queues; and (no pid namespace) changing the scheduling of another process;
 //! - sockets of any family but AF_UNIX (EAFNOSUPPORT); in degraded mode only AF_UNIX socket pairs; in
 //!   proxy mode also AF_INET/AF_INET6 stream sockets of protocol 0 or TCP (never UDP, raw, MPTCP or another
 //!   family: Landlock's TCP rules would not cover them), which Landlock lets connect to the proxy's port
@@ -129,6 +130,20 @@ const TWINS: &[(i64, i64)] = &[
 ];
 
 /// SysV IPC, refused where the sandbox has no IPC namespace of its own (degraded mode).
+/// POSIX message queues: without an IPC namespace they are the host's (Landlock covers neither the
+/// unlink of one nor the quota an `O_CREAT` spends before it refuses the open).
+const POSIX_MQUEUE: &[i64] = &[
+    libc::SYS_mq_open,
+    libc::SYS_mq_unlink,
+    libc::SYS_mq_timedsend,
+    libc::SYS_mq_timedreceive,
+    libc::SYS_mq_notify,
+    libc::SYS_mq_getsetattr,
+];
+
+/// ioprio_set's `which` for a process (linux/ioprio.h).
+const IOPRIO_WHO_PROCESS: u64 = 1;
+
 const SYSV_IPC: &[i64] = &[
     libc::SYS_shmget,
     libc::SYS_shmat,
@@ -467,8 +482,42 @@ fn rule_sets(extra_deny: &[String], sockets: Sockets) -> Result<Vec<RuleSet>, Se
     if sockets == Sockets::PairsOnly {
         // Degraded mode has no IPC namespace either: SysV shared memory, message queues and semaphores
         // would be the host's (Landlock does not cover them), and their ids are small and guessable.
-        for nr in SYSV_IPC {
+        for nr in SYSV_IPC.iter().chain(POSIX_MQUEUE) {
             eperm.insert(*nr, Vec::new());
+        }
+        // Without a pid namespace the user's other processes (the supervisor among them) are visible
+        // by pid, and the kernel lets a process of the same uid change their scheduling without
+        // ptrace's checks: only the agent's own (who/pid 0, what nice, ionice and taskset set before
+        // exec'ing a command) may be changed.
+        let own = |arg: u8| cond(arg, Len::Dword, Op::Ne, 0);
+        for (nr, rules) in [
+            (
+                libc::SYS_setpriority,
+                vec![
+                    rule(vec![cond(
+                        0,
+                        Len::Dword,
+                        Op::Ne,
+                        libc::PRIO_PROCESS as u64,
+                    )?])?,
+                    rule(vec![own(1)?])?,
+                ],
+            ),
+            (
+                libc::SYS_ioprio_set,
+                vec![
+                    rule(vec![cond(0, Len::Dword, Op::Ne, IOPRIO_WHO_PROCESS)?])?,
+                    rule(vec![own(1)?])?,
+                ],
+            ),
+            (libc::SYS_sched_setaffinity, vec![rule(vec![own(0)?])?]),
+            (libc::SYS_sched_setscheduler, vec![rule(vec![own(0)?])?]),
+            (libc::SYS_sched_setparam, vec![rule(vec![own(0)?])?]),
+            (libc::SYS_sched_setattr, vec![rule(vec![own(0)?])?]),
+        ] {
+            if let std::collections::btree_map::Entry::Vacant(slot) = eperm.entry(nr) {
+                slot.insert(rules);
+            }
         }
         // A datagram socketpair sends to any address given to sendto/sendmsg, past its peer: a host
         // pathname socket (/dev/log, the journal, a daemon's control socket). Only stream and seqpacket

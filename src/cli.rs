@@ -132,11 +132,13 @@ pub enum TokenCommand {
 
 #[derive(Args, Debug, Clone)]
 pub struct TokenIssueArgs {
+    /// The policy the token is for (its audience; every grant is checked against it).
     #[arg(long, value_name = "FILE")]
     pub policy: PathBuf,
     /// The issuer's private key (from `zt-aas keygen`).
     #[arg(long, value_name = "FILE")]
     pub key: PathBuf,
+    /// The agent the token is for (its subject).
     #[arg(long, value_name = "NAME")]
     pub agent: String,
     /// Action granted (repeatable).
@@ -151,7 +153,7 @@ pub struct TokenIssueArgs {
     /// Maximum number of uses of each capability.
     #[arg(long, value_name = "N")]
     pub max_uses: Option<u64>,
-    /// Write the token here (mode 0600) instead of stdout.
+    /// Write the token here (mode 0600) instead of stdout; an existing file is replaced only if it holds a token.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
 }
@@ -265,6 +267,7 @@ pub struct AuditShowArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct AuditReplayArgs {
+    /// The audit log whose recorded requests are decided again.
     pub log: PathBuf,
     #[arg(long, value_name = "FILE")]
     pub policy: PathBuf,

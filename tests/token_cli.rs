@@ -985,3 +985,39 @@ fn explain_says_what_run_decides_for_proxied_connections_and_kept_use_counts() {
     let out = explain(&call);
     assert!(out.contains("\"check\":\"uses_exhausted\""), "{out}");
 }
+
+#[test]
+fn issue_never_replaces_what_is_not_a_token_and_whitespace_around_a_token_does_not_count() {
+    let dir = setup();
+    let key_before = std::fs::read(dir.path().join("keys/issuer.key")).unwrap();
+    for target in ["keys/issuer.key", "keys/issuer.pub", "policy.toml"] {
+        let out = issue(
+            dir.path(),
+            &["--action", "hello-world.say_hello", "--out", target],
+        );
+        assert_eq!(out.status.code(), Some(1), "{target}: {:?}", text(&out));
+        assert!(
+            text(&out).1.contains("not a token"),
+            "{target}: {:?}",
+            text(&out)
+        );
+    }
+    assert_eq!(
+        std::fs::read(dir.path().join("keys/issuer.key")).unwrap(),
+        key_before
+    );
+    // Another token may be replaced.
+    issue_to(dir.path(), "t.tok", &["--action", "hello-world.say_hello"]);
+    issue_to(dir.path(), "t.tok", &["--action", "hello-world.say_hello"]);
+    // Whitespace around a token, however much, does not count.
+    let token = std::fs::read_to_string(dir.path().join("t.tok")).unwrap();
+    std::fs::write(
+        dir.path().join("spaced.tok"),
+        format!("{}{}\n\n", " ".repeat(5000), token.trim()),
+    )
+    .unwrap();
+    ok(zt(
+        dir.path(),
+        &["token", "inspect", "--policy", "policy.toml", "spaced.tok"],
+    ));
+}

@@ -111,6 +111,21 @@ pub fn issue(args: &TokenIssueArgs) -> CmdResult {
         .map_err(|e| Failure::failed(format!("token refused: {e}")))?;
     match &args.out {
         Some(out) => {
+            // Another token may be replaced; anything else (the issuer's own key, the policy, a public
+            // key) never is.
+            if let Ok(existing) = std::fs::symlink_metadata(out) {
+                let text = crate::files::read_bounded(out, 64 << 10).unwrap_or_default();
+                let is_token = existing.is_file()
+                    && String::from_utf8_lossy(&text)
+                        .trim()
+                        .starts_with(token::PREFIX);
+                if !is_token {
+                    return Err(Failure::failed(format!(
+                        "--out {}: the file exists and is not a token; refusing to replace it",
+                        out.display()
+                    )));
+                }
+            }
             keys::write_file(out, format!("{}\n", token.raw).as_bytes(), 0o600, true)
                 .map_err(|e| Failure::failed(e.to_string()))?;
             errln!(

@@ -21,7 +21,8 @@ pub fn read_token_file(path: &Path) -> Result<String, String> {
     use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut bytes = Vec::new();
-    file.take(MAX_TOKEN_BYTES as u64 + 64)
+    // (Room for whitespace around it, which does not count.)
+    file.take(MAX_TOKEN_BYTES as u64 + 64 * 1024)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(String::from_utf8_lossy(&bytes).trim().to_string())

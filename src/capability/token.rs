@@ -33,7 +33,7 @@ pub const MAX_TOKEN_BYTES: usize = 4096;
 pub const MAX_CAPS: usize = 64;
 /// Longest argument constraint pattern, in bytes.
 pub const MAX_PATTERN_BYTES: usize = 1024;
-const PREFIX: &str = "ztcap1.";
+pub const PREFIX: &str = "ztcap1.";
 
 /// A signature-verified, strictly parsed token.
 #[derive(Debug, Clone)]

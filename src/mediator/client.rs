@@ -85,12 +85,16 @@ fn mediator_fd() -> Result<RawFd, Failure> {
             "no mediator: `zt-aas call` works inside `zt-aas run` (ZT_AAS_FD is not set)",
         )
     };
-    let fd: RawFd = std::env::var("ZT_AAS_FD")
-        .map_err(|_| no())?
-        .parse()
-        .ok()
-        .filter(|fd| *fd >= 0)
-        .ok_or_else(no)?;
+    let text = std::env::var("ZT_AAS_FD").map_err(|_| no())?;
+    let fd: RawFd = text.parse().ok().filter(|fd| *fd >= 0).ok_or_else(|| {
+        Failure::new(
+            REFUSED,
+            format!(
+                "no mediator: ZT_AAS_FD=`{}` is not a descriptor number (inside `zt-aas run` it is 3)",
+                text.escape_debug()
+            ),
+        )
+    })?;
     // SAFETY: the fd number comes from the environment; we only query it.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     let kind = nix::sys::socket::getsockopt(&borrowed, nix::sys::socket::sockopt::SockType);

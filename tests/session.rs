@@ -433,6 +433,50 @@ fn a_call_refused_because_the_use_counts_cannot_be_read_is_recorded() {
 }
 
 #[test]
+fn end_on_revocation_ends_a_session_whose_agent_makes_no_more_calls() {
+    // An operator revokes a token to stop a runaway agent: with end_on_revocation the session ends
+    // then, not at the agent's next call (which may never come).
+    let p = Project::new("[mediator]\nend_on_revocation = true\n");
+    p.token("t.tok", &[]);
+    let child = Command::new(ZT)
+        .args([
+            "run",
+            "-q",
+            "--policy",
+            "policy.toml",
+            "--workspace",
+            ".",
+            "--token",
+            "t.tok",
+            "--",
+            "sh",
+            "-c",
+            "zt-aas call sys.ping >/dev/null; : > called; sleep 20; echo STILL-RUNNING",
+        ])
+        .current_dir(&p.dir)
+        .env("XDG_STATE_HOME", p.dir.join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !p.dir.join("called").exists() && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let revoke = zt(
+        &p.dir,
+        &["token", "revoke", "--policy", "policy.toml", "t.tok"],
+    );
+    assert!(revoke.status.success(), "{}", text(&revoke.stderr));
+    let out = wait_bounded(child, &["run"]);
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("STILL-RUNNING"));
+    let log = std::fs::read_to_string(p.dir.join("audit.jsonl")).unwrap();
+    assert!(log.contains("\"kind\":\"revocation\""), "{log}");
+}
+
+#[test]
 fn head_out_anchors_the_log_against_truncation() {
     let p = Project::new("");
     assert!(p.run(&["--head-out", "head1"], "true").status.success());

@@ -962,4 +962,18 @@ impl Events for Mediator {
         // between any two requests (poll reports the socket readable again while more are queued).
         self.serve_one()
     }
+
+    /// With `[mediator] end_on_revocation`, the revocation list is looked at while the agent makes no
+    /// call too: a revoked session token ends the session within this, not at the agent's next call.
+    fn idle_every(&self) -> Option<std::time::Duration> {
+        (self.policy.mediator.end_on_revocation && self.policy.revocation.is_some())
+            .then_some(std::time::Duration::from_millis(250))
+    }
+
+    fn on_idle(&mut self) -> Option<String> {
+        let mut end = None;
+        // Unreadable, it fails the next call closed; the session is not ended for that here.
+        let _ = self.refresh_revocations(&mut end);
+        end
+    }
 }

@@ -122,6 +122,15 @@ pub trait Events {
     fn on_extra(&mut self) -> Option<String> {
         None
     }
+    /// How often [`Events::on_idle`] wants to be called, if at all.
+    fn idle_every(&self) -> Option<Duration> {
+        None
+    }
+    /// Called at least every [`Events::idle_every`], whatever happens meanwhile. `Some(reason)` ends the
+    /// session now.
+    fn on_idle(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// Job control: what stops `run` (Ctrl-Z, a background read or write) and what continues it.
@@ -427,11 +436,26 @@ pub fn supervise(
     let mut events_open = true;
     // The sandbox stopped with `run` (job control), and whether the user was told it stays so.
     let (mut stopped, mut told_stays_stopped) = (false, false);
+    let idle_every = events.idle_every();
+    let mut next_idle = idle_every.map(|every| Instant::now() + every);
     loop {
-        let timeout = match deadline {
+        if let (Some(at), Some(every)) = (next_idle, idle_every) {
+            if Instant::now() >= at {
+                next_idle = Some(Instant::now() + every);
+                if let Some(why) = events.on_idle() {
+                    ended = Some(AgentExit::Ended(why));
+                    break;
+                }
+            }
+        }
+        let until = match (deadline, next_idle) {
+            (Some(d), Some(i)) => Some(d.min(i)),
+            (d, i) => d.or(i),
+        };
+        let timeout = match until {
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
+                if left.is_zero() && deadline.is_some_and(|dl| Instant::now() >= dl) {
                     ended = Some(AgentExit::WallLimit(wall.unwrap_or_default()));
                     break;
                 }

@@ -477,6 +477,41 @@ fn end_on_revocation_ends_a_session_whose_agent_makes_no_more_calls() {
 }
 
 #[test]
+fn replay_says_what_it_cannot_know_and_which_sessions_would_not_start() {
+    // Use counts kept across sessions are not in the log; and a policy whose `run` would refuse the
+    // session's token means the session would not start at all.
+    let p = Project::new("[mediator]\nuse_counts = \"uses.json\"\n");
+    p.token("t.tok", &["--max-uses", "1"]);
+    for _ in 0..2 {
+        let _ = p.run(&["--token", "t.tok"], "zt-aas call sys.ping >/dev/null");
+    }
+    let replay = zt(
+        &p.dir,
+        &["audit", "replay", "audit.jsonl", "--policy", "policy.toml"],
+    );
+    assert!(
+        text(&replay.stdout).contains("use counts across sessions"),
+        "{}",
+        text(&replay.stdout)
+    );
+    let policy = std::fs::read_to_string(p.dir.join("policy.toml")).unwrap();
+    std::fs::write(
+        p.dir.join("other.toml"),
+        policy.replace("name = \"proj\"", "name = \"other\""),
+    )
+    .unwrap();
+    let replay = zt(
+        &p.dir,
+        &["audit", "replay", "audit.jsonl", "--policy", "other.toml"],
+    );
+    assert!(
+        text(&replay.stdout).contains("would not start"),
+        "{}",
+        text(&replay.stdout)
+    );
+}
+
+#[test]
 fn head_out_anchors_the_log_against_truncation() {
     let p = Project::new("");
     assert!(p.run(&["--head-out", "head1"], "true").status.success());

@@ -62,6 +62,8 @@ pub struct Difference {
     pub now: String,
     pub now_check: String,
     pub reason: String,
+    /// The token the new decision rests on, if any.
+    pub token: Option<String>,
 }
 
 /// The outcome of a replay.
@@ -87,6 +89,17 @@ struct SessionState {
 pub fn replay_log(bytes: &[u8], policy: &Policy) -> ReplayReport {
     let mut report = ReplayReport::default();
     let mut sessions: HashMap<String, SessionState> = HashMap::new();
+    // Where each token is first recorded as revoked: before that line the log does not say whether it
+    // already was.
+    let mut revoked_from: HashMap<String, u64> = HashMap::new();
+    if policy.mediator.use_counts.is_some() {
+        report.notes.push(
+            "the policy keeps use counts across sessions ([mediator] use_counts); the counts from before \
+             this log are not in it, so max_uses is judged per session here: a use limit may show as \
+             a change"
+                .to_string(),
+        );
+    }
     for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let n = i as u64 + 1;
         if line.is_empty() {
@@ -111,7 +124,28 @@ pub fn replay_log(bytes: &[u8], policy: &Policy) -> ReplayReport {
                     .filter_map(Value::as_str)
                 {
                     match Token::from_recorded(raw, &policy.issuers) {
-                        Ok(t) => state.tokens.push(t),
+                        Ok(t) => {
+                            // `run` judges the session's tokens before the agent starts.
+                            let at = humantime::parse_rfc3339_weak(s("ts"))
+                                .ok()
+                                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                                .map_or(0, |d| d.as_secs());
+                            if let Err(d) = t.check_for_session(
+                                policy,
+                                s("actor"),
+                                at,
+                                &std::collections::HashSet::new(),
+                            ) {
+                                report.notes.push(format!(
+                                    "session {}: `run` would refuse its token {} under this policy \
+                                     ({}): the session would not start",
+                                    short(&session_id),
+                                    t.id,
+                                    d.reason
+                                ));
+                            }
+                            state.tokens.push(t)
+                        }
                         Err(e) => report.notes.push(format!(
                             "session {}: a session token no longer verifies ({e}); `run` would refuse it",
                             short(&session_id)
@@ -122,6 +156,7 @@ pub fn replay_log(bytes: &[u8], policy: &Policy) -> ReplayReport {
             }
             "revocation" => {
                 if let Some(t) = rec.get("token").and_then(Value::as_str) {
+                    revoked_from.entry(t.to_string()).or_insert(n);
                     sessions
                         .entry(session_id)
                         .or_default()
@@ -130,6 +165,11 @@ pub fn replay_log(bytes: &[u8], policy: &Policy) -> ReplayReport {
                 }
             }
             "decision" => {
+                if s("check") == "revoked" {
+                    if let Some(t) = rec.get("token").and_then(Value::as_str) {
+                        revoked_from.entry(t.to_string()).or_insert(n);
+                    }
+                }
                 let state = sessions.entry(session_id.clone()).or_default();
                 match replay_one(&rec, n, policy, state) {
                     Ok(None) => report.replayed += 1,
@@ -141,6 +181,20 @@ pub fn replay_log(bytes: &[u8], policy: &Policy) -> ReplayReport {
                 }
             }
             _ => {}
+        }
+    }
+    // A change resting on a token recorded as revoked later: it may already have been revoked then.
+    for d in &report.differences {
+        if let Some(from) = d.token.as_ref().and_then(|t| revoked_from.get(t)) {
+            if d.line < *from {
+                report.notes.push(format!(
+                    "line {}: the change rests on token {}, recorded as revoked from line {from} on; \
+                     the log does not say whether it already was at line {}",
+                    d.line,
+                    d.token.as_deref().unwrap_or(""),
+                    d.line
+                ));
+            }
         }
     }
     report
@@ -231,6 +285,7 @@ fn replay_one(
         now: decision.verdict().to_string(),
         now_check: decision.check.code().to_string(),
         reason: decision.reason.clone(),
+        token: decision.token.clone(),
     }))
 }
 

@@ -2191,6 +2191,7 @@ fn the_callers_own_processes_outlive_the_run() {
         let script = format!(
             "sleep 30 >/dev/null 2>&1 & echo $! > caller.pid; \
              sh -c 'sleep 0.5; sleep 30 >/dev/null 2>&1 & echo $! > orphan.pid' >/dev/null 2>&1 & \
+             setsid sh -c 'sleep 0.5; sleep 30 >/dev/null 2>&1 & echo $! > daemon.pid' >/dev/null 2>&1 & \
              exec {zt} run -q {flags} --workspace . -- sleep 2",
             zt = ZT,
             flags = if degraded { "--allow-degraded" } else { "" }
@@ -2211,7 +2212,7 @@ fn the_callers_own_processes_outlive_the_run() {
             "degraded={degraded}: {}",
             text(&out.stderr)
         );
-        for name in ["caller.pid", "orphan.pid"] {
+        for name in ["caller.pid", "orphan.pid", "daemon.pid"] {
             let pid: i32 = std::fs::read_to_string(ws.join(name))
                 .unwrap()
                 .trim()
@@ -3104,6 +3105,78 @@ fn a_stopped_run_stops_a_process_whose_main_thread_has_exited() {
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(later, stopped_at, "a thread went on while run was stopped");
+}
+
+#[test]
+fn an_agent_that_sends_itself_sigcont_stays_stopped_with_run() {
+    // A process stopped with SIGSTOP is continued by any SIGCONT, and the agent can have the kernel send
+    // it one while it cannot run (a POSIX timer, O_ASYNC on the terminal). Where a freezer cgroup can be
+    // made (root here) the sandbox is frozen instead, which no signal undoes.
+    if !is_root() {
+        eprintln!("skipped: a freezer cgroup needs root (or a delegated cgroup v2) here");
+        return;
+    }
+    let (_t, ws) = plain_workspace();
+    std::fs::write(
+        ws.join("waker.c"),
+        "#include <signal.h>\n#include <stdio.h>\n#include <string.h>\n#include <time.h>\n#include <unistd.h>\n\
+         static void on_cont(int s) { (void)s; }\n\
+         int main(int argc, char **argv) {\n  (void)argc;\n  signal(SIGCONT, on_cont);\n\
+           struct sigevent ev; memset(&ev, 0, sizeof ev);\n  ev.sigev_notify = SIGEV_SIGNAL;\n\
+           ev.sigev_signo = SIGCONT;\n  timer_t t;\n  timer_create(CLOCK_MONOTONIC, &ev, &t);\n\
+           struct itimerspec it = {{0, 5000000}, {0, 5000000}};\n  timer_settime(t, 0, &it, 0);\n\
+           for (;;) {\n    FILE *f = fopen(argv[1], \"a\");\n    if (f) { fputs(\"x\\n\", f); fclose(f); }\n\
+             kill(-1, SIGCONT);\n    usleep(20000);\n  }\n}\n",
+    )
+    .unwrap();
+    let cc = Command::new("cc")
+        .args(["-O1", "-o", "waker", "waker.c", "-lrt"])
+        .current_dir(&ws)
+        .status()
+        .expect("cc");
+    assert!(cc.success());
+    let mut child = Command::new(ZT)
+        .args(["run", "-q", "--workspace", ".", "--", "./waker", "ticks"])
+        .current_dir(&ws)
+        .env("XDG_STATE_HOME", ws.join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let ticks = || {
+        std::fs::read_to_string(ws.join("ticks"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let start = Instant::now();
+    while ticks() < 5 && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTSTP).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let stopped_at = ticks();
+    std::thread::sleep(Duration::from_millis(600));
+    let later = ticks();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let start = Instant::now();
+    while ticks() < later + 5 && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let resumed = ticks();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        later, stopped_at,
+        "the agent continued itself while run was stopped"
+    );
+    assert!(resumed >= later + 5, "not thawed: {later} -> {resumed}");
 }
 
 #[test]

@@ -39,6 +39,8 @@ fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> LaunchError {
 /// A running sandbox.
 pub struct Sandbox {
     pub pid: Pid,
+    /// Where the sandbox's processes are frozen when `run` is stopped, if the host gives one.
+    freezer: Option<super::limits::Freezer>,
     /// The agent reads /dev/null, not the caller's stdin.
     stdin_null: bool,
     /// Degraded mode: kill every descendant when the sandbox's init is gone.
@@ -151,6 +153,15 @@ fn supervisor_signals() -> SigSet {
 /// does it (kill(-1) inside), without one the supervisor does, which the agent cannot signal (it could
 /// stop its init, in the same Landlock domain and of the same uid).
 fn stop_sandbox(sandbox: &Sandbox, sig: Signal) {
+    // A frozen cgroup first: no signal thaws it (a POSIX timer or O_ASYNC can send SIGCONT to a
+    // process stopped with SIGSTOP, which then continues the rest).
+    // Continuing, the processes are thawed and sent SIGCONT too (a stopped one, even by the agent
+    // itself, goes on with `run`).
+    if let Some(freezer) = &sandbox.freezer {
+        if freezer.set(sig == Signal::SIGSTOP) && sig == Signal::SIGSTOP {
+            return;
+        }
+    }
     if sandbox.reap_all {
         let spare = CALLERS_CHILDREN.get().map(Vec::as_slice).unwrap_or(&[]);
         super::init::signal_descendants(sig, spare);
@@ -274,6 +285,7 @@ pub fn spawn(
     drop(cgroup_files);
     let report = BufReader::new(File::from(rep_r));
     Ok(Pending {
+        freezer: cgroup.freezer.clone(),
         stdin_null: plan.stdin_null,
         reap_all: !plan.namespaces,
         pid,
@@ -298,6 +310,7 @@ pub fn kill_orphans() {
 /// Dropped without release, it kills the sandbox (nothing of the agent ever ran).
 pub struct Pending {
     pub pid: Pid,
+    freezer: Option<super::limits::Freezer>,
     stdin_null: bool,
     reap_all: bool,
     go: Option<OwnedFd>,
@@ -342,6 +355,7 @@ impl Pending {
             })?;
             drop(go);
             return Ok(Sandbox {
+                freezer: self.freezer.take(),
                 stdin_null: self.stdin_null,
                 reap_all: self.reap_all,
                 pid: self.pid,
@@ -568,6 +582,10 @@ pub fn supervise(
         }
     }
     if ended.is_some() {
+        // (A frozen process dies only once thawed.)
+        if let Some(freezer) = &sandbox.freezer {
+            let _ = freezer.set(false);
+        }
         let _ = kill(sandbox.pid, Signal::SIGKILL);
     }
     let (init_status, exiting) = if ended.is_none() && status.is_some() && !sandbox.reap_all {
@@ -580,7 +598,10 @@ pub fn supervise(
     } else {
         (Some(wait_for(sandbox.pid)), Exiting { pid: None })
     };
-    if sandbox.reap_all {
+    // Degraded mode: init, the subreaper of the agent's tree, killed all of it before reporting; only
+    // when it did not (killed by the agent, or by us at the wall clock) are the orphans ours to kill —
+    // and then those of the caller's are spared as far as they can be told apart (see kill_orphans).
+    if sandbox.reap_all && (status.is_none() || ended.is_some()) {
         kill_orphans();
     }
     restore_signals(&mut sandbox);

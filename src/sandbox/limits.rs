@@ -29,16 +29,48 @@ pub struct Cgroup {
     dirs: Vec<(PathBuf, &'static str)>,
     /// Human-readable list of what applied, e.g. `pids.max=512 (cgroup v1)`.
     pub applied: Vec<String>,
+    /// Where the session's processes can be frozen (`run` stopped with Ctrl-Z): a freeze that no
+    /// signal undoes, unlike SIGSTOP (a timer or O_ASYNC can send the agent SIGCONT).
+    pub freezer: Option<Freezer>,
+}
+
+/// A cgroup whose processes can be frozen: v2's `cgroup.freeze`, or v1's `freezer.state`.
+#[derive(Debug, Clone)]
+pub struct Freezer {
+    dir: PathBuf,
+    v2: bool,
+}
+
+impl Freezer {
+    /// Freezes (or thaws) every process of the session; false when the kernel refused.
+    pub fn set(&self, frozen: bool) -> bool {
+        let (file, value) = match (self.v2, frozen) {
+            (true, f) => ("cgroup.freeze", if f { "1" } else { "0" }),
+            (false, true) => ("freezer.state", "FROZEN"),
+            (false, false) => ("freezer.state", "THAWED"),
+        };
+        fs::write(self.dir.join(file), value).is_ok()
+    }
 }
 
 impl Cgroup {
     /// Creates the session's cgroup(s) and sets the limits; applies what it can, says what it could not.
     pub fn create(session: &str, limits: &Limits) -> Cgroup {
         let mut cg = Cgroup::default();
+        let name = format!("zt-aas-{session}");
+        // A v1 freezer where no delegated v2 cgroup gives one (v2's `cgroup.freeze` comes with it).
+        if v2_delegated_dir().is_none() {
+            if let Some(base) = v1_dir("freezer") {
+                let dir = base.join(&name);
+                if fs::create_dir(&dir).is_ok() {
+                    cg.dirs.push((dir.clone(), "tasks"));
+                    cg.freezer = Some(Freezer { dir, v2: false });
+                }
+            }
+        }
         if limits.pids.is_none() && limits.memory.is_none() {
             return cg;
         }
-        let name = format!("zt-aas-{session}");
         if let Some(dir) = v2_delegated_dir() {
             let dir = dir.join(&name);
             if fs::create_dir(&dir).is_ok() {
@@ -56,7 +88,10 @@ impl Cgroup {
                     );
                     let _ = fs::write(dir.join("memory.swap.max"), "0");
                 }
-                cg.dirs.push((dir, "cgroup.procs"));
+                cg.dirs.push((dir.clone(), "cgroup.procs"));
+                if dir.join("cgroup.freeze").exists() {
+                    cg.freezer = Some(Freezer { dir, v2: true });
+                }
                 if ok {
                     return cg;
                 }

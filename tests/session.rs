@@ -512,6 +512,73 @@ fn replay_says_what_it_cannot_know_and_which_sessions_would_not_start() {
 }
 
 #[test]
+fn replay_keeps_a_token_revoked_in_an_earlier_session_revoked() {
+    let p = Project::new(
+        "[[action]]\nname = \"t.echo\"\nrun = [\"/bin/echo\", \"{name}\"]\nparams = { name = \"^a$\" }\n\
+         [[rule]]\neffect = \"allow\"\nactions = [\"t.*\"]\n",
+    );
+    p.token("a.tok", &["--action", "t.echo"]);
+    p.token("b.tok", &["--action", "t.echo"]);
+    // Session 1: a.tok revoked while it runs; its next call is refused as revoked.
+    let child = Command::new(ZT)
+        .args([
+            "run",
+            "-q",
+            "--policy",
+            "policy.toml",
+            "--workspace",
+            ".",
+            "--token",
+            "a.tok",
+            "--",
+            "sh",
+            "-c",
+            "zt-aas call t.echo name=a >/dev/null; : > ready; i=0; \
+             while [ ! -e go ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; \
+             zt-aas call t.echo name=a >/dev/null; true",
+        ])
+        .current_dir(&p.dir)
+        .env("XDG_STATE_HOME", p.dir.join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !p.dir.join("ready").exists() && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let revoke = zt(
+        &p.dir,
+        &["token", "revoke", "--policy", "policy.toml", "a.tok"],
+    );
+    assert!(revoke.status.success(), "{}", text(&revoke.stderr));
+    std::fs::write(p.dir.join("go"), "").unwrap();
+    let _ = wait_bounded(child, &["run"]);
+    // Session 2 presents the revoked token with an argument the policy refuses.
+    let _ = p.run(
+        &["--token", "b.tok"],
+        "zt-aas call --token a.tok t.echo name=b >/dev/null; true",
+    );
+    // Against a policy that would take the argument, the token is still revoked: nothing changes.
+    let policy = std::fs::read_to_string(p.dir.join("policy.toml")).unwrap();
+    std::fs::write(
+        p.dir.join("looser.toml"),
+        policy.replace("\"^a$\"", "\"^[a-z]$\""),
+    )
+    .unwrap();
+    let replay = zt(
+        &p.dir,
+        &["audit", "replay", "audit.jsonl", "--policy", "looser.toml"],
+    );
+    assert!(
+        text(&replay.stdout).contains(": 0 would change"),
+        "{}",
+        text(&replay.stdout)
+    );
+}
+
+#[test]
 fn head_out_anchors_the_log_against_truncation() {
     let p = Project::new("");
     assert!(p.run(&["--head-out", "head1"], "true").status.success());
@@ -2183,16 +2250,30 @@ fn the_callers_own_processes_outlive_the_run() {
     // `exec zt-aas run` from a shell that has a `tee` of its output running: that process is a child of
     // `run` too, and not the agent's. It must survive the run, degraded mode (where `run` kills the
     // sandbox's orphans) included.
-    for degraded in [false, true] {
+    // (Ended by the agent's exit, and by the wall clock: then `run` kills what is left of the agent's.)
+    for (degraded, walled) in [(false, false), (true, false), (true, true)] {
         let (_t, ws) = plain_workspace();
         // (Outside the workspace: degraded mode cannot hide the audit key in it, and refuses.)
         let (_s, state_dir) = plain_workspace();
+        std::fs::write(
+            state_dir.join("wall.toml"),
+            "version = 1\nname = \"w\"\n[sandbox.limits]\nwall = \"1s\"\n",
+        )
+        .unwrap();
+        let agent = if walled {
+            format!(
+                "--policy {} --workspace . -- sleep 30",
+                state_dir.join("wall.toml").display()
+            )
+        } else {
+            "--workspace . -- sleep 2".to_string()
+        };
         // (And one orphaned during the run, reparented to `run`: still the caller's.)
         let script = format!(
             "sleep 30 >/dev/null 2>&1 & echo $! > caller.pid; \
              sh -c 'sleep 0.5; sleep 30 >/dev/null 2>&1 & echo $! > orphan.pid' >/dev/null 2>&1 & \
              setsid sh -c 'sleep 0.5; sleep 30 >/dev/null 2>&1 & echo $! > daemon.pid' >/dev/null 2>&1 & \
-             exec {zt} run -q {flags} --workspace . -- sleep 2",
+             exec {zt} run -q {flags} {agent}",
             zt = ZT,
             flags = if degraded { "--allow-degraded" } else { "" }
         );
@@ -2207,8 +2288,9 @@ fn the_callers_own_processes_outlive_the_run() {
             cmd.env("ZT_AAS_TEST_DISABLE", "userns");
         }
         let out = wait_bounded(cmd.spawn().unwrap(), &["run"]);
-        assert!(
-            out.status.success(),
+        assert_eq!(
+            out.status.code(),
+            Some(if walled { 137 } else { 0 }),
             "degraded={degraded}: {}",
             text(&out.stderr)
         );

@@ -1006,6 +1006,34 @@ fn issue_never_replaces_what_is_not_a_token_and_whitespace_around_a_token_does_n
         std::fs::read(dir.path().join("keys/issuer.key")).unwrap(),
         key_before
     );
+    // A FIFO is refused without being opened (an open for reading would block for ever).
+    nix::unistd::mkfifo(
+        &dir.path().join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let child = Command::new(common::ZT)
+        .args([
+            "token",
+            "issue",
+            "--policy",
+            "policy.toml",
+            "--key",
+            "keys/issuer.key",
+            "--agent",
+            "hello-bot",
+            "--action",
+            "hello-world.say_hello",
+            "--out",
+            "fifo",
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = common::wait_bounded(child, &["token", "issue", "--out", "fifo"]);
+    assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
     // Another token may be replaced.
     issue_to(dir.path(), "t.tok", &["--action", "hello-world.say_hello"]);
     issue_to(dir.path(), "t.tok", &["--action", "hello-world.say_hello"]);

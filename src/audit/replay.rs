@@ -171,6 +171,13 @@ pub fn replay_log(bytes: &[u8], policy: &Policy) -> ReplayReport {
                     }
                 }
                 let state = sessions.entry(session_id.clone()).or_default();
+                // A token recorded as revoked earlier in the log (by any session) stays revoked.
+                state.revoked.extend(
+                    revoked_from
+                        .iter()
+                        .filter(|(_, from)| **from < n)
+                        .map(|(t, _)| t.clone()),
+                );
                 match replay_one(&rec, n, policy, state) {
                     Ok(None) => report.replayed += 1,
                     Ok(Some(d)) => {

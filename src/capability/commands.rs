@@ -114,11 +114,13 @@ pub fn issue(args: &TokenIssueArgs) -> CmdResult {
             // Another token may be replaced; anything else (the issuer's own key, the policy, a public
             // key) never is.
             if let Ok(existing) = std::fs::symlink_metadata(out) {
-                let text = crate::files::read_bounded(out, 64 << 10).unwrap_or_default();
+                // (Only a regular file is read: a FIFO would block.)
                 let is_token = existing.is_file()
-                    && String::from_utf8_lossy(&text)
-                        .trim()
-                        .starts_with(token::PREFIX);
+                    && crate::files::read_bounded(out, 64 << 10).is_ok_and(|text| {
+                        String::from_utf8_lossy(&text)
+                            .trim()
+                            .starts_with(token::PREFIX)
+                    });
                 if !is_token {
                     return Err(Failure::failed(format!(
                         "--out {}: the file exists and is not a token; refusing to replace it",

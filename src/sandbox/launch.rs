@@ -602,7 +602,17 @@ pub fn supervise(
     // when it did not (killed by the agent, or by us at the wall clock) are the orphans ours to kill —
     // and then those of the caller's are spared as far as they can be told apart (see kill_orphans).
     if sandbox.reap_all && (status.is_none() || ended.is_some()) {
-        kill_orphans();
+        match &sandbox.freezer {
+            // The agent's processes are exactly the cgroup's members: the caller's are never touched.
+            Some(freezer) => freezer.kill_all(),
+            None => kill_orphans(),
+        }
+        // Reap what came to us (the subreaper) of them.
+        while let Ok(s) = waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            if matches!(s, WaitStatus::StillAlive) {
+                break;
+            }
+        }
     }
     restore_signals(&mut sandbox);
     let exit = if let Some(e) = ended {

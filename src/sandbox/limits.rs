@@ -42,6 +42,30 @@ pub struct Freezer {
 }
 
 impl Freezer {
+    /// Kills every process in the session's cgroup (frozen first, so that none forks meanwhile; a
+    /// frozen process dies once thawed), until none is left, bounded. For degraded mode, where the
+    /// agent's processes are told apart from the caller's by their cgroup alone.
+    pub fn kill_all(&self) {
+        let members = |dir: &Path| -> Vec<i32> {
+            fs::read_to_string(dir.join(if self.v2 { "cgroup.procs" } else { "tasks" }))
+                .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+                .unwrap_or_default()
+        };
+        for _ in 0..100 {
+            let pids = members(&self.dir);
+            if pids.is_empty() {
+                return;
+            }
+            self.set(true);
+            for pid in pids {
+                // SAFETY: kill with a pid read from the session's own cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            self.set(false);
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
     /// Freezes (or thaws) every process of the session; false when the kernel refused.
     pub fn set(&self, frozen: bool) -> bool {
         let (file, value) = match (self.v2, frozen) {

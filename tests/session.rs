@@ -3036,6 +3036,66 @@ fn an_agent_started_in_the_background_of_a_terminal_cannot_read_it() {
     assert!(stdout.contains("reads /dev/null"), "{stdout}");
 }
 
+/// Around a Ctrl-Z of `run` (`child`), what the agent's `ticks` file (a line per tick) shows: the count
+/// once stopped, 600 ms later, and after SIGCONT (waiting for 5 more, bounded); `run`'s state while
+/// stopped; and its exit code once ended (the agent told to stop with a `stop` file, or SIGTERM).
+struct Stopped {
+    state: String,
+    stopped_at: usize,
+    later: usize,
+    resumed: usize,
+    code: Option<i32>,
+}
+
+fn stop_and_continue(mut child: std::process::Child, ws: &Path, term: bool) -> Stopped {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let ticks = || {
+        std::fs::read_to_string(ws.join("ticks"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let wait_for = |enough: usize| {
+        let start = Instant::now();
+        while ticks() < enough && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(5);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTSTP).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let stopped_at = ticks();
+    std::thread::sleep(Duration::from_millis(600));
+    let later = ticks();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    wait_for(later + 5);
+    let resumed = ticks();
+    if term {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    } else {
+        std::fs::write(ws.join("stop"), "").unwrap();
+    }
+    let start = Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Stopped {
+        state,
+        stopped_at,
+        later,
+        resumed,
+        code,
+    }
+}
+
 #[test]
 fn a_stopped_run_stops_its_whole_sandbox() {
     // Ctrl-Z (SIGTSTP) stops `run`; the agent, in a session of its own, must stop with it (or it would
@@ -3064,63 +3124,23 @@ fn a_stopped_run_stops_its_whole_sandbox() {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let ticks = || {
-            std::fs::read_to_string(ws.join("ticks"))
-                .map(|t| t.lines().count())
-                .unwrap_or(0)
-        };
-        let start = Instant::now();
-        while ticks() < 5 && start.elapsed() < Duration::from_secs(20) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTSTP).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let stopped_at = ticks();
-        std::thread::sleep(Duration::from_millis(600));
-        let later = ticks();
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
-        let start = Instant::now();
-        while ticks() < later + 5 && start.elapsed() < Duration::from_secs(20) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let resumed = ticks();
-        std::fs::write(ws.join("stop"), "").unwrap();
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break Some(s);
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                let _ = child.kill();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let r = stop_and_continue(cmd.spawn().unwrap(), &ws, false);
         assert!(
-            state.contains(") T "),
-            "degraded={degraded}: run was not stopped: {state}"
+            r.state.contains(") T "),
+            "degraded={degraded}: run was not stopped: {}",
+            r.state
         );
         assert_eq!(
-            later, stopped_at,
+            r.later, r.stopped_at,
             "degraded={degraded}: the agent went on while run was stopped"
         );
         assert!(
-            resumed >= later + 5,
-            "degraded={degraded}: the agent did not go on: {later} -> {resumed}"
+            r.resumed >= r.later + 5,
+            "degraded={degraded}: the agent did not go on: {} -> {}",
+            r.later,
+            r.resumed
         );
-        assert_eq!(
-            status.and_then(|s| s.code()),
-            Some(0),
-            "degraded={degraded}: {:?}",
-            child.stderr.take().map(|mut e| {
-                let mut t = String::new();
-                let _ = std::io::Read::read_to_string(&mut e, &mut t);
-                t
-            })
-        );
+        assert_eq!(r.code, Some(0), "degraded={degraded}");
     }
 }
 
@@ -3145,7 +3165,7 @@ fn a_stopped_run_stops_a_process_whose_main_thread_has_exited() {
         .status()
         .expect("cc");
     assert!(cc.success());
-    let mut child = Command::new(ZT)
+    let child = Command::new(ZT)
         .args([
             "run",
             "-q",
@@ -3163,30 +3183,11 @@ fn a_stopped_run_stops_a_process_whose_main_thread_has_exited() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let ticks = || {
-        std::fs::read_to_string(ws.join("ticks"))
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
-    };
-    let start = Instant::now();
-    while ticks() < 5 && start.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTSTP).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let stopped_at = ticks();
-    std::thread::sleep(Duration::from_millis(600));
-    let later = ticks();
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    assert_eq!(later, stopped_at, "a thread went on while run was stopped");
+    let r = stop_and_continue(child, &ws, true);
+    assert_eq!(
+        r.later, r.stopped_at,
+        "a thread went on while run was stopped"
+    );
 }
 
 #[test]
@@ -3217,7 +3218,7 @@ fn an_agent_that_sends_itself_sigcont_stays_stopped_with_run() {
         .status()
         .expect("cc");
     assert!(cc.success());
-    let mut child = Command::new(ZT)
+    let child = Command::new(ZT)
         .args(["run", "-q", "--workspace", ".", "--", "./waker", "ticks"])
         .current_dir(&ws)
         .env("XDG_STATE_HOME", ws.join("state"))
@@ -3226,39 +3227,17 @@ fn an_agent_that_sends_itself_sigcont_stays_stopped_with_run() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let ticks = || {
-        std::fs::read_to_string(ws.join("ticks"))
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
-    };
-    let start = Instant::now();
-    while ticks() < 5 && start.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTSTP).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let stopped_at = ticks();
-    std::thread::sleep(Duration::from_millis(600));
-    let later = ticks();
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
-    let start = Instant::now();
-    while ticks() < later + 5 && start.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let resumed = ticks();
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    let r = stop_and_continue(child, &ws, true);
     assert_eq!(
-        later, stopped_at,
+        r.later, r.stopped_at,
         "the agent continued itself while run was stopped"
     );
-    assert!(resumed >= later + 5, "not thawed: {later} -> {resumed}");
+    assert!(
+        r.resumed >= r.later + 5,
+        "not thawed: {} -> {}",
+        r.later,
+        r.resumed
+    );
 }
 
 #[test]

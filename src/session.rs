@@ -419,8 +419,8 @@ pub fn run(args: &RunArgs) -> CmdResult {
     if prepared.plan.stdin_null && !args.quiet {
         errln!(
             "zt-aas: note: this run is in the background of its terminal: the agent reads /dev/null \
-             instead of it, and writes to it only (it could otherwise read what you type to the \
-             foreground program)"
+             instead of it, and writes to it only, even after fg (it could otherwise read what you \
+             type to the foreground program)"
         );
     }
     if prepared.layers.degraded {

@@ -1259,6 +1259,78 @@ fn the_agent_cannot_open_the_workspace_or_its_git_directory_to_other_users() {
     }
 }
 
+/// Whether `path` carries the extended attribute `name` (read on the host, after the run).
+fn has_xattr(path: &Path, name: &str) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    // SAFETY: two valid C strings; a null buffer of size 0 only asks for the value's size.
+    unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
+}
+
+#[test]
+fn the_agent_cannot_leave_an_acl_that_opens_later_files_to_other_users() {
+    // A default ACL `o::rwx` on the workspace or `.git` outlives the run and overrides the user's umask:
+    // the `.git/config` of a later `git init`, or a new hook directory, comes out writable by every local
+    // account (which then adds `core.fsmonitor`). The permission bits, checked after the run, show nothing.
+    const ACL: &str = "struct.pack('<I', 2) + b''.join(struct.pack('<HHI', t, 7, 0xffffffff) for t in (1, 4, 0x20))";
+    for user in [User::Caller, User::Nobody] {
+        let ctx = Ctx::as_user(user);
+        git_init_with_hooks(&ctx.ws);
+        // The precondition that makes this test mean something: the file system takes ACLs.
+        let probe = ctx.root.path().join("probe");
+        std::fs::create_dir(&probe).unwrap();
+        let set = Command::new("python3")
+            .args([
+                "-c",
+                &format!(
+                    "import os, struct; os.setxattr({:?}, 'system.posix_acl_default', {ACL})",
+                    probe.to_str().unwrap()
+                ),
+            ])
+            .status()
+            .unwrap();
+        assert!(set.success(), "the test's file system takes no ACLs");
+        assert!(has_xattr(&probe, "system.posix_acl_default"));
+        if ctx.setpriv() {
+            let chown = Command::new("chown")
+                .args(["-R", "65534:65534", ctx.ws_str()])
+                .status()
+                .unwrap();
+            assert!(chown.success());
+        }
+        let out = run_python(
+            &ctx,
+            &format!(
+                "import struct\nacl = {ACL}\nopen('notes', 'w').close()\n\
+                 out('default_ws', err(os.setxattr, '.', 'system.posix_acl_default', acl))\n\
+                 out('default_git', err(os.setxattr, '.git', 'system.posix_acl_default', acl))\n\
+                 out('access_file', err(os.setxattr, 'notes', 'system.posix_acl_access', acl))\n\
+                 out('user_attr', err(os.setxattr, 'notes', 'user.origin', b'agent'))\n"
+            ),
+        );
+        let got = kv(&out);
+        for key in ["default_ws", "default_git", "access_file", "user_attr"] {
+            assert_eq!(
+                got.get(key).map(String::as_str),
+                Some(libc::EOPNOTSUPP.to_string().as_str()),
+                "{key}: {}",
+                describe(&out)
+            );
+        }
+        for (path, name) in [
+            (".", "system.posix_acl_default"),
+            (".git", "system.posix_acl_default"),
+            ("notes", "system.posix_acl_access"),
+        ] {
+            assert!(
+                !has_xattr(&ctx.ws.join(path), name),
+                "{path} kept the agent's {name}"
+            );
+        }
+    }
+}
+
 #[test]
 fn persistence_files_cannot_be_planted_in_an_existing_git_repo() {
     let ctx = Ctx::new();

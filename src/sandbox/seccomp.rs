@@ -20,6 +20,7 @@
 //! - setuid/setgid bits in any mode argument (chmod family, open/openat/creat, mknod): such a file would
 //!   keep them on the host, outside the sandbox's nosuid mounts;
 //! - renameat2 with RENAME_WHITEOUT (a whiteout device left in the workspace; Landlock refuses mknod);
+//! - the extended-attribute setters (EOPNOTSUPP): an ACL would outlive the run on the host's files;
 //! - prlimit64 setting another process's limits (the sandbox's init shares the agent's uid).
 //!
 //! Not covered here: what the arguments of allowed syscalls point to (paths, sockaddrs): that is the job of
@@ -172,9 +173,12 @@ const CHMODS: &[(i64, u8)] = &[
     (SYS_FCHMODAT2, 2),
 ];
 
-/// What changes a file's extended attributes (ACLs): refused in degraded mode, as "not supported"
-/// (EOPNOTSUPP, which `cp -p`, `install -m` and tar take for a file system without ACLs).
-const DEGRADED_NO_ATTRIBUTES: &[i64] = &[
+/// What changes a file's extended attributes: refused in every mode, as "not supported" (EOPNOTSUPP,
+/// which `cp -p`, `mv`, `install -m` and tar take for a file system without ACLs). An ACL outlives the
+/// run on the host, where Landlock has no right for it: a default ACL `o::rwx` on the workspace or `.git`
+/// would make every file the user creates there later writable by other local users (a `.git/config`
+/// another account fills with `core.fsmonitor`), past the after-run check of the permission bits.
+const NO_ATTRIBUTES: &[i64] = &[
     libc::SYS_setxattr,
     libc::SYS_lsetxattr,
     libc::SYS_fsetxattr,
@@ -478,7 +482,8 @@ fn rule_sets(extra_deny: &[String], sockets: Sockets) -> Result<Vec<RuleSet>, Se
         )?])?]);
     }
 
-    let mut eopnotsupp = BTreeMap::new();
+    let eopnotsupp: BTreeMap<i64, Vec<SeccompRule>> =
+        NO_ATTRIBUTES.iter().map(|nr| (*nr, Vec::new())).collect();
     if sockets == Sockets::PairsOnly {
         // Degraded mode has no IPC namespace either: SysV shared memory, message queues and semaphores
         // would be the host's (Landlock does not cover them), and their ids are small and guessable.
@@ -530,15 +535,12 @@ fn rule_sets(extra_deny: &[String], sockets: Sockets) -> Result<Vec<RuleSet>, Se
             }
         }
         eperm.insert(libc::SYS_socketpair, pairs);
-        // Landlock has no right for a file's mode, owner or extended attributes (ACLs), and without a
-        // mount namespace every file of the caller's is reachable by path. ACLs are not changed at
-        // all; an owner only to the caller's own uid and gid (what tar and `cp -p` do, changing
-        // nothing); a mode as ordinary work needs (git, compilers, venv), but never to one that lets
-        // the group or others write (as root: /etc/passwd 0666). What stays possible is documented:
-        // making a file of the caller's readable by others.
-        for nr in DEGRADED_NO_ATTRIBUTES {
-            eopnotsupp.insert(*nr, Vec::new());
-        }
+        // Landlock has no right for a file's mode, owner or extended attributes (ACLs, refused in
+        // every mode above), and without a mount namespace every file of the caller's is reachable by
+        // path. An owner changes only to the caller's own uid and gid (what tar and `cp -p` do,
+        // changing nothing); a mode as ordinary work needs (git, compilers, venv), but never to one
+        // that lets the group or others write (as root: /etc/passwd 0666). What stays possible is
+        // documented: making a file of the caller's readable by others.
         // SAFETY: getuid and getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid() as u64, libc::getgid() as u64) };
         const UNCHANGED: u64 = u32::MAX as u64; // -1: leave it as it is
@@ -569,15 +571,12 @@ fn rule_sets(extra_deny: &[String], sockets: Sockets) -> Result<Vec<RuleSet>, Se
     // openat2's mode lies in a struct a filter cannot read: refuse it like clone3; callers fall back.
     enosys.insert(libc::SYS_openat2, Vec::new());
 
-    let mut sets = vec![
+    Ok(vec![
         (eperm, libc::EPERM),
         (afnosupport, libc::EAFNOSUPPORT),
         (enosys, libc::ENOSYS),
-    ];
-    if !eopnotsupp.is_empty() {
-        sets.push((eopnotsupp, libc::EOPNOTSUPP));
-    }
-    Ok(sets)
+        (eopnotsupp, libc::EOPNOTSUPP),
+    ])
 }
 
 /// What runs before the search.
@@ -754,7 +753,7 @@ mod tests {
         assert_eq!(f.programs.len(), 1);
         assert_eq!(
             stacked(&[], Sockets::UnixOnly, Head::Guard).unwrap().len(),
-            3
+            4
         );
         assert_eq!(
             stacked(&[], Sockets::PairsOnly, Head::Guard).unwrap().len(),

@@ -935,6 +935,61 @@ out("io_uring_register", -sc(427, 0, 0, 0, 0))
     }
 }
 
+/// Kernel calls that an unprivileged process reaches without seccomp (each works on the host for uid
+/// 65534 on this machine's defaults: keyrings, the LDT, handles, fanotify with FID reports, another view
+/// of its own memory or descriptors, user-mode userfaultfd; perf_event_open answers EACCES there).
+fn check_kernel_surface_refused(user: User) {
+    let ctx = Ctx::as_user(user);
+    let o = run_python(
+        &ctx,
+        r#"
+import struct
+keep = []
+def buf(b, size=None):
+    s = ctypes.create_string_buffer(b, size) if size else ctypes.create_string_buffer(b)
+    keep.append(s)
+    return ctypes.addressof(s)
+pid = os.getpid()
+out("modify_ldt", -sc(154, 0, buf(b"", 64), 64))
+out("keyctl", -sc(250, 0, -2, 1))
+out("add_key", -sc(248, buf(b"user"), buf(b"zt-aas"), buf(b"x"), 1, -2))
+out("kcmp", -sc(312, pid, pid, 0, 0, 0))
+out("name_to_handle_at", -sc(303, -100, buf(b"."), buf(b"\x80\x00\x00\x00", 136), buf(b"", 4), 0))
+out("fanotify_init", -sc(300, 0x200, 0))
+src, dst = buf(b"abcdefgh"), buf(b"", 8)
+out("process_vm_readv", -sc(310, pid, buf(struct.pack("<QQ", dst, 8)), 1, buf(struct.pack("<QQ", src, 8)), 1, 0))
+out("pidfd_getfd", -sc(438, sc(434, pid, 0), 0, 0))
+out("userfaultfd", -sc(323, 1 | os.O_CLOEXEC))
+out("perf_event_open", -sc(298, buf(struct.pack("<IIQ", 1, 128, 0), 128), 0, -1, -1, 0))
+"#,
+    );
+    let m = kv(&o);
+    for k in [
+        "modify_ldt",
+        "keyctl",
+        "add_key",
+        "kcmp",
+        "name_to_handle_at",
+        "fanotify_init",
+        "process_vm_readv",
+        "pidfd_getfd",
+        "userfaultfd",
+        "perf_event_open",
+    ] {
+        assert_eq!(num(&m, k), EPERM, "{k}: {m:?}");
+    }
+}
+
+#[test]
+fn kernel_calls_reachable_without_privileges_are_refused() {
+    check_kernel_surface_refused(User::Caller);
+}
+
+#[test]
+fn unprivileged_kernel_calls_reachable_without_privileges_are_refused() {
+    check_kernel_surface_refused(User::Nobody);
+}
+
 #[test]
 fn capabilities_no_new_privs_and_seccomp_in_proc_status() {
     check_status_no_privileges(User::Caller);

@@ -97,6 +97,8 @@ const DENIED: &[(&str, i64)] = &[
     ("fanotify_init", libc::SYS_fanotify_init),
     ("lookup_dcookie", libc::SYS_lookup_dcookie),
     ("uselib", libc::SYS_uselib),
+    // The local descriptor table: i386 segments no agent needs, a kernel surface with a CVE history.
+    ("modify_ldt", libc::SYS_modify_ldt),
 ];
 
 /// Names a profile may add to `seccomp.deny` beyond [`DENIED`].

@@ -1736,6 +1736,35 @@ fn sigterm_is_forwarded_to_the_agent() {
     assert_eq!(o.status.code(), Some(7), "{}", describe(&o));
 }
 
+#[test]
+fn sigint_reaches_the_command_a_script_is_waiting_for() {
+    // Ctrl-C goes to the terminal's whole foreground job: a shell script (make, npm) waits for its command
+    // and acts on SIGINT only once that command ends, so the command must get it too.
+    let ctx = Ctx::new();
+    let ready = ctx.ws.join("ready");
+    let child = format!(
+        "import signal, sys, time\n\
+         signal.signal(signal.SIGINT, lambda *a: (print('child got INT', flush=True), sys.exit(3)))\n\
+         open({:?}, 'w').close()\n\
+         time.sleep(30)\n",
+        ready.to_str().unwrap()
+    );
+    std::fs::write(ctx.ws.join("child.py"), child).unwrap();
+    let script = "trap 'echo shell got INT' INT; python3 child.py; echo \"child exited $?\"";
+    let running = spawn(&ctx, &Opts::default(), &["sh", "-c", script]);
+    assert!(
+        wait_until(Duration::from_secs(60), || ready.exists()),
+        "the agent never started"
+    );
+    // SAFETY: SIGINT to the zt-aas process this test started.
+    assert_eq!(unsafe { libc::kill(running.pid(), libc::SIGINT) }, 0);
+    let o = running.wait();
+    let stdout = text(&o.stdout);
+    assert!(stdout.contains("child got INT"), "{}", describe(&o));
+    assert!(stdout.contains("child exited 3"), "{}", describe(&o));
+    assert!(stdout.contains("shell got INT"), "{}", describe(&o));
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Fail closed
 // ---------------------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 //! The sandbox's init: pid 1 of the agent's pid namespace, under the same restrictions as the agent.
 //!
 //! Why it exists: pid 1 ignores every signal it has no handler for, so an agent running as pid 1 would
-//! ignore a forwarded SIGTERM, and nobody would reap its orphans. This init forks the agent, forwards
-//! SIGINT/TERM/HUP/QUIT/USR1/USR2/WINCH to it, reaps every orphan, and reports the agent's wait status to
+//! ignore a forwarded SIGTERM, and nobody would reap its orphans. This init forks the agent in a process
+//! group of its own, forwards SIGINT/QUIT/HUP/WINCH to that group (as a terminal to its foreground job)
+//! and SIGTERM/USR1/USR2 to the agent, reaps every orphan, and reports the agent's wait status to
 //! the supervisor. Once the agent has exited it kills and reaps whatever is left in the namespace (daemons
 //! included), then reports; the kernel would kill the rest when it exits anyway.
 //! In degraded mode (no pid namespace) it is a child subreaper instead and kills every descendant itself.
@@ -17,7 +18,10 @@ use nix::unistd::{fork, ForkResult, Pid};
 
 use super::child::{self, ChildPlan, MSG_STATUS};
 
-/// Signals forwarded to the agent.
+/// Signals forwarded to the agent. Those a terminal sends to its whole foreground job (the keyboard's
+/// SIGINT and SIGQUIT, SIGHUP on hangup, SIGWINCH) go to the agent's process group, so that Ctrl-C stops
+/// the command a shell script, make or npm is waiting for, not just the shell (which waits for it); the
+/// others, as `kill` sends them, to the agent alone.
 pub const FORWARDED: &[Signal] = &[
     Signal::SIGINT,
     Signal::SIGTERM,
@@ -71,10 +75,16 @@ pub fn run(plan: &ChildPlan, report_fd: RawFd) -> ! {
                     libc::_exit(125); // init died before PDEATHSIG was set
                 }
             }
+            // A process group of its own, as a shell gives a job: what the terminal's signals reach.
+            let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
             let _ = SigSet::all().thread_unblock();
             child::exec_agent(plan, report_fd)
         }
-        Ok(ForkResult::Parent { child }) => child,
+        Ok(ForkResult::Parent { child }) => {
+            // Both sides, so that it holds before either goes on (a signal forwarded at once).
+            let _ = nix::unistd::setpgid(child, child);
+            child
+        }
         Err(e) => {
             child::report(
                 report_fd,
@@ -117,6 +127,10 @@ pub fn run(plan: &ChildPlan, report_fd: RawFd) -> ! {
                 stop_all(Signal::SIGCONT);
                 continue;
             }
+            Signal::SIGINT | Signal::SIGQUIT | Signal::SIGHUP | Signal::SIGWINCH => {
+                forward_to_job(agent, sig);
+                continue;
+            }
             _ => {
                 let _ = kill(agent, sig);
                 continue;
@@ -134,6 +148,16 @@ pub fn run(plan: &ChildPlan, report_fd: RawFd) -> ! {
     // Nothing of the agent is left: the supervisor may go on while the kernel tears down our namespaces.
     child::report(report_fd, &format!("{MSG_STATUS} {status}"));
     exit(0)
+}
+
+/// Sends `sig` to the agent's process group, as a terminal to its foreground job, and to the agent itself
+/// if it has left that group (a shell with job control makes groups of its own). The group's number is
+/// the agent's pid, which stays reserved while the agent is not reaped: no other process can hold it.
+fn forward_to_job(agent: Pid, sig: Signal) {
+    let _ = nix::sys::signal::killpg(agent, sig);
+    if nix::unistd::getpgid(Some(agent)).ok() != Some(agent) {
+        let _ = kill(agent, sig);
+    }
 }
 
 /// Pid namespace: sends `sig` (SIGSTOP or SIGCONT) to every other process of the sandbox with

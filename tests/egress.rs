@@ -108,6 +108,11 @@ impl Project {
              xn--bcher-kva.test=127.0.0.1:{0}",
             upstream.port
         );
+        self.run_resolving(&resolve, script)
+    }
+
+    /// `run` with the token `t.tok`, the names mapped to loopback upstreams as `resolve` says.
+    fn run_resolving(&self, resolve: &str, script: &str) -> Output {
         zt(
             &self.dir,
             &[
@@ -123,10 +128,7 @@ impl Project {
                 "-c",
                 script,
             ],
-            &[
-                ("ZT_AAS_TEST_RESOLVE", resolve.as_str()),
-                ("ZT_TEST_SECRET", SECRET),
-            ],
+            &[("ZT_AAS_TEST_RESOLVE", resolve), ("ZT_TEST_SECRET", SECRET)],
         )
     }
 
@@ -688,4 +690,188 @@ time.sleep(95)
         text(&out.stderr)
     );
     p.verify();
+}
+
+/// An upstream on 127.0.0.1 that echoes what it reads, per connection.
+fn echo_upstream() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(90)));
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = conn.read(&mut chunk) {
+                    if conn.write_all(&chunk[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The agent's side: a CONNECT tunnel to `tunnel.test`, echoed to every 100 ms until it closes (40 s
+/// at most: the run itself is bounded to 60); `tunnel-up` is created once the first echo came back.
+const TUNNEL_AGENT: &str = r#"python3 -c '
+import socket, time
+s = socket.create_connection(("127.0.0.1", 3128), timeout=20)
+s.sendall(b"CONNECT tunnel.test:443 HTTP/1.1\r\nHost: tunnel.test:443\r\n\r\n")
+head = b""
+while b"\r\n\r\n" not in head:
+    c = s.recv(1)
+    if not c: break
+    head += c
+print("HEAD", head.split(b"\r\n")[0].decode(), flush=True)
+n, end = 0, time.time() + 40
+while time.time() < end:
+    try:
+        s.sendall(b"ping\n")
+        if s.recv(64) == b"": break
+    except OSError:
+        break
+    n += 1
+    if n == 1: open("tunnel-up", "w").close()
+    time.sleep(0.1)
+print("TUNNEL", "CLOSED" if time.time() < end else "STILL OPEN", "after", n, "echoes", flush=True)
+'"#;
+
+/// The `net.connect` result records' errors.
+fn tunnel_errors(p: &Project) -> Vec<String> {
+    net_records(&p.records(), "result")
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn an_open_tunnel_ends_when_its_token_is_revoked_or_expires() {
+    // A tunnel is one use, decided when it opens; left open, it would carry the agent's data out for as
+    // long as traffic flows, past the token's revocation or expiry.
+    let port = echo_upstream();
+    let network = "[network]\nmode = \"proxy\"\nallow = [\"tunnel.test\"]\n\
+                   [revocation]\nlist = \"revoked.txt\"\n";
+
+    // Revoked while the tunnel is open.
+    let p = Project::new(network);
+    p.token("t.tok", &["--arg", r"host=^tunnel\.test$"]);
+    let dir = p.dir.clone();
+    let revoker = std::thread::spawn(move || {
+        let up = dir.join("tunnel-up");
+        let start = std::time::Instant::now();
+        while !up.exists() && start.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        zt(
+            &dir,
+            &["token", "revoke", "--policy", "policy.toml", "t.tok"],
+            &[],
+        )
+    });
+    let out = p.run_resolving(&format!("tunnel.test=127.0.0.1:{port}"), TUNNEL_AGENT);
+    let revoke = revoker.join().expect("revoker");
+    assert!(revoke.status.success(), "revoke: {}", text(&revoke.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("HEAD HTTP/1.1 200"),
+        "{stdout} {}",
+        text(&out.stderr)
+    );
+    assert!(
+        stdout.contains("TUNNEL CLOSED"),
+        "{stdout} {}",
+        text(&out.stderr)
+    );
+    let errors = tunnel_errors(&p);
+    assert!(errors.iter().any(|e| e.contains("revoked")), "{errors:?}");
+    p.verify();
+
+    // Expired while the tunnel is open (1 s, and the 5 s leeway every token check grants).
+    let p = Project::new(network);
+    p.token("t.tok", &["--arg", r"host=^tunnel\.test$", "--ttl", "1s"]);
+    let out = p.run_resolving(&format!("tunnel.test=127.0.0.1:{port}"), TUNNEL_AGENT);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("HEAD HTTP/1.1 200"),
+        "{stdout} {}",
+        text(&out.stderr)
+    );
+    assert!(
+        stdout.contains("TUNNEL CLOSED"),
+        "{stdout} {}",
+        text(&out.stderr)
+    );
+    let errors = tunnel_errors(&p);
+    assert!(errors.iter().any(|e| e.contains("expired")), "{errors:?}");
+    p.verify();
+}
+
+#[test]
+fn a_lingering_socket_passed_to_the_mediator_does_not_freeze_the_supervisor() {
+    // The agent fills a tunnel's send queue (its upstream reads nothing), sets SO_LINGER to days, and
+    // passes the socket with a call as its "reply socket", closing its own copy: the supervisor's close
+    // of it must not wait out the linger, or no call, signal or wall clock would be served meanwhile.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            keep.lock().unwrap().push(conn); // accepted, never read
+        }
+    });
+    let p = Project::new("[network]\nmode = \"proxy\"\nallow = [\"tunnel.test\"]\n");
+    let mut policy = std::fs::read_to_string(p.dir.join("policy.toml")).unwrap();
+    policy.push_str(
+        "[[action]]\nname = \"sys.ping\"\nbuiltin = \"sys.ping\"\n\
+         [[rule]]\neffect = \"allow\"\nactions = [\"sys.ping\"]\n",
+    );
+    std::fs::write(p.dir.join("policy.toml"), policy).unwrap();
+    p.token(
+        "t.tok",
+        &["--arg", r"host=^tunnel\.test$", "--action", "sys.ping"],
+    );
+    let agent = r#"python3 -c '
+import array, json, os, socket, struct
+fd3 = socket.socket(fileno=int(os.environ["ZT_AAS_FD"]))
+s = socket.create_connection(("127.0.0.1", 3128), timeout=20)
+s.sendall(b"CONNECT tunnel.test:443 HTTP/1.1\r\nHost: tunnel.test:443\r\n\r\n")
+print("HEAD", s.recv(4096).split(b"\r\n")[0].decode(), flush=True)
+s.setblocking(False)
+full = 0
+while full < 2:
+    try:
+        s.send(b"x" * 65536)
+        full = 0
+    except BlockingIOError:
+        full += 1
+        import time; time.sleep(0.2)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 1000000))
+fd3.sendmsg([json.dumps({"id": 1, "action": "sys.ping"}).encode()],
+           [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [s.fileno()]))])
+s.close()
+print("FIRST", json.loads(fd3.recv(65536)).get("decision"), flush=True)
+fd3.settimeout(20)
+fd3.send(json.dumps({"id": 2, "action": "sys.ping"}).encode())
+try:
+    print("SECOND", json.loads(fd3.recv(65536)).get("decision"), flush=True)
+except OSError as e:
+    print("SECOND none:", e, flush=True)
+'"#;
+    let out = p.run_resolving(&format!("tunnel.test=127.0.0.1:{port}"), agent);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("HEAD HTTP/1.1 200"),
+        "{stdout} {}",
+        text(&out.stderr)
+    );
+    assert!(
+        stdout.contains("SECOND allow"),
+        "{stdout} {}",
+        text(&out.stderr)
+    );
+    p.verify();
+    drop(held);
 }

@@ -52,6 +52,8 @@ pub struct Mediator {
     /// use-time check (agent, audience, window, revocation, uses, arguments) still runs at every call.
     verified: HashMap<String, Token>,
     revoked: HashSet<String>,
+    /// The open proxy connections' tokens and the flags that end them when the token is revoked.
+    leases: Vec<(String, std::sync::Arc<std::sync::atomic::AtomicBool>)>,
     uses: HashMap<(String, usize), u64>,
     pub audit: SessionWriter,
     audit_paths: Option<(PathBuf, PathBuf)>,
@@ -113,6 +115,7 @@ impl Mediator {
             session_tokens,
             verified: HashMap::new(),
             revoked: HashSet::new(),
+            leases: Vec::new(),
             uses: HashMap::new(),
             audit,
             audit_paths,
@@ -241,10 +244,22 @@ impl Mediator {
         };
         extra.insert("via".into(), json!("proxy"));
         let body = self.decision_body(&req, &decision, extra);
+        // The connection lasts no longer than the token that allowed it.
+        let until = decision.token.as_ref().and_then(|id| {
+            self.session_tokens
+                .iter()
+                .chain(self.verified.values())
+                .find(|t| &t.id == id)
+                .map(|t| t.exp.saturating_add(crate::capability::LEEWAY_SECS))
+        });
         let mut verdict = proxy::Verdict {
             allowed: decision.allowed,
             reason: decision.reason.clone(),
             token: decision.token.clone(),
+            lease: proxy::Lease {
+                until,
+                ..Default::default()
+            },
         };
         if let Err(e) = self.record(body) {
             verdict.allowed = false;
@@ -259,6 +274,13 @@ impl Mediator {
         }
         if verdict.allowed {
             self.stats.allowed += 1;
+            if let Some(id) = &decision.token {
+                // Connections that ended have dropped their copy of the flag.
+                self.leases
+                    .retain(|(_, revoked)| std::sync::Arc::strong_count(revoked) > 1);
+                self.leases
+                    .push((id.clone(), verdict.lease.revoked.clone()));
+            }
         } else {
             self.stats.denied += 1;
         }
@@ -558,6 +580,11 @@ impl Mediator {
             .map(|t| t.id.clone())
             .collect();
         self.revoked = revoked;
+        for (id, flag) in &self.leases {
+            if self.revoked.contains(id) {
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         for id in newly {
             let mut body = RecordBody::new("", Kind::Revocation, self.agent.clone());
             body.token = Some(id.clone());
@@ -753,7 +780,16 @@ impl Mediator {
         } else {
             None
         };
-        drop(passed);
+        // Only a seqpacket socket is answered on; anything else is closed now (as the rest).
+        let reply_fd = reply_fd.and_then(|fd| {
+            if is_seqpacket(fd.as_fd()) {
+                Some(fd)
+            } else {
+                passed.push(fd);
+                None
+            }
+        });
+        discard(passed);
         if len == 0 && reply_fd.is_none() && refused.is_none() && peer_closed(self.socket.as_fd()) {
             // EOF: the agent closed its end (an empty message is answered below). Nothing follows to
             // carry a deferred result record: write it now.
@@ -765,10 +801,7 @@ impl Mediator {
         }
         let (response, end, result) = self.handle(&buf[..len.min(protocol::MAX_REQUEST)], refused);
         self.frame = buf;
-        let target = reply_fd
-            .as_ref()
-            .filter(|fd| is_seqpacket(fd.as_fd()))
-            .map(|f| f.as_raw_fd());
+        let target = reply_fd.as_ref().map(|f| f.as_raw_fd());
         let target = target.unwrap_or(self.socket.as_raw_fd());
         let send = |bytes: &[u8]| {
             let iov = [std::io::IoSlice::new(bytes)];
@@ -938,6 +971,44 @@ fn presented_body(raw: Option<&str>) -> Option<&str> {
 }
 
 /// Whether `fd` is a SOCK_SEQPACKET socket (the only kind we answer on: never block on a pipe or file).
+/// Closes descriptors the agent passed without ever blocking the supervisor's loop. The last close of
+/// a TCP socket whose SO_LINGER the agent set, with data its peer does not take, waits out the linger
+/// time (up to hours): the loop, its wall clock and forwarded signals would stop meanwhile. Such a
+/// socket is made to reset at close (linger 0) and closed by a thread of its own, in case the agent
+/// set its linger again through a copy it kept. Other descriptors close at once.
+fn discard(fds: Vec<OwnedFd>) {
+    use nix::sys::socket::{
+        getsockname, setsockopt, sockopt, AddressFamily, SockaddrLike, SockaddrStorage,
+    };
+    static CLOSER: std::sync::OnceLock<Option<std::sync::Mutex<std::sync::mpsc::Sender<OwnedFd>>>> =
+        std::sync::OnceLock::new();
+    for fd in fds {
+        let inet = getsockname::<SockaddrStorage>(fd.as_raw_fd())
+            .ok()
+            .and_then(|a| a.family())
+            .is_some_and(|f| matches!(f, AddressFamily::Inet | AddressFamily::Inet6));
+        if !inet {
+            continue; // dropped: closed
+        }
+        let reset = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        let _ = setsockopt(&fd, sockopt::Linger, &reset);
+        let closer = CLOSER.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<OwnedFd>();
+            std::thread::Builder::new()
+                .name("zt-aas-closer".into())
+                .spawn(move || rx.into_iter().for_each(drop))
+                .ok()
+                .map(|_| std::sync::Mutex::new(tx))
+        });
+        if let Some(tx) = closer.as_ref().and_then(|m| m.lock().ok()) {
+            let _ = tx.send(fd);
+        }
+    }
+}
+
 fn is_seqpacket(fd: BorrowedFd<'_>) -> bool {
     nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::SockType)
         .is_ok_and(|t| t == nix::sys::socket::SockType::SeqPacket)
@@ -963,11 +1034,13 @@ impl Events for Mediator {
         self.serve_one()
     }
 
-    /// With `[mediator] end_on_revocation`, the revocation list is looked at while the agent makes no
-    /// call too: a revoked session token ends the session within this, not at the agent's next call.
+    /// With `[mediator] end_on_revocation`, or a proxy whose connections must end when their token is
+    /// revoked, the revocation list is looked at while the agent makes no call too: a revoked session
+    /// token ends the session (or its open connections) within this, not at the agent's next call.
     fn idle_every(&self) -> Option<std::time::Duration> {
-        (self.policy.mediator.end_on_revocation && self.policy.revocation.is_some())
-            .then_some(std::time::Duration::from_millis(250))
+        ((self.policy.mediator.end_on_revocation || self.proxy.is_some())
+            && self.policy.revocation.is_some())
+        .then_some(std::time::Duration::from_millis(250))
     }
 
     fn on_idle(&mut self) -> Option<String> {

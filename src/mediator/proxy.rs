@@ -19,7 +19,8 @@
 //!    data out), and private, loopback, link-local, CGNAT, multicast, reserved and unspecified addresses
 //!    are refused unless `allow_private` names the host (a `result` record with `check`); the proxy
 //!    connects to exactly the addresses it checked (never resolving again);
-//! 6. forward, then a `result` record with the addresses, the bytes each way and the duration.
+//! 6. forward, no longer than the token that allowed it is valid (its expiry, its revocation: a
+//!    [`Lease`]), then a `result` record with the addresses, the bytes each way and the duration.
 //!
 //! Every refusal is answered (400/403/502/503, with the reason in the body) and recorded.
 
@@ -47,6 +48,8 @@ const DECISION_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection with no traffic either way for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often an open connection looks at its [`Lease`].
+const LEASE_CHECK: Duration = Duration::from_millis(250);
 
 /// What a connection asks of the supervisor's loop.
 pub enum ToMediator {
@@ -73,6 +76,33 @@ pub struct Verdict {
     pub allowed: bool,
     pub reason: String,
     pub token: Option<String>,
+    pub lease: Lease,
+}
+
+/// How long an allowed connection may carry traffic: no longer than the token that allowed it is
+/// valid. A tunnel is one use, but an open one would otherwise carry the agent's data out for as long
+/// as traffic flows, past the token's expiry and its revocation. Looked at every [`LEASE_CHECK`].
+#[derive(Debug, Clone, Default)]
+pub struct Lease {
+    /// Unix seconds from which the token is expired (its `exp` plus the clock leeway).
+    pub until: Option<u64>,
+    /// Set by the supervisor when it finds the token in the revocation list.
+    pub revoked: Arc<AtomicBool>,
+}
+
+impl Lease {
+    /// Why the connection must end now, if it must.
+    fn over(&self) -> Option<&'static str> {
+        if self.revoked.load(Ordering::Relaxed) {
+            return Some("the token that allowed it was revoked");
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.until
+            .is_some_and(|until| now >= until)
+            .then_some("the token that allowed it expired")
+    }
 }
 
 pub struct NetResult {
@@ -937,7 +967,14 @@ fn serve(mut client: TcpStream, shared: &Shared) {
         }
         Ok(addrs) => {
             result.addresses = addrs.iter().map(|a| a.to_string()).collect();
-            let outcome = forward(&mut client, &head, rest, &addrs, &shared.config);
+            let outcome = forward(
+                &mut client,
+                &head,
+                rest,
+                &addrs,
+                &shared.config,
+                &verdict.lease,
+            );
             (result.ok, result.error, result.bytes_up, result.bytes_down) = match outcome {
                 Ok((up, down)) => (true, None, up, down),
                 Err((e, up, down)) => (false, Some(e), up, down),
@@ -965,6 +1002,7 @@ fn forward(
     rest: Vec<u8>,
     addrs: &[SocketAddr],
     config: &Config,
+    lease: &Lease,
 ) -> Forwarded {
     let mut upstream = None;
     let (mut last, mut last_error) = (String::from("no address"), String::new());
@@ -999,7 +1037,7 @@ fn forward(
         if upstream.write_all(&rest).is_err() {
             return Err(("upstream write failed".into(), 0, 0));
         }
-        let (u, d, err) = pump(client, &mut upstream);
+        let (u, d, err) = pump(client, &mut upstream, lease);
         up += u;
         return match err {
             None => Ok((up, d)),
@@ -1053,12 +1091,12 @@ fn forward(
     }
     up += first as u64;
     left -= first as u64;
-    let _ = client.set_read_timeout(Some(IDLE_TIMEOUT));
     let mut chunk = vec![0u8; 16 * 1024];
     while left > 0 {
         let want = chunk.len().min(left as usize);
-        match client.read(&mut chunk[..want]) {
-            Ok(0) | Err(_) => return Err(("the client's body ended early".into(), up, 0)),
+        match read_leased(client, &mut chunk[..want], lease) {
+            Ok(0) => return Err(("the client's body ended early".into(), up, 0)),
+            Err(e) => return Err((format!("the client's body: {e}"), up, 0)),
             Ok(n) => {
                 if upstream.write_all(&chunk[..n]).is_err() {
                     return Err(("upstream write failed".into(), up, 0));
@@ -1068,10 +1106,9 @@ fn forward(
             }
         }
     }
-    let _ = upstream.set_read_timeout(Some(IDLE_TIMEOUT));
     let mut down = 0u64;
     loop {
-        match upstream.read(&mut chunk) {
+        match read_leased(&mut upstream, &mut chunk, lease) {
             Ok(0) => break,
             Ok(n) => {
                 if client.write_all(&chunk[..n]).is_err() {
@@ -1079,23 +1116,59 @@ fn forward(
                 }
                 down += n as u64;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err((format!("upstream: {e}"), up, down)),
         }
     }
     Ok((up, down))
 }
 
-/// Copies both ways until both sides are done (or idle too long); returns bytes up, down, error.
-fn pump(client: &mut TcpStream, upstream: &mut TcpStream) -> (u64, u64, Option<String>) {
+/// Reads what `src` has (at least a byte, or 0 at its end), waiting at most [`IDLE_TIMEOUT`] and never
+/// past the end of `lease`.
+fn read_leased(src: &mut TcpStream, buf: &mut [u8], lease: &Lease) -> Result<usize, String> {
+    let _ = src.set_read_timeout(Some(LEASE_CHECK));
+    let waiting = Instant::now();
+    loop {
+        if let Some(why) = lease.over() {
+            return Err(why.into());
+        }
+        match src.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                if waiting.elapsed() >= IDLE_TIMEOUT {
+                    return Err("idle timeout".into());
+                }
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Copies both ways until both sides are done (or idle too long, or the lease is over); returns bytes
+/// up, down, error.
+fn pump(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    lease: &Lease,
+) -> (u64, u64, Option<String>) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let _ = client.set_nonblocking(true);
     let _ = upstream.set_nonblocking(true);
     let (mut up, mut down) = (0u64, 0u64);
     let (mut client_open, mut upstream_open) = (true, true);
     let mut chunk = vec![0u8; 16 * 1024];
-    let idle = PollTimeout::try_from(IDLE_TIMEOUT.as_millis() as i32).unwrap_or(PollTimeout::MAX);
+    let check = PollTimeout::try_from(LEASE_CHECK.as_millis() as i32).unwrap_or(PollTimeout::MAX);
+    let mut traffic = Instant::now();
     while client_open || upstream_open {
+        if let Some(why) = lease.over() {
+            return (up, down, Some(why.into()));
+        }
         let mut fds = Vec::new();
         if client_open {
             fds.push(PollFd::new(client.as_fd(), PollFlags::POLLIN));
@@ -1103,9 +1176,12 @@ fn pump(client: &mut TcpStream, upstream: &mut TcpStream) -> (u64, u64, Option<S
         if upstream_open {
             fds.push(PollFd::new(upstream.as_fd(), PollFlags::POLLIN));
         }
-        match poll(&mut fds, idle) {
-            Ok(0) => return (up, down, Some("idle timeout".into())),
-            Ok(_) => {}
+        match poll(&mut fds, check) {
+            Ok(0) if traffic.elapsed() >= IDLE_TIMEOUT => {
+                return (up, down, Some("idle timeout".into()))
+            }
+            Ok(0) => continue,
+            Ok(_) => traffic = Instant::now(),
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return (up, down, Some(format!("poll: {e}"))),
         }
@@ -1144,8 +1220,8 @@ fn pump(client: &mut TcpStream, upstream: &mut TcpStream) -> (u64, u64, Option<S
                     }
                 }
                 Ok(n) => {
-                    if write_all_blocking(dst, &chunk[..n]).is_err() {
-                        return (up, down, Some("write failed".into()));
+                    if let Err(e) = write_all_blocking(dst, &chunk[..n], lease) {
+                        return (up, down, Some(format!("write failed: {e}")));
                     }
                     if from_client {
                         up += n as u64;
@@ -1165,22 +1241,35 @@ fn pump(client: &mut TcpStream, upstream: &mut TcpStream) -> (u64, u64, Option<S
     (up, down, None)
 }
 
-/// Writes all of `data` to a non-blocking socket, waiting (bounded) when it is full.
-fn write_all_blocking(dst: &mut TcpStream, mut data: &[u8]) -> std::io::Result<()> {
+/// Writes all of `data` to a non-blocking socket, waiting when it is full: at most [`IDLE_TIMEOUT`]
+/// for room, and never past the end of `lease`.
+fn write_all_blocking(dst: &mut TcpStream, mut data: &[u8], lease: &Lease) -> Result<(), String> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let idle = PollTimeout::try_from(IDLE_TIMEOUT.as_millis() as i32).unwrap_or(PollTimeout::MAX);
+    let check = PollTimeout::try_from(LEASE_CHECK.as_millis() as i32).unwrap_or(PollTimeout::MAX);
+    let mut waiting = Instant::now();
     while !data.is_empty() {
         match dst.write(data) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => data = &data[n..],
+            Ok(0) => return Err("the peer takes no more".into()),
+            Ok(n) => {
+                data = &data[n..];
+                waiting = Instant::now();
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Some(why) = lease.over() {
+                    return Err(why.into());
+                }
+                if waiting.elapsed() >= IDLE_TIMEOUT {
+                    return Err("idle timeout".into());
+                }
                 let mut fds = [PollFd::new(dst.as_fd(), PollFlags::POLLOUT)];
-                if poll(&mut fds, idle).map_err(std::io::Error::from)? == 0 {
-                    return Err(std::io::ErrorKind::TimedOut.into());
+                if let Err(e) = poll(&mut fds, check) {
+                    if e != nix::errno::Errno::EINTR {
+                        return Err(format!("poll: {e}"));
+                    }
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.to_string()),
         }
     }
     Ok(())

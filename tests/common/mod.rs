@@ -161,8 +161,8 @@ pub fn issuer_dir(
     (tmp, dir)
 }
 
-/// `zt token issue` in `dir` (policy.toml, keys/issuer.key) for agent `bot` and `action`, 10 minutes,
-/// into `out`, with `extra` arguments; the issue must succeed.
+/// `zt token issue` in `dir` (policy.toml, keys/issuer.key) for agent `bot` and `action`, 10 minutes
+/// unless `extra` names a `--ttl`, into `out`, with `extra` arguments; the issue must succeed.
 #[allow(dead_code)]
 pub fn issue_bot_token(
     zt: impl Fn(&Path, &[&str]) -> Output,
@@ -182,11 +182,12 @@ pub fn issue_bot_token(
         "bot",
         "--action",
         action,
-        "--ttl",
-        "10m",
         "--out",
         out,
     ];
+    if !extra.contains(&"--ttl") {
+        args.extend_from_slice(&["--ttl", "10m"]);
+    }
     args.extend_from_slice(extra);
     let o = zt(dir, &args);
     assert!(o.status.success(), "token issue: {}", text(&o.stderr));

@@ -65,6 +65,11 @@ fn absolute(p: &Path) -> PathBuf {
 }
 
 pub fn run(args: &RunArgs) -> CmdResult {
+    if args.command.first().is_some_and(|c| c.is_empty()) {
+        return Err(refused(
+            "the command to run is empty (`run -- ''`): name a program".to_string(),
+        ));
+    }
     let cwd = std::env::current_dir().map_err(|e| refused(format!("current directory: {e}")))?;
     let policy = load_policy(args.policy.as_deref(), &cwd)?;
     let proxy = policy.network.mode == NetworkMode::Proxy;
@@ -168,6 +173,9 @@ pub fn run(args: &RunArgs) -> CmdResult {
     if !args.quiet {
         if let Some(why) = not_writable_without_privileges(&workspace) {
             errln!("zt-aas: note: the agent cannot write the workspace: {why}");
+        }
+        if let Some(why) = repository_outside(&workspace) {
+            errln!("zt-aas: note: git will not work inside: {why}");
         }
     }
     // The layers this host cannot give, refused before anything is made (audit key, revocation list,
@@ -649,6 +657,41 @@ pub fn run(args: &RunArgs) -> CmdResult {
     })?;
     crate::mediator::actions::finish_removals();
     Ok(code)
+}
+
+/// Where the git repository of `workspace` lies outside it, and so out of the agent's sight: a linked
+/// worktree or submodule checkout (`.git` is a file naming a git directory elsewhere), or a directory
+/// inside a repository's work tree (a `.git` in a parent directory).
+fn repository_outside(workspace: &Path) -> Option<String> {
+    let dot_git = workspace.join(".git");
+    match std::fs::symlink_metadata(&dot_git) {
+        Ok(meta) if meta.is_file() && meta.len() <= 4096 => {
+            let text = std::fs::read_to_string(&dot_git).ok()?;
+            let target = text.lines().next()?.strip_prefix("gitdir:")?.trim();
+            let target = workspace.join(target);
+            let target = std::fs::canonicalize(&target).unwrap_or(target);
+            (!target.starts_with(workspace)).then(|| {
+                format!(
+                    "the workspace is a linked worktree or submodule checkout whose repository ({}) \
+                     lies outside it, where the agent cannot see it; give the repository's top \
+                     directory as --workspace, or a clone",
+                    target.display()
+                )
+            })
+        }
+        Ok(_) => None,
+        Err(_) => workspace
+            .ancestors()
+            .skip(1)
+            .find(|dir| dir.join(".git").exists())
+            .map(|top| {
+                format!(
+                    "the workspace lies inside the git repository at {}, which the agent cannot \
+                     see; give that directory as --workspace for git to work",
+                    top.display()
+                )
+            }),
+    }
 }
 
 /// Why the caller's ids, without any capability, cannot write `dir` (by its owner, group and mode).

@@ -1689,6 +1689,10 @@ fn unprivileged_exit_codes_are_propagated() {
 #[test]
 fn missing_command_is_127_and_non_executable_is_126() {
     let ctx = Ctx::new();
+    // An empty command name is a bad command line (125), said as such.
+    let o = run_with(&ctx, &Opts::default(), &[""]);
+    assert_eq!(o.status.code(), Some(125), "{}", describe(&o));
+    assert!(text(&o.stderr).contains("empty"), "{}", describe(&o));
     let o = run_with(&ctx, &Opts::default(), &["zt-no-such-command"]);
     assert_eq!(o.status.code(), Some(127), "{}", describe(&o));
     assert!(
@@ -1715,6 +1719,69 @@ echo ran
     let o = run_with(&ctx, &Opts::default(), &[orphan.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(126), "{}", describe(&o));
     assert!(text(&o.stderr).contains("interpreter"), "{}", describe(&o));
+}
+
+#[test]
+fn a_workspace_the_caller_cannot_write_is_refused_with_the_reason() {
+    // uid 65534 in a directory of root's: the placeholders cannot be made; the user is told why.
+    let ctx = Ctx::as_user(User::Nobody);
+    if !ctx.setpriv() {
+        return; // (run by a user without privileges: no other uid to own the workspace)
+    }
+    std::os::unix::fs::chown(&ctx.ws, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&ctx.ws, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = run_in_sandbox(&ctx, "true");
+    assert_eq!(o.status.code(), Some(125), "{}", describe(&o));
+    assert!(
+        text(&o.stderr).contains("is not writable by uid 65534"),
+        "{}",
+        describe(&o)
+    );
+}
+
+#[test]
+fn run_says_when_the_workspaces_repository_lies_outside_it() {
+    // A linked worktree (or submodule checkout) of a repository elsewhere, or a subdirectory of a
+    // repository: git inside cannot reach the repository, and the user is told why at the start.
+    let ctx = Ctx::new();
+    std::fs::write(
+        ctx.ws.join(".git"),
+        "gitdir: /srv/elsewhere/.git/worktrees/ws\n",
+    )
+    .unwrap();
+    let o = run_in_sandbox(&ctx, "true");
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let stderr = text(&o.stderr);
+    assert!(
+        stderr.contains("git will not work inside")
+            && stderr.contains("/srv/elsewhere/.git/worktrees/ws"),
+        "{stderr}"
+    );
+
+    let ctx = Ctx::new();
+    let init = Command::new("git")
+        .args(["init", "-q"])
+        .current_dir(ctx.root.path())
+        .status()
+        .unwrap();
+    assert!(init.success());
+    let o = run_in_sandbox(&ctx, "true");
+    let stderr = text(&o.stderr);
+    assert!(
+        stderr.contains("inside the git repository at")
+            && stderr.contains(ctx.root.path().to_str().unwrap()),
+        "{stderr}"
+    );
+
+    // A repository of its own: nothing to say.
+    let ctx = Ctx::new();
+    git_init_with_hooks(&ctx.ws);
+    let o = run_in_sandbox(&ctx, "true");
+    assert!(
+        !text(&o.stderr).contains("git will not work"),
+        "{}",
+        describe(&o)
+    );
 }
 
 #[test]

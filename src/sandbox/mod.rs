@@ -251,7 +251,24 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
     };
     // Locked before placeholders are created: a run cleaning up never removes a starting run's.
     let mut placeholders = placeholders::Placeholders::lock(&config.workspace);
-    let plan = plan::build(&input).map_err(|e| Failure::refused(format!("sandbox plan: {e}")))?;
+    let plan = plan::build(&input).map_err(|e| {
+        let hint = match &e {
+            plan::PlanError::Io { path, source }
+                if source.kind() == std::io::ErrorKind::PermissionDenied
+                    && path.starts_with(&config.workspace) =>
+            {
+                format!(
+                    " (run makes read-only placeholders in the workspace for the files that act \
+                     outside the sandbox, such as .git/hooks and .envrc, and {} is not writable by \
+                     uid {}: run as the workspace's owner, or give a --workspace you can write)",
+                    path.parent().unwrap_or(path).display(),
+                    nix::unistd::geteuid()
+                )
+            }
+            _ => String::new(),
+        };
+        Failure::refused(format!("sandbox plan: {e}{hint}"))
+    })?;
     placeholders.record(&plan.placeholders);
     if !namespaces && !plan.protected.is_empty() {
         errln!(

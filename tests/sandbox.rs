@@ -1804,6 +1804,20 @@ fn sigterm_is_forwarded_to_the_agent() {
 }
 
 #[test]
+fn the_agent_may_start_a_session_of_its_own() {
+    // `setsid` and daemons call setsid(2), which a process group leader cannot: the agent joins its
+    // job's group, it does not lead it.
+    let ctx = Ctx::new();
+    let o = run_in_sandbox(
+        &ctx,
+        "setsid sh -c 'echo SETSID-OK'; python3 -c 'import os; os.setsid(); print(\"PY-SETSID-OK\")'",
+    );
+    let stdout = ok_stdout(&o);
+    assert!(stdout.contains("SETSID-OK"), "{}", describe(&o));
+    assert!(stdout.contains("PY-SETSID-OK"), "{}", describe(&o));
+}
+
+#[test]
 fn sigint_reaches_the_command_a_script_is_waiting_for() {
     // Ctrl-C goes to the terminal's whole foreground job: a shell script (make, npm) waits for its command
     // and acts on SIGINT only once that command ends, so the command must get it too.

@@ -1,9 +1,10 @@
 //! The sandbox's init: pid 1 of the agent's pid namespace, under the same restrictions as the agent.
 //!
 //! Why it exists: pid 1 ignores every signal it has no handler for, so an agent running as pid 1 would
-//! ignore a forwarded SIGTERM, and nobody would reap its orphans. This init forks the agent in a process
-//! group of its own, forwards SIGINT/QUIT/HUP/WINCH to that group (as a terminal to its foreground job)
-//! and SIGTERM/USR1/USR2 to the agent, reaps every orphan, and reports the agent's wait status to
+//! ignore a forwarded SIGTERM, and nobody would reap its orphans. This init forks the agent into a
+//! process group (its job, led by a waiting child of init so that the agent may still call setsid),
+//! forwards SIGINT/QUIT/HUP/WINCH to that group (as a terminal to its foreground job) and
+//! SIGTERM/USR1/USR2 to the agent, reaps every orphan, and reports the agent's wait status to
 //! the supervisor. Once the agent has exited it kills and reaps whatever is left in the namespace (daemons
 //! included), then reports; the kernel would kill the rest when it exits anyway.
 //! In degraded mode (no pid namespace) it is a child subreaper instead and kills every descendant itself.
@@ -57,6 +58,7 @@ pub fn run(plan: &ChildPlan, report_fd: RawFd) -> ! {
         }
     }
     let init = std::process::id() as i32;
+    let job = job_leader(init);
     // SAFETY: the process is single-threaded (a fresh clone of the single-threaded supervisor).
     let agent = match unsafe { fork() } {
         Ok(ForkResult::Child) => {
@@ -75,14 +77,18 @@ pub fn run(plan: &ChildPlan, report_fd: RawFd) -> ! {
                     libc::_exit(125); // init died before PDEATHSIG was set
                 }
             }
-            // A process group of its own, as a shell gives a job: what the terminal's signals reach.
-            let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+            // Into the job's process group: what the terminal's signals reach.
+            if let Some(job) = job {
+                let _ = nix::unistd::setpgid(Pid::from_raw(0), job);
+            }
             let _ = SigSet::all().thread_unblock();
             child::exec_agent(plan, report_fd)
         }
         Ok(ForkResult::Parent { child }) => {
             // Both sides, so that it holds before either goes on (a signal forwarded at once).
-            let _ = nix::unistd::setpgid(child, child);
+            if let Some(job) = job {
+                let _ = nix::unistd::setpgid(child, job);
+            }
             child
         }
         Err(e) => {
@@ -128,7 +134,7 @@ pub fn run(plan: &ChildPlan, report_fd: RawFd) -> ! {
                 continue;
             }
             Signal::SIGINT | Signal::SIGQUIT | Signal::SIGHUP | Signal::SIGWINCH => {
-                forward_to_job(agent, sig);
+                forward_to_job(job, agent, sig);
                 continue;
             }
             _ => {
@@ -150,12 +156,54 @@ pub fn run(plan: &ChildPlan, report_fd: RawFd) -> ! {
     exit(0)
 }
 
-/// Sends `sig` to the agent's process group, as a terminal to its foreground job, and to the agent itself
-/// if it has left that group (a shell with job control makes groups of its own). The group's number is
-/// the agent's pid, which stays reserved while the agent is not reaped: no other process can hold it.
-fn forward_to_job(agent: Pid, sig: Signal) {
-    let _ = nix::sys::signal::killpg(agent, sig);
-    if nix::unistd::getpgid(Some(agent)).ok() != Some(agent) {
+/// The agent's job: a process group for the agent and the processes it starts, as a shell gives a
+/// command, which a terminal's signals reach whole. Its leader is a child of init that only waits
+/// (ignoring every signal it can; SIGKILL ends it with the sandbox), so that the agent itself leads no
+/// group: a group leader cannot call setsid(2), as `setsid` and daemons do. `None` if it cannot be
+/// forked (the agent then stays in init's group and signals reach the agent alone).
+fn job_leader(init: i32) -> Option<Pid> {
+    // SAFETY: single-threaded (see `run`); the child only makes syscalls and never returns.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            // SAFETY: prctl, getppid, setpgid, signal, close_range and pause take no pointers.
+            unsafe {
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
+                if libc::getppid() != init {
+                    libc::_exit(0);
+                }
+                libc::setpgid(0, 0);
+                for sig in 1..=64 {
+                    libc::signal(sig, libc::SIG_IGN);
+                }
+                // Nothing of init's: not the mediator socket, the report pipe, nor the terminal.
+                libc::syscall(libc::SYS_close_range, 0, u32::MAX, 0);
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            let _ = nix::unistd::setpgid(child, child);
+            Some(child)
+        }
+        Err(_) => None,
+    }
+}
+
+/// Sends `sig` to the agent's job, as a terminal to its foreground job, and to the agent itself if it
+/// has left that group (`setsid`, a shell with job control). The group lives while any member does;
+/// its number, the leader's pid, cannot be reused meanwhile.
+fn forward_to_job(job: Option<Pid>, agent: Pid, sig: Signal) {
+    if let Some(job) = job {
+        let _ = nix::sys::signal::killpg(job, sig);
+    }
+    if job.is_none() || nix::unistd::getpgid(Some(agent)).ok() != job {
         let _ = kill(agent, sig);
     }
 }

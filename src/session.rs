@@ -679,18 +679,39 @@ fn repository_outside(workspace: &Path) -> Option<String> {
                 )
             })
         }
-        Ok(_) => None,
-        Err(_) => workspace
-            .ancestors()
-            .skip(1)
-            .find(|dir| dir.join(".git").exists())
-            .map(|top| {
+        Ok(meta) if meta.is_symlink() => {
+            let target = std::fs::canonicalize(&dot_git).ok()?;
+            (!target.starts_with(workspace)).then(|| {
                 format!(
-                    "the workspace lies inside the git repository at {}, which the agent cannot \
-                     see; give that directory as --workspace for git to work",
-                    top.display()
+                    "the workspace's .git leads to {}, outside it, where the agent cannot see it",
+                    target.display()
                 )
-            }),
+            })
+        }
+        Ok(_) => None,
+        Err(_) => {
+            // As git looks: up to a file system boundary; a home directory that is a repository of
+            // dotfiles is no project's (and `run` refuses it as the workspace).
+            use std::os::unix::fs::MetadataExt;
+            let dev = std::fs::metadata(workspace).ok()?.dev();
+            let home = std::env::var_os("HOME").map(PathBuf::from);
+            workspace
+                .ancestors()
+                .skip(1)
+                .take_while(|dir| {
+                    std::fs::metadata(dir).is_ok_and(|m| m.dev() == dev)
+                        && home.as_deref() != Some(*dir)
+                        && *dir != Path::new("/")
+                })
+                .find(|dir| dir.join(".git").exists())
+        }
+        .map(|top| {
+            format!(
+                "the workspace lies inside the git repository at {}, which the agent cannot \
+                 see; give that directory as --workspace for git to work",
+                top.display()
+            )
+        }),
     }
 }
 

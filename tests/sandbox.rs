@@ -1773,6 +1773,23 @@ fn run_says_when_the_workspaces_repository_lies_outside_it() {
         "{stderr}"
     );
 
+    // Unless that repository is the caller's home (dotfiles): no project's.
+    let home = ctx.root.path().to_str().unwrap();
+    let o = run_with(
+        &ctx,
+        &Opts {
+            env: &[("HOME", home)],
+            ..Default::default()
+        },
+        &["true"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert!(
+        !text(&o.stderr).contains("git will not work"),
+        "{}",
+        describe(&o)
+    );
+
     // A repository of its own: nothing to say.
     let ctx = Ctx::new();
     git_init_with_hooks(&ctx.ws);

@@ -255,7 +255,12 @@ pub fn prepare(config: &SandboxConfig) -> Result<Prepared, Failure> {
         let hint = match &e {
             plan::PlanError::Io { path, source }
                 if source.kind() == std::io::ErrorKind::PermissionDenied
-                    && path.starts_with(&config.workspace) =>
+                    && path.starts_with(&config.workspace)
+                    && nix::unistd::access(
+                        path.parent().unwrap_or(path),
+                        nix::unistd::AccessFlags::W_OK,
+                    )
+                    .is_err() =>
             {
                 format!(
                     " (run makes read-only placeholders in the workspace for the files that act \

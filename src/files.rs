@@ -24,9 +24,25 @@ pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Opens `path` for reading without waiting: a named pipe nobody writes to would block `open` for
+/// ever (one planted where a policy, key or token is expected); opened this way, reading it gives its
+/// end at once. Reads block again once it is open (a pipe with a writer, `<(...)`, is read whole).
+pub fn open_for_reading(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)?;
+    let blocking = nix::fcntl::OFlag::from_bits_retain(flags) & !nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(blocking))?;
+    Ok(file)
+}
+
 /// Opens the regular file or pipe at `path` for reading; a device or socket is refused unread.
 pub fn open_file_or_pipe(path: &Path) -> std::io::Result<std::fs::File> {
-    let file = std::fs::File::open(path)?;
+    let file = open_for_reading(path)?;
     let kind = file.metadata()?.file_type();
     if !(kind.is_file() || kind.is_fifo()) {
         let what = if kind.is_dir() {

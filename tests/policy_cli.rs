@@ -207,3 +207,32 @@ fn a_device_or_an_oversized_file_named_as_policy_or_profile_is_refused_unread() 
     let out = common::wait_bounded(child, &["policy", "check", "/dev/stdin"]);
     assert_eq!(out.status.code(), Some(0), "{}", common::show(&out));
 }
+
+#[test]
+fn a_named_pipe_nobody_writes_is_read_as_empty_not_waited_on() {
+    // A FIFO planted where a policy, a profile, an issuer key or a token is expected must not hang the
+    // command for ever (the bounded run of the harness would fail): it reads as empty, and is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    for args in [
+        &["policy", "check", "fifo"][..],
+        &["token", "inspect", "fifo"],
+    ] {
+        let out = common::zt_with(dir.path(), args, &[], &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("fifo"), "{args:?}: {stderr}");
+    }
+    // The policy's issuer key and profile as pipes.
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        GOOD.replace("[audit]", "[issuers]\nkeys = [\"fifo\"]\n[audit]")
+            .replace("profile = \"minimal\"", "profile = \"fifo\""),
+    )
+    .unwrap();
+    let out = common::zt_with(dir.path(), &["policy", "check", "policy.toml"], &[], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+}

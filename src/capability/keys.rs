@@ -109,7 +109,7 @@ fn read_small(path: &Path) -> Result<(File, String), KeyError> {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(io)?;
+    let file = crate::files::open_for_reading(path).map_err(io)?;
     let meta = file.metadata().map_err(io)?;
     if meta.file_type().is_char_device() || meta.file_type().is_block_device() {
         return Err(io(std::io::Error::new(

@@ -19,7 +19,8 @@ pub use token::{issue, Capability, Token, TokenError, LEEWAY_SECS, MAX_TOKEN_BYT
 /// [`MAX_TOKEN_BYTES`], which is enough for it to refuse an oversized token).
 pub fn read_token_file(path: &Path) -> Result<String, String> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file =
+        crate::files::open_for_reading(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut bytes = Vec::new();
     // (Room for whitespace around it, which does not count.)
     file.take(MAX_TOKEN_BYTES as u64 + 64 * 1024)

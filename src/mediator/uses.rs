@@ -50,7 +50,17 @@ impl LockedCounts {
         }
         let mut file = crate::lock::exclusive(file).map_err(|e| err(path, e))?;
         let mut text = String::new();
-        file.read_to_string(&mut text).map_err(|e| err(path, e))?;
+        let reader: &mut File = &mut file;
+        reader
+            .take(MAX_COUNTS + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| err(path, e))?;
+        if text.len() as u64 > MAX_COUNTS {
+            return Err(err(
+                path,
+                format!("larger than {MAX_COUNTS} bytes; refusing to guess the counts"),
+            ));
+        }
         let uses = parse(&text).map_err(|e| err(path, e))?;
         Ok((LockedCounts { file }, uses))
     }
@@ -80,6 +90,10 @@ impl LockedCounts {
     }
 }
 
+/// The largest use-count file read (a count is a few dozen bytes; a token has at most a few hundred
+/// capabilities).
+const MAX_COUNTS: u64 = 16 << 20;
+
 fn parse(text: &str) -> Result<Uses, String> {
     let mut uses = Uses::new();
     if text.trim().is_empty() {
@@ -89,9 +103,12 @@ fn parse(text: &str) -> Result<Uses, String> {
         .map_err(|e| format!("malformed ({e}); refusing to guess the counts"))?;
     for (token, caps) in map {
         for (cap, n) in caps {
+            // Only as written (`0`, not `00` or `+0`): another spelling would be a second count.
             let cap: usize = cap
                 .parse()
-                .map_err(|_| format!("capability index `{cap}` is not a number"))?;
+                .ok()
+                .filter(|i: &usize| i.to_string() == cap)
+                .ok_or_else(|| format!("capability index `{cap}` is not a number as written"))?;
             uses.insert((token.clone(), cap), n);
         }
     }
@@ -125,6 +142,9 @@ mod tests {
         assert_eq!(again, uses);
         drop(_l);
         std::fs::write(&p, "{not json").unwrap();
+        assert!(LockedCounts::open(&p).is_err());
+        // Another spelling of an index would be a second, lower count.
+        std::fs::write(&p, r#"{"ab":{"0":3,"00":0}}"#).unwrap();
         assert!(LockedCounts::open(&p).is_err());
     }
 }

@@ -738,12 +738,18 @@ while time.time() < end:
 print("TUNNEL", "CLOSED" if time.time() < end else "STILL OPEN", "after", n, "echoes", flush=True)
 '"#;
 
-/// The `net.connect` result records' errors.
-fn tunnel_errors(p: &Project) -> Vec<String> {
-    net_records(&p.records(), "result")
+/// The tunnel of [`TUNNEL_AGENT`] opened, then was closed under it, and its `result` record says `why`.
+fn assert_tunnel_ended(p: &Project, out: &Output, why: &str) {
+    let stdout = text(&out.stdout);
+    let said = format!("{stdout} {}", text(&out.stderr));
+    assert!(stdout.contains("HEAD HTTP/1.1 200"), "{said}");
+    assert!(stdout.contains("TUNNEL CLOSED"), "{said}");
+    let errors: Vec<String> = net_records(&p.records(), "result")
         .iter()
         .map(|r| r["reason"].as_str().unwrap_or_default().to_string())
-        .collect()
+        .collect();
+    assert!(errors.iter().any(|e| e.contains(why)), "{errors:?}");
+    p.verify();
 }
 
 #[test]
@@ -773,39 +779,13 @@ fn an_open_tunnel_ends_when_its_token_is_revoked_or_expires() {
     let out = p.run_resolving(&format!("tunnel.test=127.0.0.1:{port}"), TUNNEL_AGENT);
     let revoke = revoker.join().expect("revoker");
     assert!(revoke.status.success(), "revoke: {}", text(&revoke.stderr));
-    let stdout = text(&out.stdout);
-    assert!(
-        stdout.contains("HEAD HTTP/1.1 200"),
-        "{stdout} {}",
-        text(&out.stderr)
-    );
-    assert!(
-        stdout.contains("TUNNEL CLOSED"),
-        "{stdout} {}",
-        text(&out.stderr)
-    );
-    let errors = tunnel_errors(&p);
-    assert!(errors.iter().any(|e| e.contains("revoked")), "{errors:?}");
-    p.verify();
+    assert_tunnel_ended(&p, &out, "revoked");
 
     // Expired while the tunnel is open (1 s, and the 5 s leeway every token check grants).
     let p = Project::new(network);
     p.token("t.tok", &["--arg", r"host=^tunnel\.test$", "--ttl", "1s"]);
     let out = p.run_resolving(&format!("tunnel.test=127.0.0.1:{port}"), TUNNEL_AGENT);
-    let stdout = text(&out.stdout);
-    assert!(
-        stdout.contains("HEAD HTTP/1.1 200"),
-        "{stdout} {}",
-        text(&out.stderr)
-    );
-    assert!(
-        stdout.contains("TUNNEL CLOSED"),
-        "{stdout} {}",
-        text(&out.stderr)
-    );
-    let errors = tunnel_errors(&p);
-    assert!(errors.iter().any(|e| e.contains("expired")), "{errors:?}");
-    p.verify();
+    assert_tunnel_ended(&p, &out, "expired");
 }
 
 #[test]

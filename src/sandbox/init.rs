@@ -64,19 +64,7 @@ pub fn run(plan: &ChildPlan, report_fd: RawFd) -> ! {
         Ok(ForkResult::Child) => {
             // The agent dies with init, which dies with the supervisor (PDEATHSIG both): without a pid
             // namespace (degraded mode) nothing else would take it down if the supervisor were killed.
-            // SAFETY: prctl and getppid take no pointers.
-            unsafe {
-                libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                );
-                if libc::getppid() != init {
-                    libc::_exit(125); // init died before PDEATHSIG was set
-                }
-            }
+            die_with(init, 125);
             // Into the job's process group: what the terminal's signals reach.
             if let Some(job) = job {
                 let _ = nix::unistd::setpgid(Pid::from_raw(0), job);
@@ -156,6 +144,23 @@ pub fn run(plan: &ChildPlan, report_fd: RawFd) -> ! {
     exit(0)
 }
 
+/// In a child of init: SIGKILL when init dies; `_exit(code)` if it already has (before that was set).
+fn die_with(init: i32, code: i32) {
+    // SAFETY: prctl, getppid and _exit take no pointers.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        if libc::getppid() != init {
+            libc::_exit(code);
+        }
+    }
+}
+
 /// The agent's job: a process group for the agent and the processes it starts, as a shell gives a
 /// command, which a terminal's signals reach whole. Its leader is a child of init that only waits
 /// (ignoring every signal it can; SIGKILL ends it with the sandbox), so that the agent itself leads no
@@ -165,18 +170,9 @@ fn job_leader(init: i32) -> Option<Pid> {
     // SAFETY: single-threaded (see `run`); the child only makes syscalls and never returns.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
-            // SAFETY: prctl, getppid, setpgid, signal, close_range and pause take no pointers.
+            die_with(init, 0);
+            // SAFETY: setpgid, signal, close_range and pause take no pointers.
             unsafe {
-                libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                );
-                if libc::getppid() != init {
-                    libc::_exit(0);
-                }
                 libc::setpgid(0, 0);
                 for sig in 1..=64 {
                     libc::signal(sig, libc::SIG_IGN);

@@ -87,6 +87,10 @@ pub fn run(plan: &ChildPlan, report_fd: RawFd) -> ! {
             exit(125)
         }
     };
+    // The job's leader, by a descriptor: killed first when the agent is done, without a walk, and never
+    // a process that reused its number.
+    // SAFETY: pidfd_open takes a pid and flags.
+    let leader = job.map(|p| unsafe { libc::syscall(libc::SYS_pidfd_open, p.as_raw(), 0) } as i32);
     // The agent holds the mediator socket; init does not need it.
     // SAFETY: closing our own descriptor.
     unsafe { libc::close(3) };
@@ -134,6 +138,21 @@ pub fn run(plan: &ChildPlan, report_fd: RawFd) -> ! {
             break status;
         }
     };
+    if let Some(fd) = leader.filter(|fd| *fd >= 0) {
+        // SAFETY: a pidfd of ours; siginfo null; waitid reaps it (ECHILD if reap() already did).
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd,
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            );
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(libc::P_PIDFD, fd as libc::id_t, &mut info, libc::WEXITED);
+            libc::close(fd);
+        }
+    }
     if plan.namespaces {
         kill_namespace();
     } else {

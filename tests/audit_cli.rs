@@ -908,3 +908,41 @@ fn replay_shows_the_change_after_an_allow_rule_is_removed() {
     let out = zt(&["audit", "replay", log_s, "--policy", "/nonexistent.toml"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+#[test]
+fn a_hostile_log_of_millions_of_bad_lines_is_refused_without_holding_them_all() {
+    // 3 MB of newlines, or of `{}` lines: the first line is the error. A verifier that parsed every line
+    // before walking held about 800 bytes a line (2.5 GB here); under a 768 MiB address-space limit it
+    // would abort instead of answering.
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    for (name, line, problem) in [
+        ("blank.jsonl", "\n", "garbage"),
+        ("empty-objects.jsonl", "{}\n", "bad-field"),
+    ] {
+        let log = dir.path().join(name);
+        std::fs::write(&log, line.repeat(3_000_000 / line.len())).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["audit", "verify", log.to_str().unwrap()]);
+        // SAFETY: setrlimit with a valid struct, between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: 768 << 20,
+                    rlim_max: 768 << 20,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{name}: {said}");
+        assert!(
+            said.contains("FAILED at line 1") && said.contains(problem),
+            "{name}: {said}"
+        );
+    }
+}

@@ -157,8 +157,13 @@ pub fn export(args: &AuditExportArgs) -> CmdResult {
     }
     let bytes = read_log(&args.log)?;
     let name = args.log.display().to_string();
-    let (text, skipped) = super::export::to_ocsf(&bytes, &name);
-    print(&text)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let skipped = match super::export::to_ocsf(&bytes, &name, &mut out) {
+        Ok(skipped) => skipped,
+        // A closed pipe (`| head`) is the reader's choice, not a failure.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(0),
+        Err(e) => return Err(Failure::refused(format!("cannot write to stdout: {e}"))),
+    };
     if skipped > 0 {
         errln!("zt-aas: {skipped} lines of {name} are not records and were skipped");
     }

@@ -9,10 +9,14 @@ use std::collections::HashMap;
 /// OCSF schema version the events follow.
 pub const OCSF_VERSION: &str = "1.1.0";
 
-/// Converts every readable record of `bytes` to an OCSF event. Returns the JSON Lines and the number of
-/// lines that were not records (skipped).
-pub fn to_ocsf(bytes: &[u8], log_name: &str) -> (String, usize) {
-    let mut out = String::new();
+/// Converts every readable record of `bytes` to an OCSF event, written to `out` as JSON Lines as it goes
+/// (an event is several times its record: a log of a million records is never held as events). Returns
+/// the number of lines that were not records (skipped).
+pub fn to_ocsf(
+    bytes: &[u8],
+    log_name: &str,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<usize> {
     let mut skipped = 0;
     // session id -> (policy hash, zt-aas version) from its session.start.
     let mut sessions: HashMap<String, (Value, Value)> = HashMap::new();
@@ -38,10 +42,11 @@ pub fn to_ocsf(bytes: &[u8], log_name: &str) -> (String, usize) {
             .get(s("session"))
             .cloned()
             .unwrap_or((Value::Null, Value::Null));
-        out.push_str(&event(&rec, &policy, &version, log_name).to_string());
-        out.push('\n');
+        serde_json::to_writer(&mut *out, &event(&rec, &policy, &version, log_name))?;
+        out.write_all(b"\n")?;
     }
-    (out, skipped)
+    out.flush()?;
+    Ok(skipped)
 }
 
 fn event(rec: &Value, policy: &Value, version: &Value, log_name: &str) -> Value {
@@ -145,9 +150,11 @@ mod tests {
             r#"{"kind":"decision","session":"s1","actor":"bot","ts":"2024-01-01T00:00:01.500Z","action":"fs.read","args":{"p":1},"decision":"deny","reason":"no grant","seq":1,"hash":"h1","rule":null}"#,
             "\n"
         );
-        let (out, skipped) = to_ocsf(log.as_bytes(), "audit.jsonl");
+        let mut out = Vec::new();
+        let skipped = to_ocsf(log.as_bytes(), "audit.jsonl", &mut out).unwrap();
         assert_eq!(skipped, 0);
-        let events: Vec<Value> = out
+        let events: Vec<Value> = String::from_utf8(out)
+            .unwrap()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();

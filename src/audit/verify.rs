@@ -137,8 +137,7 @@ fn verify(
     expect_head: Option<&str>,
     signatures: bool,
 ) -> VerifyReport {
-    let lines = split_lines(bytes);
-    let parsed = parallel_map(&lines, |l| parse_line(l.bytes));
+    let (lines, parsed) = parse_lines(bytes);
     let mut walk = Walk::new(pinned);
     let structural = walk.run(&lines, &parsed, expect_head);
     let bad_sig = if signatures {
@@ -183,27 +182,70 @@ fn verify(
     }
 }
 
-fn split_lines(bytes: &[u8]) -> Vec<Line<'_>> {
-    let mut lines = Vec::new();
+/// The log's lines, in order.
+fn split_lines(bytes: &[u8]) -> impl Iterator<Item = Line<'_>> {
     let mut start = 0usize;
-    for (i, &b) in bytes.iter().enumerate() {
-        if b == b'\n' {
-            lines.push(Line {
+    std::iter::from_fn(move || {
+        if start >= bytes.len() {
+            return None;
+        }
+        let line = match bytes[start..].iter().position(|&b| b == b'\n') {
+            Some(len) => Line {
                 offset: start as u64,
-                bytes: &bytes[start..i],
+                bytes: &bytes[start..start + len],
                 terminated: true,
-            });
-            start = i + 1;
+            },
+            None => Line {
+                offset: start as u64,
+                bytes: &bytes[start..],
+                terminated: false,
+            },
+        };
+        start += line.bytes.len() + 1;
+        Some(line)
+    })
+}
+
+/// The lines and their parse, a chunk at a time, up to the first line the walk must stop at: one that
+/// does not parse and that the next line does not recover. What lies beyond is never looked at, and a
+/// hostile log of millions of bad lines (a file of newlines) is not held in memory whole.
+fn parse_lines(bytes: &[u8]) -> (Vec<Line<'_>>, Vec<Parsed>) {
+    const CHUNK: usize = 1 << 16;
+    let mut all = split_lines(bytes);
+    let (mut lines, mut parsed) = (Vec::new(), Vec::<Parsed>::new());
+    loop {
+        let chunk: Vec<Line<'_>> = all.by_ref().take(CHUNK).collect();
+        if chunk.is_empty() {
+            return (lines, parsed);
+        }
+        // (The previous chunk's last line, if it failed, is judged now that its next is parsed.)
+        let from = parsed.len().saturating_sub(1);
+        parsed.extend(parallel_map(&chunk, |l| parse_line(l.bytes)));
+        lines.extend(chunk);
+        for i in from..parsed.len() {
+            if parsed[i].is_ok() {
+                continue;
+            }
+            match parsed.get(i + 1) {
+                None => break,
+                Some(Ok(next)) if recovers(next, &lines[i]) => {}
+                Some(_) => {
+                    lines.truncate(i + 1);
+                    parsed.truncate(i + 1);
+                    return (lines, parsed);
+                }
+            }
         }
     }
-    if start < bytes.len() {
-        lines.push(Line {
-            offset: start as u64,
-            bytes: &bytes[start..],
-            terminated: false,
-        });
-    }
-    lines
+}
+
+/// Whether `next` is the recovery record that closes `line` as torn (its offset, length and hash).
+fn recovers(next: &Rec, line: &Line<'_>) -> bool {
+    next.torn.as_ref().is_some_and(|(off, len, sha)| {
+        *off == line.offset
+            && *len == line.bytes.len() as u64
+            && *sha == hex::encode(Sha256::digest(line.bytes))
+    })
 }
 
 fn threads() -> usize {
@@ -486,15 +528,10 @@ impl Walk {
             let n = idx as u64 + 1;
             // A torn line is acceptable only when the very next record is a recovery naming its bytes.
             if let Some(Ok(next)) = parsed.get(idx + 1) {
-                if let Some((off, len, sha)) = &next.torn {
-                    if *off == line.offset
-                        && *len == line.bytes.len() as u64
-                        && *sha == hex::encode(Sha256::digest(line.bytes))
-                    {
-                        self.recovered.push(n);
-                        skip_recovery_check_for = Some(idx + 1);
-                        continue;
-                    }
+                if recovers(next, line) {
+                    self.recovered.push(n);
+                    skip_recovery_check_for = Some(idx + 1);
+                    continue;
                 }
             }
             let rec = match rec {

@@ -236,3 +236,27 @@ fn a_named_pipe_nobody_writes_is_read_as_empty_not_waited_on() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
 }
+
+#[test]
+fn commands_and_credentials_that_could_never_work_are_refused() {
+    // A NUL byte in a command word: every allowed call would fail to start.
+    refused(
+        &GOOD.replace(
+            "run = [\"/bin/echo\", ",
+            "run = [\"/bin/echo\", \"a\\u0000b\", ",
+        ),
+        "NUL",
+    );
+    // A credential in a header that frames or routes the request.
+    let proxy = GOOD.replace(
+        "[network]\nmode = \"none\"\n",
+        "[network]\nmode = \"proxy\"\nallow = [\"api.example.com\"]\n\
+         [[network.credentials]]\nhost = \"api.example.com\"\nheader = \"Host\"\nvalue_env = \"API_KEY\"\n",
+    );
+    assert!(proxy.contains("header = \"Host\""));
+    refused(&proxy, "the proxy writes itself");
+    refused(
+        &proxy.replace("header = \"Host\"", "header = \"Transfer-Encoding\""),
+        "the proxy writes itself",
+    );
+}

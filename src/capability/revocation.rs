@@ -61,6 +61,10 @@ pub fn parse(text: &str, path: &Path) -> Result<HashSet<String>, RevocationError
     Ok(ids)
 }
 
+/// The largest list read: about two million ids. It is read at every call, so a larger one would
+/// slow every call of every session; it is refused (and calls fail closed) instead.
+const MAX_LIST: u64 = 64 << 20;
+
 /// Loads the revocation list at `path` (missing file: empty list).
 /// Never blocks: a FIFO or device planted at the path is refused, not read.
 pub fn load(path: &Path) -> Result<HashSet<String>, RevocationError> {
@@ -78,12 +82,26 @@ pub fn load(path: &Path) -> Result<HashSet<String>, RevocationError> {
             ));
         }
         let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
+        (&mut file).take(MAX_LIST + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > MAX_LIST {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("larger than {MAX_LIST} bytes (it is read at every call)"),
+            ));
+        }
         Ok(bytes)
     };
     match read() {
         Ok(bytes) => parse(&String::from_utf8_lossy(&bytes), path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashSet::new()),
+        // O_NOFOLLOW's answer for a symbolic link ("too many levels of symbolic links") says little.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(RevocationError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a symbolic link: refused (the list must be a regular file)",
+            ),
+        }),
         Err(source) => Err(RevocationError::Io {
             path: path.to_path_buf(),
             source,
@@ -149,6 +167,16 @@ mod tests {
         std::fs::write(&list, format!("# comment\n{id}\nnot-an-id\n")).unwrap();
         let err = load(&list).unwrap_err().to_string();
         assert!(err.contains(":3:"), "{err}");
+        // Too large to read at every call: refused, not slowly read.
+        let big = std::fs::File::create(&list).unwrap();
+        big.set_len(MAX_LIST + 1).unwrap();
+        let err = load(&list).unwrap_err().to_string();
+        assert!(err.contains("larger than"), "{err}");
+        // A symbolic link is named as such.
+        std::fs::remove_file(&list).unwrap();
+        std::os::unix::fs::symlink("/nonexistent", &list).unwrap();
+        let err = load(&list).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
     }
 
     #[test]

@@ -774,6 +774,22 @@ fn network_settings(src: &Source, raw: &RawNetwork) -> Result<NetworkSettings, P
         }
         methods.push((host.clone(), list.get_ref().clone()));
     }
+    /// Headers the proxy sets or drops itself, or that frame and route the request: a credential there
+    /// would change where or how the request goes, not authenticate it.
+    const PROXY_HEADERS: &[&str] = &[
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+    ];
     let mut credentials = Vec::new();
     for c in &raw.credentials {
         let cred = c.get_ref();
@@ -792,6 +808,15 @@ fn network_settings(src: &Source, raw: &RawNetwork) -> Result<NetworkSettings, P
             Some(format!(
                 "`{}` is not a header name",
                 cred.header.escape_debug()
+            ))
+        } else if PROXY_HEADERS
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(&cred.header))
+        {
+            Some(format!(
+                "`{}` is a header the proxy writes itself (framing, routing, hop-by-hop): it cannot \
+                 carry a credential",
+                cred.header
             ))
         } else if cred.value_env.is_empty()
             || cred.value_env.starts_with(|c: char| c.is_ascii_digit())
@@ -929,6 +954,13 @@ fn action(src: &Source, dir: &Path, spanned: &Spanned<RawAction>) -> Result<Acti
             let words = run.get_ref();
             if words.is_empty() || words[0].is_empty() {
                 return Err(src.at(run, "run", "needs at least the program to run"));
+            }
+            if words.iter().any(|w| w.contains('\0')) {
+                return Err(src.at(
+                    run,
+                    "run",
+                    "a word holds a NUL byte, which no command line can carry",
+                ));
             }
             let mut required: Vec<String> = Vec::new();
             let mut option_words: Vec<String> = Vec::new();

@@ -256,7 +256,8 @@ impl Profile {
                 },
                 None => p,
             };
-            self.read_only.push(absolute(&p).map_err(invalid)?);
+            self.read_only
+                .push(mount_target(&p, "read_only").map_err(invalid)?);
         }
         for d in raw.devices {
             if !ALLOWED_DEVICES.contains(&d.as_str()) {
@@ -270,7 +271,24 @@ impl Profile {
             }
         }
         for p in raw.tmpfs {
-            self.tmpfs.push(absolute(&p).map_err(invalid)?);
+            self.tmpfs.push(mount_target(&p, "tmpfs").map_err(invalid)?);
+        }
+        for entry in &raw.env.keep {
+            let (name, prefix) = match entry.strip_suffix('*') {
+                Some(name) => (name, true),
+                None => (entry.as_str(), false),
+            };
+            env_name(name, "env.keep", prefix).map_err(invalid)?;
+        }
+        for (table, vars) in [("env.set", &raw.env.set), ("env.default", &raw.env.default)] {
+            for (name, value) in vars {
+                env_name(name, table, false).map_err(invalid)?;
+                if value.contains('\0') {
+                    return Err(invalid(format!(
+                        "{table}: the value of `{name}` holds a NUL byte"
+                    )));
+                }
+            }
         }
         self.env_keep.extend(raw.env.keep);
         self.env_set.extend(raw.env.set);
@@ -294,6 +312,12 @@ impl Profile {
                     .map_err(|e| invalid(format!("limits.{key}: {e}"))),
             }
         };
+        if let Some(n) = l.nofile.filter(|n| *n < MIN_NOFILE) {
+            return Err(invalid(format!(
+                "limits.nofile: {n} is less than the sandbox itself needs to start (at least \
+                 {MIN_NOFILE})"
+            )));
+        }
         let limits = Limits {
             nofile: l.nofile.or(self.limits.nofile),
             nproc: l.nproc.or(self.limits.nproc),
@@ -331,6 +355,32 @@ pub fn caller_home() -> Option<PathBuf> {
                 .flatten()
                 .map(|u| u.dir)
         })
+}
+
+/// The fewest open files the sandbox starts with (its init, the mediator socket, a shell's).
+const MIN_NOFILE: u64 = 16;
+
+/// A variable name of `table`: not empty (a `keep` prefix `*` alone may be: everything), no `=`, no NUL.
+fn env_name(name: &str, table: &str, whole_prefix: bool) -> Result<(), String> {
+    if (name.is_empty() && !whole_prefix) || name.contains(['=', '\0']) {
+        return Err(format!(
+            "{table}: `{}` is not a variable name (empty, or holding `=` or a NUL byte)",
+            name.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+/// A `key` path the sandbox mounts: absolute, not the root itself (the sandbox makes its own), not
+/// beneath /proc (a /proc of its own is mounted; `/proc/self/root` is the host's root).
+fn mount_target(p: &str, key: &str) -> Result<PathBuf, String> {
+    let path = absolute(p).map_err(|e| format!("{key}: {e}"))?;
+    if path == Path::new("/") || path.starts_with("/proc") {
+        return Err(format!(
+            "{key}: `{p}` cannot be mounted into the sandbox (the root and /proc are its own)"
+        ));
+    }
+    Ok(path)
 }
 
 fn absolute(p: &str) -> Result<PathBuf, String> {
@@ -410,6 +460,27 @@ mod tests {
         }
         std::fs::write(&p, "read_only = [\"~user/x\"]\n").unwrap();
         assert!(Profile::load(p.to_str().unwrap()).is_err());
+        // What could never start, or would mount the host's root, is refused naming its key.
+        for (text, expect) in [
+            ("[limits]\nnofile = 0\n", "limits.nofile"),
+            ("tmpfs = [\"/\"]\n", "tmpfs: `/`"),
+            ("read_only = [\"//\"]\n", "read_only: `//`"),
+            (
+                "read_only = [\"/proc/self/root\"]\n",
+                "read_only: `/proc/self/root`",
+            ),
+            ("[env]\nset = { \"A=B\" = \"1\" }\n", "env.set: `A=B`"),
+            ("[env]\nset = { \"\" = \"1\" }\n", "env.set: ``"),
+            ("[env]\nkeep = [\"\"]\n", "env.keep"),
+            ("[env]\ndefault = { A = \"x\\u0000y\" }\n", "NUL"),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let e = Profile::load(p.to_str().unwrap()).unwrap_err().to_string();
+            assert!(e.contains(expect), "{text}: {e}");
+        }
+        // A prefix `*` alone passes everything: allowed (the operator's choice).
+        std::fs::write(&p, "[env]\nkeep = [\"*\"]\n").unwrap();
+        assert!(Profile::load(p.to_str().unwrap()).is_ok());
         assert!(matches!(
             Profile::load("nope"),
             Err(ProfileError::Unknown(_))
